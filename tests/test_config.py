@@ -1,0 +1,26 @@
+import pytest
+
+from sftrl_kit.config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
+from sftrl_kit.envs.general_points import GPConfig
+
+
+def test_nested_dicts_and_yaml_round_trip(tmp_path):
+    config = from_dict(GPConfig, {"target": 12, "rewards": {"correct": 2.0}})
+    assert config.target == 12 and config.rewards.correct == 2.0 and config.rewards.illegal == -3.0
+    path = tmp_path / "gp.yaml"
+    save_yaml(config, path)
+    assert load_yaml(GPConfig, path) == config
+    assert to_dict(config)["rewards"]["correct"] == 2.0
+
+
+def test_errors_name_the_field_and_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"GPConfig.rewards: unknown field\(s\) \['corect'\]"):
+        from_dict(GPConfig, {"rewards": {"corect": 1}})
+    with pytest.raises(ConfigError, match="target must be a positive integer"):
+        from_dict(GPConfig, {"target": -1})
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(GPConfig, tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("target: [1\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_yaml(GPConfig, broken)
