@@ -1,0 +1,54 @@
+"""GeneralPoints settings; defaults are the paper's (appendix A.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .cards import COLOURS, FACE_RULES, SAMPLINGS, Colours, FaceRule, Sampling, check_choice
+
+Modality = Literal["text", "image"]
+IMAGE_SIZES = {"small": 224, "large": 560}
+
+
+@dataclass
+class GPRewards:
+    """The paper's reward table for one verification step."""
+
+    correct: float = 5.0  # legal equation equal to the target
+    wrong_value: float = -1.0  # legal, each card once, but another value
+    budget_exceeded: float = -1.0  # added when the last allowed attempt fails
+    numbers_mismatch: float = -2.0  # legal, but its numbers are not the cards' values
+    illegal: float = -3.0  # anything else: unreadable answer, illegal formula
+    recognition_wrong: float = -1.5  # GP-VL only: recognised cards are wrong (added)
+
+
+@dataclass
+class GPConfig:
+    target: int = 24
+    face_rule: FaceRule = "ten"
+    colours: Colours = "all"
+    sampling: Sampling = "uniform"
+    max_attempts: int = 5  # the verification budget of one episode
+    modality: Modality = "text"
+    image_size: int = IMAGE_SIZES["small"]
+    rewards: GPRewards = field(default_factory=GPRewards)
+
+    def __post_init__(self) -> None:
+        check_choice("face_rule", self.face_rule, FACE_RULES)
+        check_choice("colours", self.colours, COLOURS)
+        check_choice("sampling", self.sampling, SAMPLINGS)
+        check_choice("modality", self.modality, ("text", "image"))
+        if not isinstance(self.target, int) or isinstance(self.target, bool) or self.target <= 0:
+            raise ValueError(f"target must be a positive integer, got {self.target!r}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.image_size, int) or not 64 <= self.image_size <= 2048:
+            raise ValueError(f"image_size must be an integer in [64, 2048], got {self.image_size!r}")
+        if isinstance(self.rewards, dict):
+            self.rewards = GPRewards(**self.rewards)
+
+    @property
+    def checks_recognition(self) -> bool:
+        """GP-VL answers must name the cards they saw; GP-L ones are not checked."""
+        return self.modality == "image"

@@ -1,0 +1,150 @@
+"""The GeneralPoints verifier: one answer text in, one Verdict out, never an exception.
+
+Outcomes and rewards follow the paper's appendix A.3 (values in `GPRewards`):
+
+    correct            legal equation, each card's number once, equals the target
+    wrong_value        legal, each card's number once, another value (or '= X' with X
+                       not the target)
+    numbers_mismatch   legal, but its numbers are not exactly the cards' numbers
+    illegal_formula    the formula does not parse, or divides by zero
+    unparseable        no answer object with a "formula" field could be read
+
+GP-VL adds `recognition_wrong` to the reward when the "cards" field does not name the
+cards in the image. It is a pure function, so it can serve as a reward function for
+any trainer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from typing import Any, Sequence
+
+from ..answers import AnswerError, as_text_list, parse_answer
+from .cards import RANKS, Card, hand_values
+from .config import GPConfig
+from .formula import FormulaError, parse_formula
+from .prompts import ANSWER_FIELDS
+
+OUTCOMES = ("correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable")
+
+_RANK_ALIASES = {"ACE": "A", "JACK": "J", "QUEEN": "Q", "KING": "K", "T": "10", "1": "A"}
+_SUIT_WORDS = re.compile(r"\s*(OF\s+)?(SPADES?|CLUBS?|HEARTS?|DIAMONDS?)\s*$")
+_SUIT_SYMBOLS = re.compile(r"[♠♣♥♦♤♧♡♢\ufe0f]")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reward: float
+    outcome: str
+    feedback: str  # what went wrong, worded for the model to read
+    formula: str | None = None
+    value: str | None = None  # the formula's exact value, e.g. "22" or "71/3"
+    recognised_cards: list[str] | None = None
+    recognition_correct: bool | None = None  # None when recognition is not checked
+    other_rule_used: bool = False  # its numbers are the hand's under the other face rule
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "correct"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
+    """Score one answer to the hand under the config's rule and target."""
+    rewards = config.rewards
+    try:
+        answer = parse_answer(answer_text, fields=ANSWER_FIELDS, required=("formula",))
+    except AnswerError as error:
+        return Verdict(
+            rewards.illegal,
+            "unparseable",
+            f"I could not read your answer ({error}). Reply with one JSON object with the "
+            'fields "cards", "number" and "formula".',
+        )
+    recognised, recognition_ok = _check_recognition(answer, hand, config)
+    verdict = replace(
+        _score_formula(answer.get("formula"), hand, config),
+        recognised_cards=recognised,
+        recognition_correct=recognition_ok,
+    )
+    if recognition_ok is False:
+        verdict = replace(
+            verdict,
+            reward=verdict.reward + rewards.recognition_wrong,
+            feedback=verdict.feedback + " Also, the cards you listed are not the cards in the image.",
+        )
+    return verdict
+
+
+def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> Verdict:
+    rewards, target = config.rewards, config.target
+    text = raw_formula if isinstance(raw_formula, str) else str(raw_formula)
+    try:
+        formula = parse_formula(text)
+    except FormulaError as error:
+        return Verdict(rewards.illegal, "illegal_formula", f"Your formula is not legal: {error}.", text)
+    used = sorted(formula.numbers)
+    expected = sorted(hand_values(hand, config.face_rule))
+    if used != expected:
+        other_rule = "ordinal" if config.face_rule == "ten" else "ten"
+        other_rule_used = used == sorted(hand_values(hand, other_rule)) and used != expected
+        return Verdict(
+            rewards.numbers_mismatch,
+            "numbers_mismatch",
+            f"Your formula uses the numbers {used}, but the cards' numbers are {expected}. "
+            "Use each card's number exactly once.",
+            text,
+            other_rule_used=other_rule_used,
+        )
+    try:
+        value = formula.value()
+    except FormulaError as error:
+        return Verdict(rewards.illegal, "illegal_formula", f"Your formula is not legal: {error}.", text)
+    shown = _show(value)
+    if formula.claimed_result is not None and formula.claimed_result != target:
+        return Verdict(
+            rewards.wrong_value,
+            "wrong_value",
+            f"Your equation claims {formula.claimed_result}, but the target is {target}.",
+            text,
+            shown,
+        )
+    if value != target:
+        return Verdict(
+            rewards.wrong_value,
+            "wrong_value",
+            f"Your formula equals {shown}, not {target}.",
+            text,
+            shown,
+        )
+    return Verdict(rewards.correct, "correct", f"Correct: your formula equals {target}.", text, shown)
+
+
+def _check_recognition(
+    answer: dict[str, Any], hand: Sequence[Card], config: GPConfig
+) -> tuple[list[str] | None, bool | None]:
+    if "cards" not in answer and not config.checks_recognition:
+        return None, None
+    recognised = [normalise_rank(item) for item in as_text_list(answer.get("cards"))]
+    if not config.checks_recognition:
+        return recognised, None
+    return recognised, Counter(recognised) == Counter(card.rank for card in hand)
+
+
+def normalise_rank(item: str) -> str:
+    """'10 of spades', 'Q♥', 'KH', 'king', 'T' -> '10', 'Q', 'K', 'K', '10'."""
+    text = _SUIT_SYMBOLS.sub("", str(item)).strip().upper()
+    text = _SUIT_WORDS.sub("", text).strip()
+    if len(text) >= 2 and text[-1] in "SCHD" and text[:-1] in RANKS:
+        text = text[:-1]
+    return _RANK_ALIASES.get(text, text)
+
+
+def _show(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
