@@ -1,0 +1,257 @@
+"""Datasets: frozen evaluation sets and SFT data in TRL's conversational format.
+
+Evaluation sets are lists of tasks: each record names its split, its seed and the
+environment settings, and holds the task that `env.reset(options={"task": ...})`
+replays. Record i of a split is dealt by `env.reset(seed=base_seed + i)`, so every
+record (and the whole file, byte for byte) can be regenerated from the seed alone.
+
+SFT data (paper section 5): "expert" is one prompt -> one correct answer per deal;
+"suboptimal" is the ablation's multi-turn trajectories: wrong answers of each kind with
+the verifier's real messages, then a correct answer. Every wrong answer is checked by
+the verifier to be the kind of error it claims to be.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .envs import make
+from .envs.general_points import GeneralPointsEnv, format_answer, solve, verify
+from .envs.general_points.cards import RANKS, Card
+from .envs.general_points.render import render_hand
+from .episodes import chat_messages, read_jsonl, write_jsonl
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    name: str
+    env_config: dict[str, Any]
+    base_seed: int
+    description: str
+
+
+GP_EVAL_SPLITS = {
+    split.name: split
+    for split in (
+        EvalSplit("gp-id", {"face_rule": "ten", "colours": "black", "sampling": "uniform"}, 10_000,
+                  "trained rule (J, Q, K = 10), black suits"),
+        EvalSplit("gp-rule-ood", {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"}, 20_000,
+                  "new rule (J, Q, K = 11, 12, 13), at least one face card, black suits"),
+        EvalSplit("gp-visual-ood", {"face_rule": "ten", "colours": "red", "sampling": "uniform"}, 30_000,
+                  "trained rule, red suits (GP-VL visual shift)"),
+    )
+}
+GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
+GP_TRAIN_BASE_SEED = 1_000_000
+EVAL_SET_SIZE = 300
+
+
+def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str, Any]]:
+    env = make("gp-l", **split.env_config)
+    records = []
+    for index in range(size):
+        seed = split.base_seed + index
+        _, info = env.reset(seed=seed)
+        records.append(
+            {"split": split.name, "index": index, "seed": seed, "env_config": split.env_config, "task": info["task"]}
+        )
+    return records
+
+
+def load_eval_set(path: str | Path) -> list[dict[str, Any]]:
+    records = read_jsonl(path)
+    for number, record in enumerate(records, 1):
+        missing = {"split", "seed", "env_config", "task"} - set(record)
+        if missing:
+            raise ValueError(f"{path}: record {number} lacks {sorted(missing)}")
+    return records
+
+
+def expert_records(env_id: str, size: int, seed: int = GP_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
+    """One single-turn SFT record per deal: the prompt and one correct answer."""
+    env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
+    for index in range(size):
+        observation, info = env.reset(seed=seed + index)
+        rng = random.Random(seed + index)
+        answer = _correct_answer(env, info, rng)
+        yield _record(observation, [], answer, seed + index, "expert", info["task"])
+
+
+def suboptimal_records(
+    env_id: str, size: int, seed: int = 2 * GP_TRAIN_BASE_SEED, **env_config: Any
+) -> Iterator[dict]:
+    """Multi-turn records: 1 to budget-1 verified wrong answers, then a correct one."""
+    env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
+    for index in range(size):
+        observation, info = env.reset(seed=seed + index)
+        rng = random.Random(seed + index)
+        exchanges = []
+        for _ in range(rng.randint(1, env.config.max_attempts - 1)):
+            wrong = _wrong_answer(env, info, rng)
+            feedback, _, terminated, truncated, _ = env.step(wrong)
+            if terminated or truncated:
+                raise RuntimeError(f"a wrong answer ended the episode of {info['task']}")
+            exchanges.append((wrong, feedback.text))
+        yield _record(observation, exchanges, _correct_answer(env, info, rng), seed + index, "suboptimal", info["task"])
+
+
+def _record(observation, exchanges, answer, seed, kind, task) -> dict[str, Any]:
+    record = {"messages": chat_messages(observation, exchanges, final_response=answer),
+              "seed": seed, "kind": kind, "task": task}
+    if observation.images:
+        record["images"] = observation.images  # PIL images; write_sft_dataset stores files
+    return record
+
+
+def _correct_answer(env: GeneralPointsEnv, info: dict, rng: random.Random) -> str:
+    formula = rng.choice(solve(info["values"], env.config.target))
+    return format_answer(_ranks(env), info["values"], f"{formula}={env.config.target}")
+
+
+_ERROR_KINDS = ("wrong_value", "numbers_mismatch", "illegal_formula")
+
+
+def _wrong_answer(env: GeneralPointsEnv, info: dict, rng: random.Random) -> str:
+    """A wrong answer of a random kind, confirmed by the verifier (GP-VL: sometimes with
+    misread cards as well)."""
+    values, target = info["values"], env.config.target
+    for _ in range(200):
+        kind = rng.choice(_ERROR_KINDS)
+        if kind == "wrong_value":
+            formula = _random_formula(values, rng)
+        else:
+            formula = rng.choice(solve(values, target))
+            formula = _change_a_number(formula, rng) if kind == "numbers_mismatch" else _break(formula, rng)
+        cards = _ranks(env)
+        if env.config.checks_recognition and rng.random() < 0.3:
+            cards[rng.randrange(len(cards))] = rng.choice([r for r in RANKS if r not in cards])
+        answer = format_answer(cards, values, formula)
+        if verify(answer, env.hand, env.config).outcome == kind:
+            return answer
+    raise RuntimeError(f"could not make a wrong answer for {info['task']}")
+
+
+def _ranks(env: GeneralPointsEnv) -> list[str]:
+    return [card.rank for card in env.hand]
+
+
+def _random_formula(values: list[int], rng: random.Random) -> str:
+    items = [str(v) for v in values]
+    rng.shuffle(items)
+    while len(items) > 1:
+        i = rng.randrange(len(items) - 1)
+        joined = f"{items[i]}{rng.choice('+-*/')}{items[i + 1]}"
+        items[i : i + 2] = [f"({joined})" if len(items) > 2 else joined]
+    return items[0]
+
+
+def _change_a_number(formula: str, rng: random.Random) -> str:
+    numbers = list(re.finditer(r"\d+", formula))
+    chosen = rng.choice(numbers)
+    new = rng.choice([v for v in range(1, 14) if v != int(chosen.group())])
+    return formula[: chosen.start()] + str(new) + formula[chosen.end() :]
+
+
+def _break(formula: str, rng: random.Random) -> str:
+    breakers = [
+        lambda f: f.replace(")", "", 1) if ")" in f else "(" + f,
+        lambda f: f.replace("*", "x", 1) if "*" in f else f + "x2",
+        lambda f: f + "^1",
+        lambda f: f.replace("+", "++", 1) if "+" in f else "-" + f,
+    ]
+    return rng.choice(breakers)(formula)
+
+
+def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> int:
+    """JSONL of {"messages", ["images"], "seed", "kind", "task"}; images as PNG files in
+    a folder beside it, referenced by relative path."""
+    path = Path(path)
+    image_dir = path.with_suffix("")
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    def stored() -> Iterator[dict[str, Any]]:
+        for record in records:
+            if "images" in record:
+                names = []
+                for i, image in enumerate(record["images"]):
+                    name = f"{image_dir.name}/{record['seed']}-{i}.png"
+                    image.save(path.parent / name, format="PNG")
+                    names.append(name)
+                record = {**record, "images": names}
+            yield record
+
+    count = write_jsonl(path, stored())
+    if not any(image_dir.iterdir()):
+        image_dir.rmdir()
+    return count
+
+
+def load_sft_dataset(path: str | Path):
+    """The JSONL as a `datasets.Dataset`; image paths become decoded images."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no SFT dataset at {path}; generate it with `sftrl data gp`")
+    dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+    if "images" in dataset.column_names:
+        root = path.parent
+        dataset = dataset.map(lambda row: {"images": [str(root / name) for name in row["images"]]})
+        dataset = dataset.cast_column("images", datasets.Sequence(datasets.Image()))
+    return dataset
+
+
+@dataclass(frozen=True)
+class GPDataSizes:
+    eval_size: int = EVAL_SET_SIZE
+    sft_text: int = 2000  # GP-L expert records (the suboptimal set is half as large)
+    sft_image: int = 500  # GP-VL expert records, each with a PNG
+    samples: int = 4  # rendered GP-VL sample images, one per eval split and more
+
+
+def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes()) -> dict[str, Any]:
+    """The data stage of the study: frozen eval sets (root/eval/, committed) and SFT
+    datasets plus sample images (root/generated/, ignored). Returns a summary."""
+    root = Path(root)
+    summary: dict[str, Any] = {"eval": {}, "sft": {}, "samples": []}
+    for split in GP_EVAL_SPLITS.values():
+        path = root / "eval" / f"{split.name}.jsonl"
+        records = make_eval_set(split, sizes.eval_size)
+        write_jsonl(path, records)
+        summary["eval"][split.name] = {"path": str(path), "records": len(records), "bytes": path.stat().st_size,
+                                       "description": split.description}
+    generated = root / "generated"
+    plan = [
+        ("gp-l-expert", expert_records("gp-l", sizes.sft_text)),
+        ("gp-l-suboptimal", suboptimal_records("gp-l", sizes.sft_text // 2)),
+        ("gp-vl-expert", expert_records("gp-vl", sizes.sft_image)),
+        ("gp-vl-suboptimal", suboptimal_records("gp-vl", sizes.sft_image // 2)),
+    ]
+    for name, records in plan:
+        path = generated / f"{name}.jsonl"
+        count = write_sft_dataset(path, records)
+        image_dir = path.with_suffix("")
+        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
+        summary["sft"][name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    summary["samples"] = _write_samples(generated / "samples", sizes.samples)
+    return summary
+
+
+def _write_samples(folder: Path, count: int) -> list[str]:
+    """A few GP-VL images from the eval splits, to look at."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    splits = list(GP_EVAL_SPLITS.values())
+    for i in range(count):
+        split = splits[i % len(splits)]
+        env = make("gp-vl", **split.env_config)
+        _, info = env.reset(seed=split.base_seed + i // len(splits))
+        hand = [Card.from_code(code) for code in info["task"]["hand"]]
+        path = folder / f"{split.name}-{'-'.join(info['task']['hand'])}.png"
+        render_hand(hand, info["task"]["image_seed"], env.config.image_size).save(path)
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,21 @@
+import json
+
+from sftrl_kit.cli import main
+
+
+def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
+    args = ["data", "gp", "--root", str(tmp_path), "--eval-size", "6", "--sft-text", "4", "--sft-image", "2", "--samples", "3"]
+    assert main(args + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {name: item["records"] for name, item in summary["eval"].items()} == {
+        "gp-id": 6, "gp-rule-ood": 6, "gp-visual-ood": 6}
+    assert summary["sft"]["gp-l-expert"]["records"] == 4 and summary["sft"]["gp-vl-suboptimal"]["records"] == 1
+    assert len(list((tmp_path / "generated" / "samples").glob("*.png"))) == 3
+    assert len(list((tmp_path / "generated" / "gp-vl-expert").glob("*.png"))) == 2
+    assert main(args) == 0
+    assert "frozen evaluation sets" in capsys.readouterr().out
+
+
+def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
+    assert main(["data", "gp", "--root", str(tmp_path), "--eval-size", "-1"]) == 2
+    assert "--eval-size must be >= 0" in capsys.readouterr().err
