@@ -74,3 +74,8 @@ def test_list_fields_in_every_shape():
     assert as_text_list("[1, 2, 3]") == ["1", "2", "3"]
     assert as_text_list("['A', 'K'") == ["A", "K"]
     assert as_text_list(None) == []
+
+
+def test_repairs_leave_string_values_alone():
+    answer = read("{'formula': '(1+3)*6', 'cards': 'A, note: 3',}")
+    assert answer == {"formula": "(1+3)*6", "cards": "A, note: 3"}

@@ -112,7 +112,10 @@ def _is_apostrophe(text: str, index: int) -> bool:
 
 
 def _read_object(span: str) -> dict | None:
-    for candidate in (span, _repair(span)):
+    """Read the span as it is, then repaired, then with bare keys quoted as well (last,
+    since that pattern could also match inside a string value)."""
+    repaired = _repair(span)
+    for candidate in (span, repaired, _quote_bare_keys(repaired)):
         parsed = _read_json(candidate)
         if isinstance(parsed, dict):
             return parsed
@@ -127,7 +130,7 @@ def _read_json(text: str) -> Any:
 
 
 def _repair(span: str) -> str:
-    """Single-quoted strings -> double-quoted, bare keys quoted, Python words, commas."""
+    """Single-quoted strings -> double-quoted, Python's True/False/None, trailing commas."""
     out, index = [], 0
     while index < len(span):
         char = span[index]
@@ -146,8 +149,11 @@ def _repair(span: str) -> str:
             continue
         out.append(char)
         index += 1
-    repaired = _TRAILING_COMMA.sub(r"\1", "".join(out))
-    return _UNQUOTED_KEY.sub(lambda m: f'{m.group(1)}"{m.group(2).strip()}"{m.group(3)}', repaired)
+    return _TRAILING_COMMA.sub(r"\1", "".join(out))
+
+
+def _quote_bare_keys(text: str) -> str:
+    return _UNQUOTED_KEY.sub(lambda m: f'{m.group(1)}"{m.group(2).strip()}"{m.group(3)}', text)
 
 
 def _string_end(text: str, start: int) -> int:
