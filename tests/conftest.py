@@ -30,3 +30,18 @@ def smollm2_tokenizer():
     folder = Path(spec.origin).parent
     gguf = next(folder.glob("*.gguf"))
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """The tiny random text model (built into the cache on first use)."""
+    from sftrl_kit.models import load_policy
+
+    return load_policy("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_policy():
+    from sftrl_kit.models import load_policy
+
+    return load_policy("tiny-vl")

