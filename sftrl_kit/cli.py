@@ -1,6 +1,7 @@
 """The `sftrl` command.
 
     sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
+    sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
 """
 
 from __future__ import annotations
@@ -27,10 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     gp.add_argument("--json", action="store_true", help="print the summary as JSON")
     gp.set_defaults(run=_data_gp)
 
+    evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95% CIs)")
+    evaluate.add_argument("--model", default="default", help="'default', 'tiny', 'tiny-vl' or a checkpoint folder")
+    evaluate.add_argument("--env", default="gp-l", help="environment id (gp-l, gp-vl)")
+    evaluate.add_argument("--sets", nargs="+", default=["gp-id", "gp-rule-ood"],
+                          help="eval set names under data/eval/ or JSONL paths")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N tasks of each set")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    evaluate.add_argument("--top-p", type=float, default=1.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--max-attempts", type=int, default=None, help="override the verification budget")
+    evaluate.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-eval)")
+    evaluate.set_defaults(run=_eval)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"sftrl: error: {error}", file=sys.stderr)
         return 2
 
@@ -60,6 +76,53 @@ def _data_gp(args: argparse.Namespace) -> int:
         print(f"    {path}")
     print(f"  done in {summary['seconds']} s")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import compare_rates, evaluate
+    from .models import SamplingConfig, load_policy
+    from .runs import new_run_dir
+
+    sets = {name: _eval_set_path(name) for name in args.sets}
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
+    run_dir = Path(args.out) if args.out else new_run_dir("eval")
+    policy = load_policy(args.model)
+    print(f"model {args.model} ({policy.num_parameters / 1e6:.1f}M parameters) on {args.env}; "
+          f"sampling {sampling}; run folder {run_dir}")
+    results = {}
+    for name, path in sets.items():
+        results[name] = evaluate(policy, path, args.env, sampling, limit=args.limit, batch_size=args.batch_size,
+                                 run_dir=run_dir, name=f"{args.env}-{name}", **overrides)
+    print(f"{'set':<15}{'n':>5}  {'success [95% CI]':<22}{'first attempt':<22}{'per-step accuracy':<22}{'attempts':>8}")
+    for name, m in results.items():
+        print(f"{name:<15}{m['episodes']:>5}  {_rate(m['success_rate']):<22}{_rate(m['first_attempt_success']):<22}"
+              f"{_rate(m['per_step_accuracy']):<22}{m['mean_attempts']:>8.2f}")
+    names = list(results)
+    for other in names[1:]:
+        c = compare_rates(results[names[0]]["success_rate"], results[other]["success_rate"])
+        print(f"success {names[0]} - {other}: {100 * c['difference']:+.1f} points "
+              f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g}")
+    return 0
+
+
+def _eval_set_path(name: str):
+    from pathlib import Path
+
+    path = Path(name)
+    if path.suffix == ".jsonl":
+        return path
+    path = Path("data") / "eval" / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp` or give a JSONL path")
+    return path
+
+
+def _rate(entry) -> str:
+    return f"{100 * entry['value']:5.1f}% [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Training compute as the paper counts it (section 5 and appendix).
+
+    X_SFT = 6 N (D_init + D_SFT)
+    X_RL  = 6 N (D_init + D_RL) + 2 N D_buffer,   D_buffer = lambda * D_RL
+
+N is the number of parameters; D counts tokens: D_init those of the shared SFT
+initialisation, D_SFT / D_RL those trained on afterwards. 6N per token is a forward and
+backward pass; 2N per token is the inference that fills the RL buffer, whose size the
+paper puts at lambda = 6 (GeneralPoints) and 5.1 (V-IRL) times the trained tokens.
+"""
+
+from __future__ import annotations
+
+BUFFER_LAMBDA = {"gp": 6.0, "virl": 5.1}
+
+
+def sft_flops(num_parameters: int, init_tokens: int, sft_tokens: int) -> float:
+    _check(num_parameters, init_tokens, sft_tokens)
+    return 6.0 * num_parameters * (init_tokens + sft_tokens)
+
+
+def rl_flops(num_parameters: int, init_tokens: int, rl_tokens: int, buffer_lambda: float) -> float:
+    _check(num_parameters, init_tokens, rl_tokens)
+    if buffer_lambda < 0:
+        raise ValueError(f"buffer_lambda must be >= 0, got {buffer_lambda}")
+    return 6.0 * num_parameters * (init_tokens + rl_tokens) + 2.0 * num_parameters * buffer_lambda * rl_tokens
+
+
+def buffer_lambda(env_id: str) -> float:
+    """lambda for an environment id: gp-* -> 6, virl-* -> 5.1."""
+    family = env_id.split("-")[0]
+    if family not in BUFFER_LAMBDA:
+        raise ValueError(f"no buffer lambda for {env_id!r}; known families: {sorted(BUFFER_LAMBDA)}")
+    return BUFFER_LAMBDA[family]
+
+
+def gflops(flops: float) -> float:
+    return flops / 1e9
+
+
+def _check(num_parameters: int, *token_counts: int) -> None:
+    if num_parameters <= 0:
+        raise ValueError(f"num_parameters must be positive, got {num_parameters}")
+    if any(count < 0 for count in token_counts):
+        raise ValueError(f"token counts must be >= 0, got {token_counts}")
