@@ -73,6 +73,9 @@ def test_gp_vl_charges_wrong_recognition_on_top_of_the_outcome():
     assert "not the cards in the image" in misread.feedback
     both = verify(answer("10+8+3+1", cards=("3",)), HAND, IMAGE)
     assert both.reward == -1.0 - 1.5
+    unreadable = verify("no answer", HAND, IMAGE)
+    assert (unreadable.reward, unreadable.recognition_correct) == (-3.0, False)
+    assert verify("no answer", HAND, TEXT).recognition_correct is None
     missing = verify('{"formula": "(10-1)*8/3"}', HAND, IMAGE)
     assert missing.recognition_correct is False and missing.reward == 3.5
 

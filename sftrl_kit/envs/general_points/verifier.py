@@ -10,7 +10,8 @@ Outcomes and rewards follow the paper's appendix A.3 (values in `GPRewards`):
     unparseable        no answer object with a "formula" field could be read
 
 GP-VL adds `recognition_wrong` to the reward when the "cards" field does not name the
-cards in the image. It is a pure function, so it can serve as a reward function for
+cards in the image; an unreadable answer gets only the illegal reward, but counts as a
+failed recognition in the recognition-accuracy metric. It is a pure function, so it can serve as a reward function for
 any trainer.
 """
 
@@ -60,11 +61,14 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
     try:
         answer = parse_answer(answer_text, fields=ANSWER_FIELDS, required=("formula",))
     except AnswerError as error:
+        # GP-VL: an unreadable answer recognised nothing (it counts against recognition
+        # accuracy), but its reward is the illegal-answer reward alone.
         return Verdict(
             rewards.illegal,
             "unparseable",
             f"I could not read your answer ({error}). Reply with one JSON object with the "
             'fields "cards", "number" and "formula".',
+            recognition_correct=False if config.checks_recognition else None,
         )
     recognised, recognition_ok = _check_recognition(answer, hand, config)
     verdict = replace(
