@@ -15,14 +15,13 @@ ratio of each to the plain loop.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ is on sys.path)
+
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
@@ -83,7 +82,7 @@ def measure(run, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "rollout.json"))
+    parser.add_argument("--out", default=str(RESULTS / "rollout.json"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--episodes", type=int, default=8)
@@ -110,14 +109,11 @@ def main() -> None:
         "device": str(policy.device),
         "dtype": str(policy.model.dtype),
         "torch_threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "task": {"env": "gp-l", **ENV_CONFIG, "sampling": vars(sampling)},
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

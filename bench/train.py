@@ -17,14 +17,13 @@ measurement each: the machine is shared, so read ratios, not third digits.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ is on sys.path)
+
 sys.path.insert(0, str(REPO))
 
 from sftrl_kit.data import GP_TRAIN_CONFIG, expert_records, write_sft_dataset  # noqa: E402
@@ -87,7 +86,7 @@ def bench_grpo(model: str, work: Path, episodes: int, max_new_tokens: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--sft-steps", type=int, default=4)
     parser.add_argument("--episodes", type=int, default=8)
@@ -103,7 +102,7 @@ def main() -> None:
     report = {
         "benchmark": "train",
         "model": args.model,
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "max_new_tokens": args.max_new_tokens,
         "sft": sft,
         "ppo_single_turn": ppo_single,
@@ -111,10 +110,7 @@ def main() -> None:
         "ppo_vs_grpo_episodes_per_hour": round(ppo_single["episodes_per_hour"] / grpo["episodes_per_hour"], 2),
         "ppo_multi_turn_budget_5": ppo_multi,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

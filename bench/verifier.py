@@ -13,15 +13,14 @@ Measures, each as the median of --repeats timed passes:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ is on sys.path)
+
 sys.path.insert(0, str(REPO))
 
 from sftrl_kit.data import load_eval_set  # noqa: E402
@@ -75,7 +74,7 @@ def timed(function, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "verifier.json"))
+    parser.add_argument("--out", default=str(RESULTS / "verifier.json"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -112,7 +111,7 @@ def main() -> None:
 
     result = {
         "benchmark": "verifier",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.machine()},
+        "machine": machine(),
         "repeats": args.repeats,
         "verifications_per_second": round(len(mix) / statistics.median(verify_seconds)),
         "answer_mix": {"answers": len(mix), "kinds": ["correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable"]},
@@ -120,10 +119,7 @@ def main() -> None:
         "gp_l_env_steps_per_second": round(steps / statistics.median(env_seconds)),
         "gp_vl_resets_per_second": round(vl_resets / statistics.median(vl_seconds), 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":
