@@ -1,6 +1,7 @@
 """The `sftrl` command.
 
     sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
+    sftrl data virl [--root data] [--eval-routes N] [--visual-ood-routes N] ...
     sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
     sftrl sft [--config sft.yaml] [field=value ...]
     sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
@@ -21,14 +22,18 @@ def main(argv: list[str] | None = None) -> int:
 
     data = commands.add_parser("data", help="generate datasets and frozen evaluation sets")
     tasks = data.add_subparsers(dest="task", required=True)
-    gp = tasks.add_parser("gp", help="GeneralPoints: eval sets (data/eval/), SFT data (data/generated/)")
-    gp.add_argument("--root", default="data", help="data folder (default: data)")
-    from .data import GPDataSizes
+    from .data import GPDataSizes, VirlDataSizes
 
-    for f in fields(GPDataSizes):
-        gp.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"(default: {f.default})")
-    gp.add_argument("--json", action="store_true", help="print the summary as JSON")
-    gp.set_defaults(run=_data_gp)
+    for task, sizes, help_text in (
+        ("gp", GPDataSizes, "GeneralPoints: eval sets (data/eval/), SFT data (data/generated/)"),
+        ("virl", VirlDataSizes, "V-IRL: eval sets (data/eval/), SFT data and street views (data/generated/)"),
+    ):
+        sub = tasks.add_parser(task, help=help_text)
+        sub.add_argument("--root", default="data", help="data folder (default: data)")
+        for f in fields(sizes):
+            sub.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"(default: {f.default})")
+        sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+        sub.set_defaults(run=_data, sizes_class=sizes)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95% CIs)")
     evaluate.add_argument("--model", default="default", help="'default', 'tiny', 'tiny-vl' or a checkpoint folder")
@@ -60,27 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _data_gp(args: argparse.Namespace) -> int:
-    from .data import GPDataSizes, generate_gp_data
+def _data(args: argparse.Namespace) -> int:
+    from .data import generate_gp_data, generate_virl_data
 
-    sizes = GPDataSizes(**{f.name: getattr(args, f.name) for f in fields(GPDataSizes)})
-    for name, value in vars(args).items():
-        if name in {f.name for f in fields(GPDataSizes)} and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    names = [f.name for f in fields(args.sizes_class)]
+    for name in names:
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    sizes = args.sizes_class(**{name: getattr(args, name) for name in names})
+    generate = generate_gp_data if args.task == "gp" else generate_virl_data
     started = time.perf_counter()
-    summary = generate_gp_data(args.root, sizes)
+    summary = generate(args.root, sizes)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print("GeneralPoints data")
+    print("GeneralPoints data" if args.task == "gp" else "V-IRL data")
     print("  frozen evaluation sets (commit these):")
     for name, item in summary["eval"].items():
-        print(f"    {name:<15} {item['records']:>5} deals  {item['bytes'] / 1e3:8.1f} kB  {item['path']}  ({item['description']})")
+        print(f"    {name:<16} {item['records']:>5} tasks  {item['bytes'] / 1e3:8.1f} kB  {item['path']}  ({item['description']})")
     print("  SFT datasets (TRL conversational format):")
     for name, item in summary["sft"].items():
-        print(f"    {name:<18} {item['records']:>5} records {item['bytes'] / 1e6:7.2f} MB  {item['path']}")
-    print("  sample GP-VL images:")
+        print(f"    {name:<19} {item['records']:>5} records {item['bytes'] / 1e6:7.2f} MB  {item['path']}")
+    print("  sample images:")
     for path in summary["samples"]:
         print(f"    {path}")
     print(f"  done in {summary['seconds']} s")

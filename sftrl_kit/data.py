@@ -32,6 +32,8 @@ class EvalSplit:
     env_config: dict[str, Any]
     base_seed: int
     description: str
+    env_id: str = "gp-l"  # the environment that deals the tasks (any modality replays them)
+    cities: tuple[str, ...] = ()  # V-IRL: record i is drawn in cities[i % len(cities)]
 
 
 GP_EVAL_SPLITS = {
@@ -51,14 +53,12 @@ EVAL_SET_SIZE = 300
 
 
 def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str, Any]]:
-    env = make("gp-l", **split.env_config)
     records = []
     for index in range(size):
         seed = split.base_seed + index
-        _, info = env.reset(seed=seed)
-        records.append(
-            {"split": split.name, "index": index, "seed": seed, "env_config": split.env_config, "task": info["task"]}
-        )
+        config = {**split.env_config, **({"city": split.cities[index % len(split.cities)]} if split.cities else {})}
+        _, info = make(split.env_id, **config).reset(seed=seed)
+        records.append({"split": split.name, "index": index, "seed": seed, "env_config": config, "task": info["task"]})
     return records
 
 
@@ -178,7 +178,8 @@ def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> in
             if "images" in record:
                 names = []
                 for i, image in enumerate(record["images"]):
-                    name = f"{image_dir.name}/{record['seed']}-{i}.png"
+                    point = record["task"].get("point", 0) if isinstance(record.get("task"), dict) else 0
+                    name = f"{image_dir.name}/{record['seed']}-{point}-{i}.png"
                     image.save(path.parent / name, format="PNG")
                     names.append(name)
                 record = {**record, "images": names}
@@ -255,3 +256,104 @@ def _write_samples(folder: Path, count: int) -> list[str]:
         render_hand(hand, info["task"]["image_seed"], env.config.image_size).save(path)
         paths.append(str(path))
     return paths
+
+
+# ---------------------------------------------------------------------------------------
+# V-IRL
+
+from .envs.virl.city import OOD_CITIES, TRAIN_CITY  # noqa: E402
+from .envs.virl.prompts import describe_landmarks, sentence_per_decision  # noqa: E402
+from .envs.virl.prompts import format_answer as virl_answer  # noqa: E402
+from .envs.virl.prompts import valid_actions  # noqa: E402
+
+VIRL_EVAL_SPLITS = {
+    split.name: split
+    for split in (
+        EvalSplit("virl-id", {"action_space": "absolute", "city": TRAIN_CITY.name}, 40_000,
+                  f"absolute actions, routes in {TRAIN_CITY.name} (the training city)", "virl-l"),
+        EvalSplit("virl-rule-ood", {"action_space": "relative", "city": TRAIN_CITY.name}, 40_000,
+                  "relative actions on the same routes as virl-id", "virl-l"),
+        EvalSplit("virl-visual-ood", {"action_space": "absolute"}, 60_000,
+                  f"absolute actions, routes in the {len(OOD_CITIES)} other cities", "virl-l",
+                  cities=tuple(c.name for c in OOD_CITIES)),
+    )
+}
+VIRL_TRAIN_CONFIG = {"action_space": "absolute", "city": TRAIN_CITY.name}
+VIRL_TRAIN_BASE_SEED = 3_000_000
+
+
+def virl_expert_records(env_id: str, routes: int, seed: int = VIRL_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
+    """One single-turn record per decision point of each route: its prompt (with the
+    history so far) and the expert's answer."""
+    env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
+    for index in range(routes):
+        observation, info = env.reset(seed=seed + index)
+        sentences = sentence_per_decision(env.decisions, env.route.instruction)
+        for decision, sentence in zip(list(env.decisions), sentences):
+            answer = virl_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
+            yield _record(observation, [], answer, seed + index, "expert", {**info["task"], "point": decision.point})
+            observation, _, _, _, _ = env.step(answer)
+
+
+def virl_suboptimal_records(env_id: str, routes: int, seed: int = 2 * VIRL_TRAIN_BASE_SEED,
+                            **env_config: Any) -> Iterator[dict]:
+    """Per decision point: a verified wrong action with the verifier's message, then the
+    expert's answer (the budget of 2 per point allows one revision)."""
+    env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
+    for index in range(routes):
+        rng = random.Random(seed + index)
+        observation, info = env.reset(seed=seed + index)
+        sentences = sentence_per_decision(env.decisions, env.route.instruction)
+        for decision, sentence in zip(list(env.decisions), sentences):
+            wrong_action = rng.choice(sorted(valid_actions(env.config.action_space) - {decision.action}))
+            wrong = virl_answer(describe_landmarks(decision.landmarks), sentence, wrong_action)
+            feedback, _, _, truncated, step_info = env.step(wrong)
+            if truncated or step_info["verdict"]["outcome"] != "wrong_action":
+                raise RuntimeError(f"the wrong action {wrong_action!r} was not scored as wrong")
+            answer = virl_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
+            yield _record(observation, [(wrong, feedback.text)], answer, seed + index, "suboptimal", info["task"])
+            observation, _, _, _, _ = env.step(answer)
+
+
+@dataclass(frozen=True)
+class VirlDataSizes:
+    eval_routes: int = 150  # virl-id and virl-rule-ood (the same routes)
+    visual_ood_routes: int = 90  # 10 per other city
+    sft_text_routes: int = 300
+    sft_image_routes: int = 60
+    samples: int = 3
+
+
+def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:
+    """V-IRL's data stage: eval sets (root/eval/, committed), SFT data (root/generated/)."""
+    root = Path(root)
+    summary: dict[str, Any] = {"eval": {}, "sft": {}, "samples": []}
+    for split in VIRL_EVAL_SPLITS.values():
+        size = sizes.visual_ood_routes if split.cities else sizes.eval_routes
+        path = root / "eval" / f"{split.name}.jsonl"
+        write_jsonl(path, make_eval_set(split, size))
+        summary["eval"][split.name] = {"path": str(path), "records": size, "bytes": path.stat().st_size,
+                                       "description": split.description}
+    generated = root / "generated"
+    plan = [
+        ("virl-l-expert", virl_expert_records("virl-l", sizes.sft_text_routes)),
+        ("virl-l-suboptimal", virl_suboptimal_records("virl-l", sizes.sft_text_routes // 2)),
+        ("virl-vl-expert", virl_expert_records("virl-vl", sizes.sft_image_routes)),
+        ("virl-vl-suboptimal", virl_suboptimal_records("virl-vl", sizes.sft_image_routes // 2)),
+    ]
+    for name, records in plan:
+        path = generated / f"{name}.jsonl"
+        count = write_sft_dataset(path, records)
+        image_dir = path.with_suffix("")
+        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
+        summary["sft"][name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    samples = generated / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for split in list(VIRL_EVAL_SPLITS.values())[: sizes.samples]:
+        record = make_eval_set(split, 1)[0]
+        env = make("virl-vl", **record["env_config"])
+        observation, _ = env.reset(options={"task": record["task"]})
+        path = samples / f"{split.name}-{env.route.route_id}.png"
+        observation.images[0].save(path)
+        summary["samples"].append(str(path))
+    return summary

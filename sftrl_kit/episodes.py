@@ -30,6 +30,12 @@ class Turn:
     prompt_token_ids: list[int] | None = None
     response_token_ids: list[int] | None = None
     response_logprobs: list[float] | None = None
+    images: list = field(default_factory=list, repr=False, compare=False)  # the turn's prompt images; not saved
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("images")
+        return record
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Episode:
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("images")
+        record["turns"] = [turn.to_json() for turn in self.turns]
         return record
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Each turn gathers the episodes still running, builds each conversation so far with
 `chat_messages`, answers them all in batches with the policy, and hands every answer to
-its environment's verifier. Episodes leave the batch when they terminate or their
+its environment's verifier. When an environment reports `info["new_prompt"]` (V-IRL
+moved to its next point), its observation starts a fresh conversation. Episodes leave the batch when they terminate or their
 verification budget is spent. Any object with `respond(conversations, sampling,
 with_logprobs)` can act as the policy (a transformers Policy, or a scripted one).
 """
@@ -107,9 +108,13 @@ def _advance(item: _Running, generation: Generation) -> None:
             prompt_token_ids=generation.prompt_token_ids,
             response_token_ids=generation.response_token_ids,
             response_logprobs=generation.response_logprobs,
+            images=list(item.prompt.images),
         )
     )
-    item.exchanges.append((generation.text, observation.text))
+    if info.get("new_prompt"):  # the environment moved on: a new conversation starts
+        item.prompt, item.exchanges = observation, []
+    else:
+        item.exchanges.append((generation.text, observation.text))
     if terminated or truncated:
         item.done = True
         item.episode.success = bool(info.get("success", False))

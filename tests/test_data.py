@@ -6,6 +6,7 @@ from PIL import Image
 
 from sftrl_kit.data import (
     GP_EVAL_SPLITS,
+    VIRL_EVAL_SPLITS,
     expert_records,
     load_eval_set,
     load_sft_dataset,
@@ -25,10 +26,13 @@ def content_text(message):
     return content if isinstance(content, str) else next(p["text"] for p in content if p["type"] == "text")
 
 
-@pytest.mark.parametrize("name", sorted(GP_EVAL_SPLITS))
+ALL_SPLITS = {**GP_EVAL_SPLITS, **VIRL_EVAL_SPLITS}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SPLITS))
 def test_committed_eval_sets_regenerate_byte_for_byte(name, tmp_path):
     committed = REPO / "data" / "eval" / f"{name}.jsonl"
-    records = make_eval_set(GP_EVAL_SPLITS[name], size=len(load_eval_set(committed)))
+    records = make_eval_set(ALL_SPLITS[name], size=len(load_eval_set(committed)))
     write_jsonl(tmp_path / "regenerated.jsonl", records)
     assert (tmp_path / "regenerated.jsonl").read_bytes() == committed.read_bytes()
 
@@ -109,3 +113,16 @@ def test_text_records_render_with_the_default_models_chat_template(tmp_path, smo
         assert rendered.rstrip().endswith(assistants[-1]["content"] + "<|im_end|>")
         ids = smollm2_tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
         assert 100 < len(ids) < 2048
+
+
+def test_virl_splits_pair_the_rule_shift_and_spread_the_visual_shift():
+    load = lambda name: load_eval_set(REPO / "data" / "eval" / f"{name}.jsonl")  # noqa: E731
+    ids, rule, visual = load("virl-id"), load("virl-rule-ood"), load("virl-visual-ood")
+    assert [r["task"] for r in ids] == [r["task"] for r in rule]  # the same routes, another action space
+    assert {r["env_config"]["action_space"] for r in rule} == {"relative"}
+    assert {r["env_config"]["action_space"] for r in ids + visual} == {"absolute"}
+    cities = [r["env_config"]["city"] for r in visual]
+    assert len(set(cities)) == 9 and "Arden" not in cities and {r["env_config"]["city"] for r in ids} == {"Arden"}
+    for record in visual[:3]:
+        obs, _ = make("virl-vl", **record["env_config"]).reset(options={"task": record["task"]})
+        assert obs.images[0].size == (224, 224)

@@ -102,6 +102,8 @@ class PPOSettings:
             raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
         if self.advantage != "gae" and self.group_size < 2:
             raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
+        if self.bootstrap_truncated and self.env_id.startswith("virl"):
+            raise ValueError("bootstrap_truncated rebuilds one growing conversation; V-IRL starts a new one per point")
         if self.episodes_per_update % self.group_size:
             raise ValueError("episodes_per_update must be a multiple of group_size")
         if self.minibatch_size % self.micro_batch_size:
@@ -333,7 +335,7 @@ def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answe
         for turn in episode.turns:
             weights = answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef)
             old = sum(w * lp for w, lp in zip(weights, turn.response_logprobs))
-            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, old, weights, episode.images, turn.reward))
+            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, old, weights, turn.images, turn.reward))
     return turns
 
 

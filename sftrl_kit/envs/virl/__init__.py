@@ -1,0 +1,1 @@
+"""V-IRL navigation: routes (real files or generated cities), street views, env."""
