@@ -32,9 +32,11 @@ $(STAMP): pyproject.toml
 
 quickstart: $(STAMP)
 	$(BIN)/sftrl data gp
+	$(BIN)/sftrl data virl
 
 data: $(STAMP)
 	$(BIN)/sftrl data gp
+	$(BIN)/sftrl data virl
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -44,6 +46,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/verifier.py
+	$(BIN)/python bench/virl.py
+	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) data/generated .pytest_cache

@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ is on sys.path)
 

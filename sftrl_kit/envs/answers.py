@@ -47,7 +47,7 @@ def parse_answer(
     wanted = {normalise_key(f) for f in fields}
     needed = [normalise_key(f) for f in required]
     for span in reversed(_object_spans(text)[-_MAX_SPANS:]):
-        obj = _read_object(span)
+        obj = read_json_object(span)
         if obj is None:
             continue
         picked = {normalise_key(k): v for k, v in obj.items() if normalise_key(k) in wanted}
@@ -111,9 +111,9 @@ def _is_apostrophe(text: str, index: int) -> bool:
     )
 
 
-def _read_object(span: str) -> dict | None:
-    """Read the span as it is, then repaired, then with bare keys quoted as well (last,
-    since that pattern could also match inside a string value)."""
+def read_json_object(span: str) -> dict | None:
+    """One {...} text as a dict, or None: read as it is, then repaired, then with bare
+    keys quoted as well (last, since that pattern could also match inside a string)."""
     repaired = _repair(span)
     for candidate in (span, repaired, _quote_bare_keys(repaired)):
         parsed = _read_json(candidate)

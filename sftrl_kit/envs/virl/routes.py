@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from ..answers import read_json_object
+
 ActionSpace = Literal["absolute", "relative"]
 ACTION_SPACES = ("absolute", "relative")
 COMPASS = ("north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest")
@@ -241,7 +243,7 @@ def _milestones(raw: Any, where: str) -> list[dict[str, Any]]:
     else:
         blocks = []
         for i, text in enumerate(_BLOCK.findall(raw)):
-            parsed = _read_block(text)
+            parsed = read_json_object(text)  # V-IRL writes Python-style dicts
             if parsed is None:
                 raise RouteError(f"{where}.milestone_info: block {i} is not a readable object: {text[:80]!r}")
             blocks.append(parsed)
@@ -249,12 +251,6 @@ def _milestones(raw: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(block, dict):
             raise RouteError(f"{where}.milestone_info[{i}]: expected an object")
     return blocks
-
-
-def _read_block(text: str) -> dict | None:
-    from ..answers import _read_object  # the same tolerant reader the answers use
-
-    return _read_object(text)
 
 
 def _landmarks(raw: Any, where: str) -> list[Landmark]:
