@@ -37,11 +37,28 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
         field_type = hints.get(name)
         if dataclasses.is_dataclass(field_type) and isinstance(value, dict):
             value = from_dict(field_type, value, where=f"{where}.{name}")
-        kwargs[name] = value
+        kwargs[name] = _coerce_number(value, field_type, f"{where}.{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def _coerce_number(value: Any, field_type: Any, where: str) -> Any:
+    """'5e-5' -> 5e-05 for a float field (YAML 1.1 reads exponents without a dot as
+    text), '3' -> 3 for an int field; other values pass through unchanged."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(field_type) or (field_type,)
+    for number_type in (int, float):
+        if number_type in options and not (str in options):
+            try:
+                return number_type(value)
+            except ValueError:
+                if number_type is int and float in options:
+                    continue
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -24,3 +24,13 @@ def test_errors_name_the_field_and_the_file(tmp_path):
     broken.write_text("target: [1\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_yaml(GPConfig, broken)
+
+
+def test_numbers_written_as_text_are_coerced_or_rejected():
+    from sftrl_kit.train.ppo import PPOSettings
+
+    settings = from_dict(PPOSettings, {"learning_rate": "5e-5", "updates": "3", "init_tokens": "10"})
+    assert settings.learning_rate == 5e-5 and settings.updates == 3 and settings.init_tokens == 10
+    with pytest.raises(ConfigError, match=r"PPOSettings.learning_rate: expected a number, got 'fast'"):
+        from_dict(PPOSettings, {"learning_rate": "fast"})
+    assert from_dict(PPOSettings, {"tasks": "123"}).tasks == "123"  # a str | None field stays text

@@ -1,6 +1,7 @@
 """SFT and PPO end to end on the tiny model: learning, multi-process agreement, resume."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -131,3 +132,31 @@ def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
         "step-000000", "step-000002", "step-000004"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"advantage": "grpo", "group_size": 2},
+        {"advantage": "rloo", "group_size": 2, "thought_coef": 0.5},
+        {"lora": {"r": 4, "alpha": 8}, "kl_coef": 0.1, "entropy_coef": 0.01},
+        {"kl_coef": 0.05, "bootstrap_truncated": True},
+        {"env_id": "virl-l", "env_config": {"action_space": "relative"}},
+    ],
+    ids=["grpo", "rloo-thought", "lora-kl-entropy", "kl-bootstrap", "virl"],
+)
+def test_every_ppo_option_completes_an_update(tmp_path, options):
+    settings = PPOSettings(model="tiny", run_dir=str(tmp_path), updates=1, episodes_per_update=4, max_new_tokens=8,
+                           max_attempts=2, minibatch_size=4, micro_batch_size=2, ppo_epochs=1, **options)
+    run = train_ppo(settings)
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    assert row["update"] == 1 and row["episodes"] == 4 and math.isfinite(row["policy_loss"])
+    if options.get("kl_coef"):
+        assert row["kl_to_initial"] >= 0
+    assert (run / "checkpoints" / "update-0001" / "config.json").is_file()
+
+
+def test_bootstrapping_needs_a_single_conversation(tmp_path):
+    with pytest.raises(ValueError, match="starts new ones"):
+        train_ppo(PPOSettings(model="tiny", run_dir=str(tmp_path), env_id="virl-l", env_config={},
+                              bootstrap_truncated=True, updates=1))

@@ -188,3 +188,22 @@ def test_rollouts_start_a_new_conversation_at_each_point(tiny_policy):
     tiny = rollout(tiny_policy, [make("virl-l")], SamplingConfig(temperature=0.0, max_new_tokens=8), seeds=[4],
                    progress=False)[0]
     assert len(tiny.turns) == 2 and not tiny.success  # two failed attempts at the first point
+
+
+def test_real_street_views_from_a_folder_replace_the_rendered_ones(tmp_path):
+    from PIL import Image
+
+    route = load_routes(FIXTURES / "virl_route.json")[0]
+    folder = tmp_path / route.route_id
+    folder.mkdir()
+    for point in range(len(route.decisions("absolute"))):
+        Image.new("RGB", (64, 64), (point * 20, 0, 0)).save(folder / f"{point:03d}.png")
+    env = make("virl-vl", views_dir=str(tmp_path))
+    obs, _ = env.reset(options={"task": {"route": route.to_json()}})
+    assert obs.images[0].getpixel((0, 0)) == (0, 0, 0)
+    obs, *_ = env.step(expert_answer(env))  # the turn keeps the agent at point 0
+    obs, *_ = env.step(expert_answer(env))  # forward: point 1
+    assert obs.images[0].getpixel((0, 0)) == (20, 0, 0)
+    (folder / "002.png").unlink()
+    with pytest.raises(FileNotFoundError, match="002.png"):
+        env.step(expert_answer(env))

@@ -23,6 +23,8 @@ class Observation:
 
 class Env(Protocol):
     env_id: str
+    answer_field: str  # the answer's decisive field ("formula", "action"): trainers may weight it
+    single_conversation: bool  # False when a step can start a new prompt (info["new_prompt"])
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -53,7 +53,6 @@ from ..rollout import rollout
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
-ANSWER_FIELDS = {"gp": "formula", "virl": "action"}
 
 
 @dataclass
@@ -102,8 +101,6 @@ class PPOSettings:
             raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
         if self.advantage != "gae" and self.group_size < 2:
             raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
-        if self.bootstrap_truncated and self.env_id.startswith("virl"):
-            raise ValueError("bootstrap_truncated rebuilds one growing conversation; V-IRL starts a new one per point")
         if self.episodes_per_update % self.group_size:
             raise ValueError("episodes_per_update must be a multiple of group_size")
         if self.minibatch_size % self.micro_batch_size:
@@ -259,7 +256,10 @@ def train_ppo(settings: PPOSettings) -> Path:
         _load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_policy(settings, policy, accelerator.device)
-    answer_field = ANSWER_FIELDS.get(settings.env_id.split("-")[0])
+    probe = make(settings.env_id, **settings.env_config)
+    if settings.bootstrap_truncated and not probe.single_conversation:
+        raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
+    answer_field = probe.answer_field
     tasks = _read_tasks(settings.tasks)
     lam = buffer_lambda(settings.env_id)
     counters = _read_counters(resume_folder) if resume_folder else {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}

@@ -23,6 +23,9 @@ from .verifier import Verdict, verify
 
 
 class GeneralPointsEnv:
+    answer_field = "formula"
+    single_conversation = True
+
     def __init__(self, config: GPConfig | None = None, env_id: str = "gp-l") -> None:
         self.config = config or GPConfig()
         self.env_id = env_id

@@ -27,6 +27,9 @@ from .verifier import Verdict, verify
 
 
 class VirlEnv:
+    answer_field = "action"
+    single_conversation = False  # each point's prompt starts a new conversation
+
     def __init__(self, config: VirlConfig | None = None, env_id: str = "virl-l") -> None:
         self.config = config or VirlConfig()
         self.env_id = env_id
