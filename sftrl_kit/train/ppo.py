@@ -62,7 +62,7 @@ class PPOSettings:
     run_dir: str = "papermill_runs/ppo"
     env_id: str = "gp-l"
     env_config: dict[str, Any] = field(default_factory=lambda: {"face_rule": "ten", "colours": "black"})
-    max_attempts: int = 5  # the verification budget (ablation: 1, 3, 5, 10)
+    max_attempts: int | None = None  # verification budget; None: the env's (GP 5, V-IRL 2 per point)
     tasks: str | None = None  # a JSONL of tasks (eval-set format) to cycle through; default: fresh deals
     # rollouts, per process and update
     episodes_per_update: int = 16
@@ -105,9 +105,11 @@ class PPOSettings:
             raise ValueError("episodes_per_update must be a multiple of group_size")
         if self.minibatch_size % self.micro_batch_size:
             raise ValueError("minibatch_size must be a multiple of micro_batch_size")
-        for name in ("updates", "ppo_epochs", "minibatch_size", "micro_batch_size", "save_every", "max_attempts"):
+        for name in ("updates", "ppo_epochs", "minibatch_size", "micro_batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1 (or None for the environment's own budget)")
 
     @property
     def uses_critic(self) -> bool:
@@ -315,7 +317,9 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
     """This process's episodes for one update: distinct deals per process and update."""
     deals = settings.episodes_per_update // settings.group_size
     first = ((update - 1) * accelerator.num_processes + accelerator.process_index) * deals
-    config = {**settings.env_config, "max_attempts": settings.max_attempts}
+    config = dict(settings.env_config)
+    if settings.max_attempts is not None:
+        config["max_attempts"] = settings.max_attempts
     envs = [make(settings.env_id, **config) for _ in range(settings.episodes_per_update)]
     sampling = SamplingConfig(
         temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
@@ -381,7 +385,8 @@ def _estimate_advantages(actor_critic, policy, turns, episodes, settings, accele
 
 
 def _truncated(episode: Episode, settings: PPOSettings) -> bool:
-    return settings.bootstrap_truncated and not episode.success and len(episode.turns) >= settings.max_attempts
+    """An episode in one conversation that did not succeed ran out of budget."""
+    return settings.bootstrap_truncated and not episode.success
 
 
 def _bootstrap_value(actor_critic, policy, episode: Episode, settings) -> float:

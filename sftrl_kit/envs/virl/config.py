@@ -28,7 +28,7 @@ class VirlConfig:
     max_turns: int = 3
     max_blocks: int = 3  # blocks per street in generated routes
     max_straight: int = 5  # cap on forward() steps between turning points
-    max_attempts_per_point: int = 2  # the verification budget at each point
+    max_attempts: int = 2  # the verification budget, per point (answers allowed at each point)
     panel_size: int = 112  # each of the four street views, in pixels
     views_dir: str | None = None  # real street-view grids: <views_dir>/<route_id>/<point>.png
     history: int = 8  # earlier (observation, action) pairs shown in the prompt
@@ -40,8 +40,8 @@ class VirlConfig:
         check_choice("city", self.city, tuple(CITIES))
         if not 1 <= self.min_turns <= self.max_turns:
             raise ValueError(f"need 1 <= min_turns <= max_turns, got {self.min_turns}, {self.max_turns}")
-        if self.max_attempts_per_point < 1 or self.max_straight < 1 or self.max_blocks < 1:
-            raise ValueError("max_attempts_per_point, max_straight and max_blocks must be >= 1")
+        if self.max_attempts < 1 or self.max_straight < 1 or self.max_blocks < 1:
+            raise ValueError("max_attempts, max_straight and max_blocks must be >= 1")
         if isinstance(self.rewards, dict):
             self.rewards = VirlRewards(**self.rewards)
 

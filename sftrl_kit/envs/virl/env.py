@@ -4,7 +4,7 @@ An episode is one route. At each decision point the model answers with an action
 verifier scores it. A correct action is executed and the next point's prompt (with the
 history of observations and actions) starts a new conversation: `info["new_prompt"]`
 tells rollouts so. A wrong action is not executed: the model sees the verifier's
-message and may revise, up to `max_attempts_per_point` answers per point; then the
+message and may revise, up to `max_attempts` answers per point; then the
 episode is truncated (the budget penalty is added to that last answer). Reaching the
 end of the route terminates the episode with success.
 """
@@ -78,7 +78,7 @@ class VirlEnv:
             self._done = terminated
             observation = Observation(verdict.feedback) if terminated else self._observation()
             return observation, verdict.reward, terminated, False, self._info(verdict, new_prompt=not terminated)
-        truncated = self.attempts >= self.config.max_attempts_per_point
+        truncated = self.attempts >= self.config.max_attempts
         reward = verdict.reward + (self.config.rewards.budget_exceeded if truncated else 0.0)
         self._done = truncated
         return Observation(revision_text(verdict.feedback)), reward, False, truncated, self._info(verdict)
