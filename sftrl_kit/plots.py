@@ -1,0 +1,120 @@
+"""The study's figures, drawn from run folders alone.
+
+A run folder holds checkpoints/<name>/checkpoint.json (step, tokens, GFLOPs) and, after
+evaluation, checkpoints/<name>/eval/<set>/metrics.json. `checkpoint_rows` flattens
+them; the plots take those rows, so every figure can be redrawn from the folders.
+
+  plot_curves      a metric against training GFLOPs, one panel per eval set (ID, OOD),
+                   points with binomial error bars sqrt(P(1-P)/N), and a
+                   Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
+  plot_change      change of a metric from each run's first checkpoint to its last,
+                   in points, with error bars (the paper's OOD bar chart)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+METRICS = ("success_rate", "per_step_accuracy", "first_attempt_success", "recognition_accuracy")
+
+
+def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (run, checkpoint, eval set) with counters and rates."""
+    rows = []
+    for index, run_dir in enumerate(run_dirs):
+        run_dir = Path(run_dir)
+        label = labels[index] if labels else run_dir.name
+        for folder in sorted((run_dir / "checkpoints").glob("*")):
+            counters_path = folder / "checkpoint.json"
+            if not counters_path.is_file():
+                continue
+            counters = json.loads(counters_path.read_text())
+            for metrics_path in sorted((folder / "eval").glob("*/metrics.json")):
+                metrics = json.loads(metrics_path.read_text())
+                row = {"run": label, "checkpoint": folder.name, "eval_set": metrics_path.parent.name,
+                       "method": counters.get("method"), "step": counters.get("step", 0),
+                       "gflops": counters.get("gflops", 0.0)}
+                for metric in METRICS:
+                    entry = metrics.get(metric)
+                    row[metric] = entry["value"] if entry else None
+                    row[f"{metric}_trials"] = entry["trials"] if entry else 0
+                rows.append(row)
+    return rows
+
+
+def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarray:
+    """Savitzky-Golay smoothing; series shorter than the window are returned as they are."""
+    from scipy.signal import savgol_filter
+
+    values = np.asarray(values, dtype=float)
+    window = min(window, len(values) if len(values) % 2 else len(values) - 1)
+    if window <= order:
+        return values
+    return savgol_filter(values, window, order)
+
+
+def binomial_error(p: float | None, n: int) -> float:
+    return 0.0 if p is None or n == 0 else math.sqrt(p * (1 - p) / n)
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
+                eval_sets: Sequence[str] | None = None, smooth_window: int = 5):
+    """Metric (%) against training GFLOPs; one panel per eval set, one line per run."""
+    import matplotlib.pyplot as plt
+
+    sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
+    figure, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+    for ax, eval_set in zip(axes[0], sets):
+        for run in sorted({r["run"] for r in rows}):
+            series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
+                            key=lambda r: r["gflops"])
+            if not series:
+                continue
+            x = [r["gflops"] for r in series]
+            y = np.array([100 * r[metric] for r in series])
+            errors = [100 * binomial_error(r[metric], r[f"{metric}_trials"]) for r in series]
+            points = ax.errorbar(x, y, yerr=errors, fmt="o", ms=3, capsize=2, alpha=0.6)
+            ax.plot(x, smooth(y, smooth_window), color=points[0].get_color(), label=run)
+        ax.set_title(eval_set)
+        ax.set_xlabel("training GFLOPs")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate") -> list[dict[str, Any]]:
+    """Per run: last checkpoint minus first on one eval set, in points, with its error."""
+    out = []
+    for run in sorted({r["run"] for r in rows}):
+        series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
+                        key=lambda r: r["gflops"])
+        if len(series) < 2:
+            continue
+        first, last = series[0], series[-1]
+        error = math.hypot(binomial_error(first[metric], first[f"{metric}_trials"]),
+                           binomial_error(last[metric], last[f"{metric}_trials"]))
+        out.append({"run": run, "start": 100 * first[metric], "end": 100 * last[metric],
+                    "change": 100 * (last[metric] - first[metric]), "error": 100 * error})
+    return out
+
+
+def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"):
+    """Bars of each run's change (points) from its first checkpoint, with error bars."""
+    import matplotlib.pyplot as plt
+
+    changes = change_from_start(rows, eval_set, metric)
+    figure, ax = plt.subplots(figsize=(1.6 + 1.2 * max(1, len(changes)), 3.4))
+    ax.bar([c["run"] for c in changes], [c["change"] for c in changes], yerr=[c["error"] for c in changes],
+           capsize=4, color=["tab:green" if c["change"] >= 0 else "tab:red" for c in changes])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")
+    ax.set_title(f"{eval_set}: from the shared start")
+    figure.tight_layout()
+    return figure
