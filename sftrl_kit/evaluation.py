@@ -61,6 +61,33 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, Any]:
     }
 
 
+RAMBLING_CHARS = 600  # an unreadable answer this long is rambling, not a slip of format
+
+
+def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
+    """How answers failed, with the memorisation signature counted on its own:
+
+    trained_rule_used   the answer applied the other rule: GP numbers valued under the
+                        other face-card rule, or a V-IRL action of the other action space
+    unparseable         no answer object could be read
+    rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
+                        without an SFT start)
+    Each count comes with its share of all answers and example episode indices.
+    """
+    turns = [(i, t) for i, e in enumerate(episodes) for t in e.turns]
+    checks = {
+        "trained_rule_used": lambda t: bool(t.verdict.get("other_rule_used") or t.verdict.get("other_space_used")),
+        "unparseable": lambda t: t.outcome == "unparseable",
+        "rambling": lambda t: t.outcome == "unparseable" and len(t.response) >= RAMBLING_CHARS,
+    }
+    out: dict[str, Any] = {"answers": len(turns)}
+    for name, check in checks.items():
+        hits = [i for i, t in turns if check(t)]
+        out[name] = {"count": len(hits), "share": len(hits) / len(turns) if turns else None,
+                     "examples": sorted(set(hits))[:10]}
+    return out
+
+
 def evaluate(
     policy: Responder,
     eval_set: str | Path | Sequence[dict[str, Any]],
@@ -99,6 +126,7 @@ def evaluate(
         "env_overrides": env_overrides,
         "seconds": round(time.perf_counter() - started, 2),
         **episode_metrics(episodes),
+        "failure_modes": failure_modes(episodes),
     }
     if run_dir is not None:
         folder = Path(run_dir) / "eval" / (name or f"{env_id}-{metrics['split']}")

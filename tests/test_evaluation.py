@@ -87,3 +87,19 @@ def test_every_checkpoint_on_every_set_becomes_a_row(tmp_path, tiny_policy):
     assert (tmp_path / "checkpoints" / "step-000020" / "eval" / "ood" / "metrics.json").is_file()
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         evaluate_checkpoints(tmp_path / "empty", {"id": GP_ID})
+
+
+def test_failure_modes_count_the_trained_rule_leaking_into_the_new_one():
+    from sftrl_kit.evaluation import failure_modes
+
+    episodes = [
+        Episode("gp-l", {}, {}, "p", [Turn("x" * 700, -3.0, "unparseable", "f"),
+                                      Turn("a", -2.0, "numbers_mismatch", "f", {"other_rule_used": True})]),
+        Episode("virl-l", {}, {}, "p", [Turn("b", -1.0, "invalid_action", "f", {"other_space_used": True}),
+                                        Turn("c", -3.0, "unparseable", "f")]),
+    ]
+    modes = failure_modes(episodes)
+    assert modes["answers"] == 4
+    assert modes["trained_rule_used"]["count"] == 2 and modes["trained_rule_used"]["examples"] == [0, 1]
+    assert modes["unparseable"]["count"] == 2 and modes["rambling"]["count"] == 1
+    assert failure_modes([])["unparseable"]["share"] is None
