@@ -191,6 +191,18 @@ def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> in
     return count
 
 
+def write_sft_sets(folder: Path, plan: list[tuple[str, Iterator[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Write each named record stream to folder/<name>.jsonl; sizes include images."""
+    written = {}
+    for name, records in plan:
+        path = folder / f"{name}.jsonl"
+        count = write_sft_dataset(path, records)
+        image_dir = path.with_suffix("")
+        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
+        written[name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    return written
+
+
 def load_sft_dataset(path: str | Path):
     """The JSONL as a `datasets.Dataset`; image paths become decoded images."""
     import datasets
@@ -232,12 +244,7 @@ def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes
         ("gp-vl-expert", expert_records("gp-vl", sizes.sft_image)),
         ("gp-vl-suboptimal", suboptimal_records("gp-vl", sizes.sft_image // 2)),
     ]
-    for name, records in plan:
-        path = generated / f"{name}.jsonl"
-        count = write_sft_dataset(path, records)
-        image_dir = path.with_suffix("")
-        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
-        summary["sft"][name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    summary["sft"] = write_sft_sets(generated, plan)
     summary["samples"] = _write_samples(generated / "samples", sizes.samples)
     return summary
 
@@ -341,12 +348,7 @@ def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDat
         ("virl-vl-expert", virl_expert_records("virl-vl", sizes.sft_image_routes)),
         ("virl-vl-suboptimal", virl_suboptimal_records("virl-vl", sizes.sft_image_routes // 2)),
     ]
-    for name, records in plan:
-        path = generated / f"{name}.jsonl"
-        count = write_sft_dataset(path, records)
-        image_dir = path.with_suffix("")
-        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
-        summary["sft"][name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    summary["sft"] = write_sft_sets(generated, plan)
     samples = generated / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     for split in list(VIRL_EVAL_SPLITS.values())[: sizes.samples]:

@@ -19,3 +19,14 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
 def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
     assert main(["data", "gp", "--root", str(tmp_path), "--eval-size", "-1"]) == 2
     assert "--eval-size must be >= 0" in capsys.readouterr().err
+
+
+def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
+    args = ["data", "virl", "--root", str(tmp_path), "--eval-routes", "3", "--visual-ood-routes", "9",
+            "--sft-text-routes", "2", "--sft-image-routes", "2", "--samples", "1", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {n: i["records"] for n, i in summary["eval"].items()} == {"virl-id": 3, "virl-rule-ood": 3, "virl-visual-ood": 9}
+    assert summary["sft"]["virl-l-expert"]["records"] > 2 and summary["sft"]["virl-vl-suboptimal"]["records"] > 0
+    assert len(list((tmp_path / "generated" / "virl-vl-expert").glob("*.png"))) == summary["sft"]["virl-vl-expert"]["records"]
+    assert len(summary["samples"]) == 1

@@ -9,27 +9,20 @@ from .virl.config import VirlConfig
 from .virl.env import VirlEnv
 
 
-def _general_points(modality: str, env_id: str):
-    def factory(**config: Any) -> GeneralPointsEnv:
+def _factory(env_class, config_class, modality: str, env_id: str):
+    """make(env_id, **fields): the config from keyword fields, the modality from the id."""
+
+    def factory(**config: Any):
         if "modality" in config:
-            raise ValueError(f"{env_id}: the modality is fixed by the environment id; use gp-l or gp-vl")
-        return GeneralPointsEnv(from_dict(GPConfig, {**config, "modality": modality}, where=env_id), env_id)
+            raise ValueError(f"{env_id}: the modality is fixed by the environment id")
+        return env_class(from_dict(config_class, {**config, "modality": modality}, where=env_id), env_id)
 
     return factory
 
 
-def _virl(modality: str, env_id: str):
-    def factory(**config: Any) -> VirlEnv:
-        if "modality" in config:
-            raise ValueError(f"{env_id}: the modality is fixed by the environment id; use virl-l or virl-vl")
-        return VirlEnv(from_dict(VirlConfig, {**config, "modality": modality}, where=env_id), env_id)
-
-    return factory
-
-
-register("gp-l", _general_points("text", "gp-l"))
-register("gp-vl", _general_points("image", "gp-vl"))
-register("virl-l", _virl("text", "virl-l"))
-register("virl-vl", _virl("image", "virl-vl"))
+register("gp-l", _factory(GeneralPointsEnv, GPConfig, "text", "gp-l"))
+register("gp-vl", _factory(GeneralPointsEnv, GPConfig, "image", "gp-vl"))
+register("virl-l", _factory(VirlEnv, VirlConfig, "text", "virl-l"))
+register("virl-vl", _factory(VirlEnv, VirlConfig, "image", "virl-vl"))
 
 __all__ = ["Env", "Observation", "make", "register", "registered", "revision_text"]
