@@ -174,12 +174,11 @@ def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> in
     image_dir.mkdir(parents=True, exist_ok=True)
 
     def stored() -> Iterator[dict[str, Any]]:
-        for record in records:
+        for number, record in enumerate(records):
             if "images" in record:
                 names = []
                 for i, image in enumerate(record["images"]):
-                    point = record["task"].get("point", 0) if isinstance(record.get("task"), dict) else 0
-                    name = f"{image_dir.name}/{record['seed']}-{point}-{i}.png"
+                    name = f"{image_dir.name}/{number:06d}-{i}.png"  # one file per record and image
                     image.save(path.parent / name, format="PNG")
                     names.append(name)
                 record = {**record, "images": names}
