@@ -30,7 +30,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "tiny", "tiny-vl")
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes

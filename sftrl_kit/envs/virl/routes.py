@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from ..answers import read_json_object
 
@@ -288,8 +288,3 @@ def _steps(distance_m: float | None, max_straight: int, metres_per_step: float =
     if distance_m is None:
         return 1
     return max(1, min(max_straight, round(distance_m / metres_per_step)))
-
-
-def iter_routes(paths: list[str | Path]) -> Iterator[Route]:
-    for path in paths:
-        yield from load_routes(path)

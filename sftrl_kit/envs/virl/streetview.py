@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .city import CORNERS, City
 
-PANEL_ORDER = ("front", "right", "back", "left")
+PANEL_OFFSETS = {"front": 0, "right": 90, "back": 180, "left": 270}  # grid order: row by row
 _ROAD = (90, 90, 95)
 _GROUND = (150, 150, 140)
 
@@ -27,7 +27,7 @@ _GROUND = (150, 150, 140)
 def render_views(city: City, node: tuple[int, int], heading: float, seed: int = 0, panel: int = 112) -> Image.Image:
     """The 2x2 grid at `node` facing `heading`; panel is each view's side in pixels."""
     grid = Image.new("RGB", (2 * panel, 2 * panel), (0, 0, 0))
-    for index, offset in enumerate((0, 90, 180, 270)):
+    for index, offset in enumerate(PANEL_OFFSETS.values()):
         view = _render_panel(city, node, (heading + offset) % 360, seed, panel)
         grid.paste(view, ((index % 2) * panel, (index // 2) * panel))
     return grid
