@@ -1,4 +1,5 @@
-# sftrl-kit: `make quickstart` runs the main job, `make test` the test suite.
+# sftrl-kit: `make quickstart` runs the main job (notebooks/00_quickstart.ipynb through
+# papermill into papermill_runs/), `make test` the test suite.
 # Both create .venv and install the project on first use.
 #   TORCH   the torch requirement; CPU build by default. On a GPU machine, e.g.
 #           make quickstart TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
@@ -16,7 +17,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 
-.PHONY: setup quickstart test test-fast bench data clean
+.PHONY: setup quickstart smoke test test-fast bench data clean
 
 setup: $(STAMP)
 
@@ -31,8 +32,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 quickstart: $(STAMP)
-	$(BIN)/sftrl data gp
-	$(BIN)/sftrl data virl
+	$(BIN)/sftrl run quickstart
+
+smoke: $(STAMP)
+	$(BIN)/sftrl run smoke
 
 data: $(STAMP)
 	$(BIN)/sftrl data gp

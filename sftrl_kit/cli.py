@@ -5,6 +5,7 @@
     sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
     sftrl sft [--config sft.yaml] [field=value ...]
     sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
+    sftrl run <preset | notebook ...> [-p key value ...] [--resume RUN_FOLDER]
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         train.add_argument("--config", default=None, help="YAML of settings (dataclass fields)")
         train.add_argument("overrides", nargs="*", help="field=value pairs applied after the YAML")
         train.set_defaults(run=_train, method=name)
+
+    run = commands.add_parser("run", help="execute notebooks in order with papermill into one run folder")
+    run.add_argument("notebooks", nargs="*", help="presets (quickstart, smoke, study) and/or notebooks (03, 03_sft)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                     help="a notebook parameter (VALUE read as YAML: 3, 1e-5, true, [a, b]); repeatable")
+    run.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                     help="continue a batch from the notebook that failed (or was interrupted)")
+    run.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-<names>)")
+    run.set_defaults(run=_run)
 
     args = parser.parse_args(argv)
     try:
@@ -150,6 +160,34 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = train(settings)
     print(f"{args.method} finished: {run_dir}")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .runs import NotebookFailure, run_batch
+
+    if not args.notebooks and not args.resume:
+        raise ValueError("name a preset (quickstart, smoke, study) or notebooks, or give --resume RUN_FOLDER")
+    parameters = {key: _yaml_number(yaml.safe_load(value)) for key, value in args.parameter}
+    try:
+        folder = run_batch(args.notebooks, parameters, run_dir=args.out, resume=args.resume)
+    except NotebookFailure as failure:
+        print(f"sftrl run: {failure}", file=sys.stderr)
+        print(f"  fix it, then: sftrl run --resume {failure.output.parent}", file=sys.stderr)
+        return 1
+    print(f"sftrl run: done; executed notebooks and artefacts in {folder}")
+    return 0
+
+
+def _yaml_number(value):
+    """YAML 1.1 reads 1e-5 as a string; a notebook parameter that looks like a number is one."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _eval_set_path(name: str):

@@ -72,7 +72,8 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     unparseable         no answer object could be read
     rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
                         without an SFT start)
-    Each count comes with its share of all answers and example episode indices.
+    Each count comes with its share of all answers (and that share's Wilson interval,
+    `rate`) and example episode indices.
     """
     turns = [(i, t) for i, e in enumerate(episodes) for t in e.turns]
     checks = {
@@ -84,7 +85,7 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     for name, check in checks.items():
         hits = [i for i, t in turns if check(t)]
         out[name] = {"count": len(hits), "share": len(hits) / len(turns) if turns else None,
-                     "examples": sorted(set(hits))[:10]}
+                     "rate": wilson_interval(len(hits), len(turns)), "examples": sorted(set(hits))[:10]}
     return out
 
 
@@ -124,6 +125,7 @@ def evaluate(
         "model": getattr(policy, "name", type(policy).__name__),
         "sampling": asdict(sampling),
         "env_overrides": env_overrides,
+        "limit": limit,
         "seconds": round(time.perf_counter() - started, 2),
         **episode_metrics(episodes),
         "failure_modes": failure_modes(episodes),

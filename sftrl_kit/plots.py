@@ -43,6 +43,7 @@ def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
                     entry = metrics.get(metric)
                     row[metric] = entry["value"] if entry else None
                     row[f"{metric}_trials"] = entry["trials"] if entry else 0
+                    row[f"{metric}_successes"] = entry["successes"] if entry else 0
                 rows.append(row)
     return rows
 
@@ -70,6 +71,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
     sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
     figure, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
     for ax, eval_set in zip(axes[0], sets):
+        top = 5.0
         for run in sorted({r["run"] for r in rows}):
             series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
                             key=lambda r: r["gflops"])
@@ -80,6 +82,8 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
             errors = [100 * binomial_error(r[metric], r[f"{metric}_trials"]) for r in series]
             points = ax.errorbar(x, y, yerr=errors, fmt="o", ms=3, capsize=2, alpha=0.6)
             ax.plot(x, smooth(y, smooth_window), color=points[0].get_color(), label=run)
+            top = max(top, float(np.max(y + np.array(errors))) * 1.1)
+        ax.set_ylim(0, min(100, top))
         ax.set_title(eval_set)
         ax.set_xlabel("training GFLOPs")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
@@ -118,3 +122,12 @@ def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "su
     ax.set_title(f"{eval_set}: from the shared start")
     figure.tight_layout()
     return figure
+
+
+def save_figure(figure, run_dir: str | Path, name: str) -> Path:
+    """run_dir/figures/<name>.png (150 dpi) and .svg; returns the PNG's path."""
+    folder = Path(run_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    figure.savefig(folder / f"{name}.png", dpi=150, bbox_inches="tight")
+    figure.savefig(folder / f"{name}.svg", bbox_inches="tight")
+    return folder / f"{name}.png"

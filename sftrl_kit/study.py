@@ -1,0 +1,320 @@
+"""The paper's comparison as library steps: one SFT start, two branches, one verdict.
+
+    prepare_sft_data   expert (or sub-optimal) GP records into the run folder
+    sft_start          the shared SFT initialisation
+    ppo_branch         PPO from the start
+    sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
+    evaluate_runs      every checkpoint of every run on the frozen sets (the shared start
+                       is evaluated once and its results copied to each branch's step 0)
+    what_moved         per run and set: start -> end with intervals and a test; and the
+                       branches against each other at the end
+    budget_ablation    PPO at several verification budgets from the same start
+
+The notebooks call these in order; every artefact lands in the run folder
+(run_dir/sft-start, run_dir/ppo, run_dir/sft, run_dir/eval-tables, run_dir/figures).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from .data import expert_records, suboptimal_records, write_sft_dataset
+from .evaluation import compare_rates, evaluate
+from .models import SamplingConfig, load_policy
+
+EVAL_DIR = Path("data") / "eval"
+
+
+@dataclass
+class StudySettings:
+    """The GP-L study. Defaults are the quickstart: the embedded default model on a
+    2-core CPU in about half an hour. Scale the step counts, episodes and eval_limit up
+    on a GPU machine (the `study` preset does)."""
+
+    SMOKE: ClassVar[dict[str, Any]] = {
+        "model": "tiny", "sft_records": 32, "start_steps": 2, "sft_batch_size": 4, "ppo_updates": 2,
+        "episodes_per_update": 4, "max_new_tokens": 16, "eval_limit": 4, "checkpoints": 2,
+    }
+
+    model: str = "default"
+    sft_records: int = 2000  # expert GP-L records generated into the run folder
+    start_steps: int = 16  # SFT steps of the shared initialisation
+    start_learning_rate: float = 1e-4
+    sft_learning_rate: float = 2e-5  # the SFT branch, continuing from the start
+    sft_batch_size: int = 8
+    ppo_updates: int = 3
+    episodes_per_update: int = 8
+    ppo_epochs: int = 1
+    ppo_learning_rate: float = 2e-6
+    train_max_attempts: int = 2  # verification budget in training (the paper: 5)
+    max_new_tokens: int = 64  # an expert answer is at most ~51 tokens
+    temperature: float = 1.0  # PPO's sampling
+    checkpoints: int = 2  # evaluated checkpoints per branch after the start
+    eval_sets: list[str] = field(default_factory=lambda: ["gp-id", "gp-rule-ood"])
+    eval_limit: int | None = 40  # first N deals of each frozen set; None: all 300
+    eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
+    seed: int = 0
+
+    def eval_sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)
+
+    def eval_paths(self) -> dict[str, Path]:
+        return {name: eval_set_path(name) for name in self.eval_sets}
+
+
+def eval_set_path(name: str) -> Path:
+    path = Path(name) if name.endswith(".jsonl") else EVAL_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp`")
+    return path
+
+
+def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: int | None = None) -> Path:
+    """GP-L SFT records (deterministic in the seed) written into run_dir/data/."""
+    path = Path(run_dir) / "data" / f"gp-l-{kind}.jsonl"
+    if path.is_file():
+        return path
+    make_records = {"expert": expert_records, "suboptimal": suboptimal_records}[kind]
+    write_sft_dataset(path, make_records("gp-l", records, **({"seed": seed} if seed is not None else {})))
+    return path
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    folders = sorted(p for p in (Path(run_dir) / "checkpoints").glob("*") if (p / "checkpoint.json").is_file())
+    if not folders:
+        raise FileNotFoundError(f"no checkpoints under {Path(run_dir) / 'checkpoints'}")
+    return max(folders, key=lambda p: json.loads((p / "checkpoint.json").read_text()).get("step", 0))
+
+
+def counters(checkpoint: str | Path) -> dict[str, Any]:
+    return json.loads((Path(checkpoint) / "checkpoint.json").read_text())
+
+
+def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[Path], Path | None]:
+    """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
+    under one of its subfolders, such as the quickstart's), and the shared start's last
+    checkpoint if they include one. With none there, the newest folder under the runs
+    root that has some is used, so a notebook opened on its own picks up the last study."""
+    from .runs import runs_root
+
+    def with_subfolders(folder: Path) -> list[Path]:
+        return [folder] + sorted(p for p in folder.glob("*") if p.is_dir())
+
+    newest_first = sorted((p for p in runs_root().glob("*") if p.is_dir()), reverse=True)
+    candidates = [f for top in [Path(run_dir)] + newest_first for f in with_subfolders(top)]
+    for folder in candidates:
+        runs = sorted(p for p in folder.glob("*") if any((p / "checkpoints").glob("*/checkpoint.json")))
+        if runs:
+            start = folder / start_name
+            return [r for r in runs if r != start], last_checkpoint(start) if start in runs else None
+    raise FileNotFoundError(f"no training runs under {run_dir} or {runs_root()}: run 03_sft and 04_ppo_launch "
+                            "(or 00_quickstart) first")
+
+
+def eval_episodes(checkpoint: str | Path, eval_set: str):
+    """The episodes of one checkpoint's evaluation on one set."""
+    from .episodes import read_episodes
+
+    path = Path(checkpoint) / "eval" / eval_set / "episodes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: evaluate {Path(checkpoint).name} on {eval_set} first")
+    return read_episodes(path)
+
+
+def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str) -> Path:
+    """rows -> run_dir/tables/<name>.csv (and .json, exact values)."""
+    import csv
+
+    folder = Path(run_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with (folder / f"{name}.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / f"{name}.csv"
+
+
+def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str = "sft-start") -> Path:
+    """The shared initialisation: SFT of the base model; returns its last checkpoint."""
+    from .train.sft import SFTSettings, train_sft
+
+    folder = train_sft(SFTSettings(
+        model=settings.model, dataset=str(dataset), run_dir=str(Path(run_dir) / name),
+        learning_rate=settings.start_learning_rate, max_steps=settings.start_steps,
+        save_steps=settings.start_steps, batch_size=settings.sft_batch_size, logging_steps=1, seed=settings.seed,
+    ))
+    return last_checkpoint(folder)
+
+
+def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = "ppo", **overrides: Any) -> Path:
+    """PPO on the trained rule from the start checkpoint; returns the run folder."""
+    from .train.ppo import PPOSettings, train_ppo
+
+    ppo = PPOSettings(
+        model=str(start), run_dir=str(Path(run_dir) / name), max_attempts=settings.train_max_attempts,
+        episodes_per_update=settings.episodes_per_update, rollout_batch_size=settings.episodes_per_update,
+        updates=settings.ppo_updates, learning_rate=settings.ppo_learning_rate, ppo_epochs=settings.ppo_epochs,
+        minibatch_size=settings.episodes_per_update, max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature, save_every=_every(settings.ppo_updates, settings.checkpoints),
+        seed=settings.seed, init_tokens=counters(start)["tokens"],
+    )
+    for key, value in overrides.items():
+        setattr(ppo, key, value)
+    return train_ppo(ppo)
+
+
+def sft_steps_for(target_gflops: float, start: Path) -> int:
+    """SFT steps from the start whose X_SFT reaches target_gflops, at the tokens per step
+    the start's own run measured."""
+    start_counters = counters(start)
+    tokens_per_step = start_counters["tokens"] / max(1, start_counters["step"])
+    n = start_counters["num_parameters"]
+    needed_tokens = target_gflops * 1e9 / (6 * n) - start_counters["tokens"]
+    return max(1, math.ceil(needed_tokens / tokens_per_step))
+
+
+def sft_branch(settings: StudySettings, run_dir: Path, start: Path, dataset: Path, steps: int,
+               name: str = "sft") -> Path:
+    """More SFT on the trained rule from the start checkpoint; returns the run folder."""
+    from .train.sft import SFTSettings, train_sft
+
+    return train_sft(SFTSettings(
+        model=str(start), dataset=str(dataset), run_dir=str(Path(run_dir) / name),
+        learning_rate=settings.sft_learning_rate, max_steps=steps, save_steps=_every(steps, settings.checkpoints),
+        batch_size=settings.sft_batch_size, logging_steps=1, seed=settings.seed + 1,
+        init_tokens=counters(start)["tokens"],
+    ))
+
+
+def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | None = None,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint of every run not yet evaluated with these settings.
+
+    `start`: the shared initialisation. It is evaluated once; each run's step-0
+    checkpoint (the same weights) gets a copy of those results, marked as such.
+    Returns one summary row per (run, checkpoint, set).
+    """
+    sampling = settings.eval_sampling()
+    if start is not None:
+        evaluate_checkpoint(settings, Path(start), sampling, progress)
+    summary = []
+    for run in runs:
+        for folder in sorted(p for p in (Path(run) / "checkpoints").glob("*") if (p / "checkpoint.json").is_file()):
+            if start is not None and counters(folder)["step"] == 0:
+                _copy_evaluation(Path(start), folder)
+            else:
+                evaluate_checkpoint(settings, folder, sampling, progress)
+            for name in settings.eval_sets:
+                metrics = json.loads((folder / "eval" / name / "metrics.json").read_text())
+                summary.append({"run": Path(run).name, "checkpoint": folder.name, "eval_set": name,
+                                "gflops": counters(folder)["gflops"], "success": _cell(metrics["success_rate"]),
+                                "seconds": metrics["seconds"]})
+    return summary
+
+
+def evaluate_checkpoint(settings: StudySettings, folder: Path, sampling: SamplingConfig | None = None,
+                        progress: bool = False) -> None:
+    """One checkpoint on settings.eval_sets, into folder/eval/<set>/, unless done already."""
+    sampling = sampling or settings.eval_sampling()
+    wanted = {"sampling": asdict(sampling), "limit": settings.eval_limit, "max_attempts": settings.eval_max_attempts}
+    todo = [name for name in settings.eval_sets if _stale(folder / "eval" / name / "metrics.json", wanted)]
+    if not todo:
+        return
+    policy = load_policy(folder)
+    for name in todo:
+        evaluate(policy, eval_set_path(name), "gp-l", sampling, limit=settings.eval_limit,
+                 batch_size=settings.eval_limit or 64, run_dir=folder, name=name, progress=progress,
+                 max_attempts=settings.eval_max_attempts)
+
+
+def _stale(metrics_path: Path, wanted: dict[str, Any]) -> bool:
+    """True unless this evaluation exists with the same sampling, limit and budget."""
+    if not metrics_path.is_file():
+        return True
+    metrics = json.loads(metrics_path.read_text())
+    return (metrics.get("sampling") != wanted["sampling"] or metrics.get("limit") != wanted["limit"]
+            or metrics.get("env_overrides", {}).get("max_attempts") != wanted["max_attempts"])
+
+
+def _copy_evaluation(start: Path, step_zero: Path) -> None:
+    for metrics_path in (start / "eval").glob("*/metrics.json"):
+        target = step_zero / "eval" / metrics_path.parent.name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(metrics_path.parent, target)
+        metrics = json.loads((target / "metrics.json").read_text())
+        metrics["copied_from"] = str(start)
+        (target / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate") -> list[dict[str, Any]]:
+    """Did anything move? `metric`: a rate of evaluation's metrics (success_rate,
+    per_step_accuracy, ...) or a failure mode (trained_rule_used: the share of answers
+    that valued the cards by the trained rule). Rows of A - B with A's and B's rates (95% Wilson intervals), the
+    difference with its 95% Newcombe interval, and a two-proportion z-test:
+    per run and set, its last checkpoint (A) against its first (B); then per set, the
+    first run's last checkpoint (A) against each other run's (B)."""
+    rows = []
+    ends = {}
+    for run in map(Path, runs):
+        series = _evaluated(run)
+        if len(series) < 2:
+            continue
+        first, last = series[0], series[-1]
+        for name in eval_sets:
+            ends[(run.name, name)] = last
+            rows.append(_comparison(f"{run.name}: end - start", name, (last, first), metric))
+    names = [Path(r).name for r in runs]
+    for name in eval_sets:
+        for other in names[1:]:
+            if (names[0], name) in ends and (other, name) in ends:
+                pair = (ends[(names[0], name)], ends[(other, name)])
+                rows.append(_comparison(f"{names[0]} end - {other} end", name, pair, metric))
+    return rows
+
+
+def _comparison(label: str, eval_set: str, pair: tuple[Path, Path], metric: str) -> dict[str, Any]:
+    a, b = (_rate(checkpoint, eval_set, metric) for checkpoint in pair)
+    c = compare_rates(a, b)
+    return {"comparison": label, "eval_set": eval_set, "metric": metric, "A": _cell(a), "B": _cell(b),
+            "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
+            "p": round(c["p_value"], 4), "significant": c["significant"],
+            "GFLOPs A": round(counters(pair[0])["gflops"], 1), "GFLOPs B": round(counters(pair[1])["gflops"], 1)}
+
+
+def _evaluated(run: Path) -> list[Path]:
+    folders = [p for p in (run / "checkpoints").glob("*") if (p / "checkpoint.json").is_file() and (p / "eval").is_dir()]
+    return sorted(folders, key=lambda p: counters(p)["step"])
+
+
+def _rate(checkpoint: Path, eval_set: str, metric: str) -> dict[str, Any]:
+    path = checkpoint / "eval" / eval_set / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint.name} has no evaluation on {eval_set} ({path})")
+    metrics = json.loads(path.read_text())
+    if metric in metrics.get("failure_modes", {}):
+        return metrics["failure_modes"][metric]["rate"]
+    if metrics.get(metric) is None:
+        raise KeyError(f"{path} has no rate {metric!r}")
+    return metrics[metric]
+
+
+def _cell(rate: dict[str, Any]) -> str:
+    return f"{rate['successes']}/{rate['trials']} = {100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+
+
+def _every(total: int, checkpoints: int) -> int:
+    return max(1, math.ceil(total / max(1, checkpoints)))
+
+
+def budget_ablation(settings: StudySettings, run_dir: Path, start: Path, budgets: Sequence[int] = (1, 3, 5, 10),
+                    ) -> list[Path]:
+    """PPO from one start at each verification budget (run_dir/budget-<b>); the paper
+    finds larger OOD gains with more verification steps at equal compute."""
+    return [ppo_branch(settings, run_dir, start, name=f"budget-{b}", max_attempts=b) for b in budgets]
