@@ -30,3 +30,12 @@ def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys)
     assert summary["sft"]["virl-l-expert"]["records"] > 2 and summary["sft"]["virl-vl-suboptimal"]["records"] > 0
     assert len(list((tmp_path / "generated" / "virl-vl-expert").glob("*.png"))) == summary["sft"]["virl-vl-expert"]["records"]
     assert len(summary["samples"]) == 1
+
+
+def test_sftrl_run_explains_what_it_needs(tmp_path, capsys):
+    assert main(["run"]) == 2
+    assert "name a preset (quickstart, smoke, study)" in capsys.readouterr().err
+    assert main(["run", "09_nothing"]) == 2
+    assert "unknown notebook or preset '09_nothing'" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "is not a batch run folder" in capsys.readouterr().err
