@@ -89,6 +89,13 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     return out
 
 
+def failure_examples(episodes: Sequence[Episode], modes: Sequence[str] = ("trained_rule_used", "unparseable"),
+                     ) -> list[Episode]:
+    """The example episodes failure_modes found for the given modes, in their order."""
+    found = failure_modes(episodes)
+    return [episodes[i] for i in sorted({i for mode in modes for i in found[mode]["examples"]})]
+
+
 def evaluate(
     policy: Responder,
     eval_set: str | Path | Sequence[dict[str, Any]],

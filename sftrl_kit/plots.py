@@ -8,7 +8,7 @@ them; the plots take those rows, so every figure can be redrawn from the folders
                    points with binomial error bars sqrt(P(1-P)/N), and a
                    Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
   plot_change      change of a metric from each run's first checkpoint to its last,
-                   in points, with error bars (the paper's OOD bar chart)
+                   in points, with the difference's 95% interval (the paper's OOD bars)
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .evaluation import compare_rates
 
 METRICS = ("success_rate", "per_step_accuracy", "first_attempt_success", "recognition_accuracy")
 
@@ -104,19 +106,29 @@ def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str, metric: str
         first, last = series[0], series[-1]
         error = math.hypot(binomial_error(first[metric], first[f"{metric}_trials"]),
                            binomial_error(last[metric], last[f"{metric}_trials"]))
+        interval = compare_rates(_counts(last, metric), _counts(first, metric))
         out.append({"run": run, "start": 100 * first[metric], "end": 100 * last[metric],
-                    "change": 100 * (last[metric] - first[metric]), "error": 100 * error})
+                    "change": 100 * (last[metric] - first[metric]), "error": 100 * error,
+                    "low": 100 * interval["low"], "high": 100 * interval["high"], "p_value": interval["p_value"]})
     return out
 
 
+def _counts(row: dict[str, Any], metric: str) -> dict[str, int]:
+    return {"successes": row[f"{metric}_successes"], "trials": row[f"{metric}_trials"]}
+
+
 def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"):
-    """Bars of each run's change (points) from its first checkpoint, with error bars."""
+    """Bars of each run's change (points) from its first checkpoint, with the 95%
+    Newcombe interval of the difference (not zero when both rates are 0/n)."""
     import matplotlib.pyplot as plt
 
     changes = change_from_start(rows, eval_set, metric)
     figure, ax = plt.subplots(figsize=(1.6 + 1.2 * max(1, len(changes)), 3.4))
-    ax.bar([c["run"] for c in changes], [c["change"] for c in changes], yerr=[c["error"] for c in changes],
-           capsize=4, color=["tab:green" if c["change"] >= 0 else "tab:red" for c in changes])
+    below = [c["change"] - c["low"] for c in changes]
+    above = [c["high"] - c["change"] for c in changes]
+    bars = ax.bar([c["run"] for c in changes], [c["change"] for c in changes], yerr=[below, above],
+                  capsize=4, color=["tab:green" if c["change"] >= 0 else "tab:red" for c in changes])
+    ax.bar_label(bars, labels=[f"{c['change']:+.1f}" for c in changes], padding=2, fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")
     ax.set_title(f"{eval_set}: from the shared start")

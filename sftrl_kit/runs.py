@@ -165,7 +165,7 @@ def _execute(entry: dict, folder: Path, state: dict, notebooks_dir: Path, log_ou
     try:
         papermill.execute_notebook(
             str(source), str(output), parameters={**state["parameters"], "run_dir": str(folder)},
-            kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=False, log_output=False,
+            kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=log_output, log_output=False,
             stdout_file=sys.stdout if log_output else None, stderr_file=sys.stderr if log_output else None,
         )
     except PapermillExecutionError as error:

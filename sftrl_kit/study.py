@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -165,9 +165,7 @@ def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = 
         temperature=settings.temperature, save_every=_every(settings.ppo_updates, settings.checkpoints),
         seed=settings.seed, init_tokens=counters(start)["tokens"],
     )
-    for key, value in overrides.items():
-        setattr(ppo, key, value)
-    return train_ppo(ppo)
+    return train_ppo(replace(ppo, **overrides))
 
 
 def sft_steps_for(target_gflops: float, start: Path) -> int:

@@ -103,3 +103,15 @@ def test_failure_modes_count_the_trained_rule_leaking_into_the_new_one():
     assert modes["trained_rule_used"]["count"] == 2 and modes["trained_rule_used"]["examples"] == [0, 1]
     assert modes["unparseable"]["count"] == 2 and modes["rambling"]["count"] == 1
     assert failure_modes([])["unparseable"]["share"] is None
+    assert modes["trained_rule_used"]["rate"]["successes"] == 2 and modes["trained_rule_used"]["rate"]["trials"] == 4
+
+
+def test_failure_examples_pick_the_episodes_of_the_asked_modes():
+    from sftrl_kit.evaluation import failure_examples
+
+    clean = Episode("gp-l", {}, {}, "p", [Turn("a", 5.0, "correct", "ok")], True)
+    leaked = Episode("gp-l", {}, {}, "p", [Turn("a", -1.0, "wrong_value", "f", {"other_rule_used": True})])
+    garbled = Episode("gp-l", {}, {}, "p", [Turn("zzz", -3.0, "unparseable", "f")])
+    episodes = [clean, leaked, garbled]
+    assert failure_examples(episodes) == [leaked, garbled]
+    assert failure_examples(episodes, modes=["trained_rule_used"]) == [leaked]

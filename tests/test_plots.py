@@ -31,7 +31,8 @@ def test_rows_curves_and_change_from_a_folder(tmp_path):
     assert first["success_rate"] == 6 / 50 and first["success_rate_trials"] == 50 and first["gflops"] == 0.0
     changes = {c["run"]: c for c in change_from_start(rows, "ood")}
     assert changes["rl"]["change"] == pytest.approx(16.0) and changes["sft"]["change"] == pytest.approx(-10.0)
-    assert changes["rl"]["error"] > 0
+    assert changes["rl"]["error"] > 0 and changes["rl"]["low"] < 16.0 < changes["rl"]["high"]
+    assert changes["sft"]["low"] < -10.0 < changes["sft"]["high"] and 0 < changes["sft"]["p_value"] < 1
     figure = plot_curves(rows, eval_sets=["id", "ood"])
     assert len(figure.axes) == 2 and len(figure.axes[1].get_lines()) >= 2
     figure.savefig(tmp_path / "curves.png")
