@@ -47,7 +47,7 @@ class StudySettings:
     start_learning_rate: float = 1e-4
     sft_learning_rate: float = 2e-5  # the SFT branch, continuing from the start
     sft_batch_size: int = 8
-    ppo_updates: int = 3
+    ppo_updates: int = 2
     episodes_per_update: int = 8
     ppo_epochs: int = 1
     ppo_learning_rate: float = 2e-6
