@@ -85,7 +85,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
             points = ax.errorbar(x, y, yerr=errors, fmt="o", ms=3, capsize=2, alpha=0.6)
             ax.plot(x, smooth(y, smooth_window), color=points[0].get_color(), label=run)
             top = max(top, float(np.max(y + np.array(errors))) * 1.1)
-        ax.set_ylim(0, min(100, top))
+        ax.set_ylim(-0.03 * top, min(100, top))  # points at 0 stay visible above the axis
         ax.set_title(eval_set)
         ax.set_xlabel("training GFLOPs")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
