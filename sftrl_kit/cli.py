@@ -107,11 +107,12 @@ def _data(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .data import eval_set_path
     from .evaluation import compare_rates, evaluate
     from .models import SamplingConfig, load_policy
     from .runs import new_run_dir
 
-    sets = {name: _eval_set_path(name) for name in args.sets}
+    sets = {name: eval_set_path(name) for name in args.sets}
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
     overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
@@ -188,18 +189,6 @@ def _yaml_number(value):
         except ValueError:
             return value
     return value
-
-
-def _eval_set_path(name: str):
-    from pathlib import Path
-
-    path = Path(name)
-    if path.suffix == ".jsonl":
-        return path
-    path = Path("data") / "eval" / f"{name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp` or give a JSONL path")
-    return path
 
 
 def _rate(entry) -> str:

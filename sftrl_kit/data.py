@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .envs import make
 from .envs.general_points import GeneralPointsEnv, format_answer, solve, verify
@@ -60,6 +60,29 @@ def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str,
         _, info = make(split.env_id, **config).reset(seed=seed)
         records.append({"split": split.name, "index": index, "seed": seed, "env_config": config, "task": info["task"]})
     return records
+
+
+def eval_set_path(name: str, root: str | Path = "data") -> Path:
+    """A frozen eval set by name (root/eval/<name>.jsonl), or a JSONL path as given."""
+    path = Path(name)
+    if path.suffix == ".jsonl":
+        return path
+    path = Path(root) / "eval" / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp` or give a JSONL path")
+    return path
+
+
+def write_eval_sets(root: Path, splits: Iterable[EvalSplit], size_of: Callable[[EvalSplit], int]) -> dict[str, Any]:
+    """Each split's frozen set into root/eval/<name>.jsonl; a summary entry per set."""
+    summary = {}
+    for split in splits:
+        path = root / "eval" / f"{split.name}.jsonl"
+        records = make_eval_set(split, size_of(split))
+        write_jsonl(path, records)
+        summary[split.name] = {"path": str(path), "records": len(records), "bytes": path.stat().st_size,
+                               "description": split.description}
+    return summary
 
 
 def load_eval_set(path: str | Path) -> list[dict[str, Any]]:
@@ -229,13 +252,8 @@ def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes
     """The data stage of the study: frozen eval sets (root/eval/, committed) and SFT
     datasets plus sample images (root/generated/, ignored). Returns a summary."""
     root = Path(root)
-    summary: dict[str, Any] = {"eval": {}, "sft": {}, "samples": []}
-    for split in GP_EVAL_SPLITS.values():
-        path = root / "eval" / f"{split.name}.jsonl"
-        records = make_eval_set(split, sizes.eval_size)
-        write_jsonl(path, records)
-        summary["eval"][split.name] = {"path": str(path), "records": len(records), "bytes": path.stat().st_size,
-                                       "description": split.description}
+    summary: dict[str, Any] = {"eval": write_eval_sets(root, GP_EVAL_SPLITS.values(), lambda _: sizes.eval_size),
+                               "sft": {}, "samples": []}
     generated = root / "generated"
     plan = [
         ("gp-l-expert", expert_records("gp-l", sizes.sft_text)),
@@ -333,13 +351,11 @@ class VirlDataSizes:
 def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:
     """V-IRL's data stage: eval sets (root/eval/, committed), SFT data (root/generated/)."""
     root = Path(root)
-    summary: dict[str, Any] = {"eval": {}, "sft": {}, "samples": []}
-    for split in VIRL_EVAL_SPLITS.values():
-        size = sizes.visual_ood_routes if split.cities else sizes.eval_routes
-        path = root / "eval" / f"{split.name}.jsonl"
-        write_jsonl(path, make_eval_set(split, size))
-        summary["eval"][split.name] = {"path": str(path), "records": size, "bytes": path.stat().st_size,
-                                       "description": split.description}
+    def size_of(split: EvalSplit) -> int:
+        return sizes.visual_ood_routes if split.cities else sizes.eval_routes
+
+    summary: dict[str, Any] = {"eval": write_eval_sets(root, VIRL_EVAL_SPLITS.values(), size_of),
+                               "sft": {}, "samples": []}
     generated = root / "generated"
     plan = [
         ("virl-l-expert", virl_expert_records("virl-l", sizes.sft_text_routes)),

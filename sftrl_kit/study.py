@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from .data import expert_records, suboptimal_records, write_sft_dataset
+from .data import eval_set_path, expert_records, suboptimal_records, write_sft_dataset
 from .evaluation import compare_rates, evaluate
 from .models import SamplingConfig, load_policy
-
-EVAL_DIR = Path("data") / "eval"
 
 
 @dataclass
@@ -63,15 +61,6 @@ class StudySettings:
     def eval_sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
-    def eval_paths(self) -> dict[str, Path]:
-        return {name: eval_set_path(name) for name in self.eval_sets}
-
-
-def eval_set_path(name: str) -> Path:
-    path = Path(name) if name.endswith(".jsonl") else EVAL_DIR / f"{name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp`")
-    return path
 
 
 def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: int | None = None) -> Path:
