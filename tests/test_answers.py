@@ -1,6 +1,20 @@
-import pytest
+import json
 
-from sftrl_kit.envs.answers import AnswerError, as_text_list, normalise_key, parse_answer
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sftrl_kit.envs.answers import (
+    MAX_ANSWER_CHARS,
+    AnswerError,
+    as_text_list,
+    normalise_key,
+    normalise_value,
+    parse_answer,
+    read_json_object,
+)
+from sftrl_kit.envs.general_points.prompts import ANSWER_FIELDS as GP_FIELDS
+from sftrl_kit.envs.virl.prompts import ANSWER_FIELDS as VIRL_FIELDS
 
 FIELDS = ("cards", "number", "formula")
 
@@ -79,3 +93,115 @@ def test_list_fields_in_every_shape():
 def test_repairs_leave_string_values_alone():
     answer = read("{'formula': '(1+3)*6', 'cards': 'A, note: 3',}")
     assert answer == {"formula": "(1+3)*6", "cards": "A, note: 3"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"formula": "8/(3-8/3)\\n"}',  # json.dumps of a formula ending in a newline
+        '{"formula": "8/(3-8/3)\\t"}',
+        '{"formula": "\\u0038/(3-8/3)"}',  # \u0038 is "8"
+        '{"formula": " 8/(3-8/3)\\r\\n"}',
+        '{"formula": "8/(3-8/3)\n"}',  # a raw newline inside the string, not an escape
+    ],
+)
+def test_escapes_in_the_formula_are_decoded(text):
+    assert read(text) == {"formula": "8/(3-8/3)"}
+
+
+@pytest.mark.parametrize("thought", ["a\nb", "\t", "a\nb \"c\" \\", "caf\u00e9"])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_an_escape_in_another_field_keeps_the_whole_object(thought, indent):
+    answer = {"thought": thought, "cards": ["3", "3", "8", "8"], "formula": "8/(3-8/3)"}
+    assert read(json.dumps(answer, indent=indent)) == {"cards": ["3", "3", "8", "8"], "formula": "8/(3-8/3)"}
+
+
+def test_a_virl_action_with_a_trailing_newline_reads_as_the_action():
+    text = json.dumps({"current observation": "a\tb", "action": "turn_direction(southwest)\n"})
+    answer = parse_answer(text, fields=VIRL_FIELDS, required=("action",))
+    assert answer == {"current observation": "a\tb", "action": "turn_direction(southwest)"}
+
+
+def test_the_field_pattern_decodes_escapes_too():
+    truncated = '{"cards": ["3"], "formula": "8/(3-8/3)\\n", "thought": "say \\"hi\\" and the answer is'
+    assert read(truncated)["formula"] == "8/(3-8/3)"
+    assert read("""{'formula': 'it\\'s 8/(3-8/3)', 'thought': 'unfinished""")["formula"] == "it's 8/(3-8/3)"
+
+
+def test_python_string_escapes_read_as_python_reads_them():
+    value = "caf\xe9 \\ 'x' \"y\" \x00\u2028\U000e0001 , }"
+    written = {"formula": value, "done": True, "note": None, "rest": [1.5, "a, ]"]}
+    text = repr(written)[:-1] + ", }"  # and a trailing comma
+    assert all(escape in text for escape in ("\\x00", "\\'", "\\U000e0001"))  # escapes JSON lacks
+    assert read_json_object(text) == written
+
+
+def test_values_lose_surrounding_whitespace_only():
+    assert normalise_value(" a b\n") == "a b"
+    assert normalise_value(["\tA ", 3]) == ["A", 3]
+    assert normalise_value(2.5) == 2.5
+    assert read('{"formula": " (1 + 3) * 6 ", "cards": [" A\\n", "3"], "number": [1, 3]}') == {
+        "formula": "(1 + 3) * 6",
+        "cards": ["A", "3"],
+        "number": [1, 3],
+    }
+
+
+# Every answer object, written out with escapes, reads as the object it encodes.
+TASKS = {"gp": (GP_FIELDS, "formula"), "virl": (VIRL_FIELDS, "action")}
+TRICKY_CHARACTERS = '\n\t\r\x00\x1f\x7f"\'\\/{}[],: aZ0=éß€\u2028\U0001f600\U000e0001'
+TRICKY_TEXT = st.text(alphabet=st.sampled_from(TRICKY_CHARACTERS), max_size=20)
+TEXT = st.one_of(st.text(max_size=20), TRICKY_TEXT)
+VALUES = st.one_of(
+    TEXT,
+    st.lists(TEXT, max_size=3),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+def spellings(field: str) -> st.SearchStrategy[str]:
+    """How a model may spell a field name: 'current observation', 'Current_Observation ', ..."""
+    return st.sampled_from(
+        [field, field.upper(), field.title(), field.replace(" ", "_"), field.replace(" ", "-"), f" {field} "]
+    )
+
+
+@st.composite
+def answer_objects(draw, fields, required):
+    extra_keys = st.one_of(st.sampled_from(fields).flatmap(spellings), TEXT)
+    answer = draw(st.dictionaries(extra_keys, VALUES, max_size=5))
+    answer[draw(spellings(required))] = draw(VALUES)
+    return answer
+
+
+def expected_reading(answer, fields):
+    wanted = {normalise_key(f) for f in fields}
+    return {normalise_key(k): normalise_value(v) for k, v in answer.items() if normalise_key(k) in wanted}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    data=st.data(),
+    ensure_ascii=st.booleans(),
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+    wrapping=st.sampled_from(["{}", "```json\n{}\n```", "My answer:\n{}\nDone."]),
+)
+def test_an_answer_written_with_escapes_reads_as_the_decoded_object(task, data, ensure_ascii, indent, wrapping):
+    fields, required = TASKS[task]
+    written = json.dumps(data.draw(answer_objects(fields, required)), ensure_ascii=ensure_ascii, indent=indent)
+    text = wrapping.replace("{}", written)
+    assert len(text) <= MAX_ANSWER_CHARS
+    assert parse_answer(text, fields, required=(required,)) == expected_reading(json.loads(written), fields)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_an_answer_written_as_a_python_literal_reads_as_the_object(task, data):
+    fields, required = TASKS[task]
+    answer = data.draw(answer_objects(fields, required))
+    assert parse_answer(repr(answer), fields, required=(required,)) == expected_reading(answer, fields)

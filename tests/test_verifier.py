@@ -1,12 +1,16 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sftrl_kit.envs.general_points import GPConfig, GPRewards, OUTCOMES, verify
 from sftrl_kit.envs.general_points.cards import Card
 from sftrl_kit.envs.general_points.verifier import normalise_rank
+from sftrl_kit.envs.virl import verifier as virl_verifier
+from sftrl_kit.envs.virl.config import VirlConfig
+from sftrl_kit.envs.virl.prompts import valid_actions
+from sftrl_kit.envs.virl.routes import Decision
 
 HAND = [Card("Q", "S"), Card("3", "C"), Card("8", "S"), Card("A", "C")]  # ten: 10 3 8 1
 TEXT = GPConfig()
@@ -122,14 +126,90 @@ def test_hostile_answers_get_a_defined_outcome(name):
     assert verdict.reward <= -1.0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text(max_size=400))
 def test_any_text_whatsoever_gets_a_verdict(text):
     verdict = verify(text, HAND, IMAGE)
     assert verdict.outcome in OUTCOMES
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.from_regex(r'\{"formula": "[0-9+\-*/() =]{0,40}"\}', fullmatch=True))
 def test_formula_shaped_text_never_crashes(text):
     assert verify(text, HAND, TEXT).outcome in OUTCOMES
+
+
+# Escapes: an answer whose strings are written with JSON escapes scores as the same
+# answer written plainly, whitespace around the value included (json.dumps escapes all
+# of these but the space).
+WHITESPACE = st.text(alphabet=st.sampled_from(" \n\t\r\x0b\x0c"), max_size=3)
+THOUGHTS = st.text(max_size=30)
+
+
+def escape_every_character(text: str) -> str:
+    """A JSON string literal with every UTF-16 code unit written as \\uXXXX."""
+    units = text.encode("utf-16-be")
+    codes = (int.from_bytes(units[i : i + 2], "big") for i in range(0, len(units), 2))
+    return '"' + "".join(f"\\u{code:04x}" for code in codes) + '"'
+
+
+def write_with_escapes(answer: dict, key: str, how: str) -> str:
+    if how == "every character escaped":
+        values = {k: escape_every_character(v) if k == key else json.dumps(v) for k, v in answer.items()}
+        return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in values.items()) + "}"
+    ensure_ascii, indent = {"json": (False, None), "ascii": (True, None), "indented": (True, 2)}[how]
+    return json.dumps(answer, ensure_ascii=ensure_ascii, indent=indent)
+
+
+ENCODINGS = st.sampled_from(["json", "ascii", "indented", "every character escaped"])
+GP_FORMULAS = ["(10-1)*8/3", "( 10 - 1 ) * 8 / 3 = 24", "10+8+3+1", "10+8+3", "(10-1)*8/3)", "(10-1)×8÷3"]
+GP_CARDS = [("Q", "3", "8", "A"), ("K", "3", "8", "A")]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    formula=st.sampled_from(GP_FORMULAS),
+    before=WHITESPACE,
+    after=WHITESPACE,
+    thought=THOUGHTS,
+    cards=st.sampled_from(GP_CARDS),
+    how=ENCODINGS,
+)
+@example(formula="(10-1)*8/3", before="", after="\n", thought="a\nb", cards=GP_CARDS[0], how="json")
+def test_gp_formula_written_with_escapes_scores_as_the_plain_formula(formula, before, after, thought, cards, how):
+    plain = verify(f'{{"cards": {json.dumps(cards)}, "formula": "{formula}"}}', HAND, IMAGE)
+    written = {"thought": thought, "cards": list(cards), "formula": before + formula + after}
+    escaped = verify(write_with_escapes(written, "formula", how), HAND, IMAGE)
+    scored = (escaped.outcome, escaped.reward, escaped.recognition_correct, escaped.formula)
+    assert scored == (plain.outcome, plain.reward, plain.recognition_correct, plain.formula)
+
+
+VIRL_POINT = Decision(point=0, heading=0.0, landmarks=[], action="turn_direction(southwest)", intersection=None)
+VIRL_ACTIONS = sorted(valid_actions("absolute") | {"turn_direction(left)", "Turn_Direction( South West )"})
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    action=st.sampled_from(VIRL_ACTIONS),
+    before=WHITESPACE,
+    after=WHITESPACE,
+    observation=THOUGHTS,
+    how=ENCODINGS,
+)
+@example(action="turn_direction(southwest)", before="", after="\n", observation="", how="json")
+def test_virl_action_written_with_escapes_scores_as_the_plain_action(action, before, after, observation, how):
+    config = VirlConfig()
+    plain = virl_verifier.verify(f'{{"action": "{action}"}}', VIRL_POINT, config)
+    written = {"current observation": observation, "action": before + action + after}
+    escaped = virl_verifier.verify(write_with_escapes(written, "action", how), VIRL_POINT, config)
+    assert (escaped.outcome, escaped.reward, escaped.action) == (plain.outcome, plain.reward, plain.action)
+
+
+def test_the_escaped_answers_of_the_issue_score_as_written_plainly():
+    hand = [Card("3", "S"), Card("3", "C"), Card("8", "S"), Card("8", "C")]
+    for escaped in ("8/(3-8/3)\\n", "8/(3-8/3)\\t", "\\u0038/(3-8/3)"):  # \u0038 is "8"
+        assert verify(f'{{"formula": "{escaped}"}}', hand, TEXT).reward == 5.0
+    both = json.dumps({"thought": "a\nb", "cards": ["3", "3", "8", "8"], "formula": "8/(3-8/3)"}, indent=2)
+    assert verify(both, hand, IMAGE).recognition_correct is True
+    action = '{"action": "turn_direction(southwest)\\n"}'
+    assert virl_verifier.verify(action, VIRL_POINT, VirlConfig()).reward == VirlConfig().rewards.correct

@@ -6,8 +6,12 @@ look for balanced {...} spans (last one first, since models often echo the schem
 before answering), repair the common slips, and read the span with `json`. If no span
 reads, a per-field regular expression is the last resort. Nothing is ever evaluated.
 
-Keys are normalised ("Current_Observation " -> "current observation") so that every
-task asks for its fields in one spelling.
+String escapes are read as JSON (and Python) define them wherever a string is read, so
+an answer written with escapes (`json.dumps` writes a trailing newline as `\\n`) reads
+exactly as the decoded object does. Keys are normalised ("Current_Observation " ->
+"current observation") so that every task asks for its fields in one spelling, and
+values lose surrounding whitespace (`normalise_value`), which no task's field gives a
+meaning to, so every verifier checks the same value however the model spaced it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from typing import Any, Sequence
 MAX_ANSWER_CHARS = 8_000  # answers of 512 new tokens stay far below this
 _MAX_SPANS = 32
 
-_STRUCTURAL = re.compile(r"""[{}"'\\]""")
+_STRUCTURAL = re.compile(r"""[{}"']""")
+# One escape in a string body (a Python \xHH or \UHHHHHHHH, or any backslash pair), or a
+# double quote, which must be escaped in a JSON string.
+_ESCAPE_OR_QUOTE = re.compile(r'\\(x[0-9a-fA-F]{2}|U[0-9a-fA-F]{8}|.)|"', re.DOTALL)
+_JSON_ESCAPES = set('"\\/bfnrtu')
 _BARE_WORDS = {"True": "true", "False": "false", "None": "null"}
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_BARE_WORD = re.compile("|".join(_BARE_WORDS))
+_TRAILING_COMMA = re.compile(r",(?=\s*[}\]])")
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_][A-Za-z0-9_ ]*?)(\s*:)")
 
 
@@ -33,10 +42,20 @@ def normalise_key(key: str) -> str:
     return " ".join(str(key).replace("_", " ").replace("-", " ").lower().split())
 
 
+def normalise_value(value: Any) -> Any:
+    """A field's value without surrounding whitespace on its strings (lists included)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        return [normalise_value(item) for item in value]
+    return value
+
+
 def parse_answer(
     text: str, fields: Sequence[str], required: Sequence[str], max_chars: int = MAX_ANSWER_CHARS
 ) -> dict[str, Any]:
-    """The answer object in `text`, keys normalised, restricted to `fields`.
+    """The answer object in `text`, restricted to `fields`, keys and values normalised
+    (`normalise_key`, `normalise_value`).
 
     Raises AnswerError when no object holding every `required` field can be read.
     """
@@ -50,16 +69,20 @@ def parse_answer(
         obj = read_json_object(span)
         if obj is None:
             continue
-        picked = {normalise_key(k): v for k, v in obj.items() if normalise_key(k) in wanted}
+        picked = _pick(obj, wanted)
         if all(k in picked for k in needed):
             return picked
-    picked = _fields_by_pattern(text, wanted)
+    picked = _pick(_fields_by_pattern(text, wanted), wanted)
     if all(k in picked for k in needed):
         return picked
     missing = ", ".join(f'"{k}"' for k in needed if k not in picked)
     if "{" not in text:
         raise AnswerError("the answer contains no JSON object")
     raise AnswerError(f"the answer object has no readable {missing} field")
+
+
+def _pick(obj: dict, wanted: set[str]) -> dict[str, Any]:
+    return {normalise_key(k): normalise_value(v) for k, v in obj.items() if normalise_key(k) in wanted}
 
 
 def as_text_list(value: Any) -> list[str]:
@@ -78,20 +101,15 @@ def as_text_list(value: Any) -> list[str]:
 
 
 def _object_spans(text: str) -> list[str]:
-    """Top-level balanced {...} substrings, quotes respected inside objects."""
-    spans, depth, start, quote, escaped = [], 0, 0, None, False
+    """Top-level balanced {...} substrings; inside an object, strings are skipped whole
+    (escapes included) by the same `_string_end` that `_repair` uses."""
+    spans, depth, start, resume = [], 0, 0, 0
     for match in _STRUCTURAL.finditer(text):
         char, index = match.group(), match.start()
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = index + 1 < len(text)
-            elif char == quote:
-                quote = None
+        if index < resume:
             continue
         if depth and char in "\"'" and not _is_apostrophe(text, index):
-            quote = char
+            resume = _string_end(text, index) + 1
         elif char == "{":
             depth, start = depth + 1, (index if depth == 0 else start)
         elif char == "}" and depth:
@@ -123,33 +141,61 @@ def read_json_object(span: str) -> dict | None:
 
 
 def _read_json(text: str) -> Any:
+    """JSON, allowing raw control characters (a literal newline) inside strings."""
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except (ValueError, RecursionError):
         return None
 
 
 def _repair(span: str) -> str:
-    """Single-quoted strings -> double-quoted, Python's True/False/None, trailing commas."""
+    """Strings -> JSON strings (`_json_string`); outside strings, Python's True/False/None
+    -> JSON's and trailing commas dropped (so a ", }" inside a string stays)."""
     out, index = [], 0
     while index < len(span):
         char = span[index]
         if char in "\"'":
             end = _string_end(span, index)
-            body = span[index + 1 : end]
-            if char == "'":
-                body = body.replace('\\"', '"').replace("\\'", "'").replace('"', '\\"')
-            out.append('"' + body + '"')
+            out.append(_json_string(span[index + 1 : end]))
             index = end + 1
             continue
-        word = re.match(r"True|False|None", span[index:])
+        word = _BARE_WORD.match(span, index)
         if word and (index == 0 or not span[index - 1].isalnum()):
             out.append(_BARE_WORDS[word.group()])
-            index += len(word.group())
+            index = word.end()
             continue
-        out.append(char)
+        if not _TRAILING_COMMA.match(span, index):
+            out.append(char)
         index += 1
-    return _TRAILING_COMMA.sub(r"\1", "".join(out))
+    return "".join(out)
+
+
+def _json_string(body: str) -> str:
+    """A string body written between single or double quotes, as a JSON string literal.
+
+    JSON escapes are kept; Python's \\' becomes ', \\xHH and \\UHHHHHHHH become the
+    character, a bare " is escaped, and any other backslash stays a literal backslash (as
+    Python reads an unknown escape)."""
+
+    def convert(match: re.Match) -> str:
+        escape = match.group(1)
+        if escape is None:
+            return '\\"'
+        if escape == "'":
+            return "'"
+        if len(escape) > 1 and int(escape[1:], 16) <= 0x10FFFF:  # \xHH or \UHHHHHHHH
+            return json.dumps(chr(int(escape[1:], 16)))[1:-1]
+        if escape in _JSON_ESCAPES:
+            return match.group()
+        return "\\\\" + escape
+
+    return '"' + _ESCAPE_OR_QUOTE.sub(convert, body) + '"'
+
+
+def _decode_string(body: str) -> str:
+    """A string body as `_repair` would read it, or the body itself if it cannot be read."""
+    decoded = _read_json(_json_string(body))
+    return decoded if isinstance(decoded, str) else body
 
 
 def _quote_bare_keys(text: str) -> str:
@@ -169,16 +215,19 @@ def _string_end(text: str, start: int) -> int:
 
 
 def _fields_by_pattern(text: str, wanted: set[str]) -> dict[str, Any]:
-    """Last resort: `"field": "value"` or `"field": [..]` pairs anywhere in the text."""
+    """Last resort: `"field": "value"` or `"field": [..]` pairs anywhere in the text.
+    A quoted value's escapes are decoded as in an object."""
     found: dict[str, Any] = {}
     for key in wanted:
         name = r"[\s_-]*".join(re.escape(part) for part in key.split())
         pattern = re.compile(
-            r"""["']?""" + name + r"""["']?\s*[:=]\s*(?:"([^"\n]*)"|'([^'\n]*)'|(\[[^\]\n]*\]))""",
+            r"""["']?""" + name + r"""["']?\s*[:=]\s*"""
+            r"""(?:"((?:[^"\\\n]|\\.)*)"|'((?:[^'\\\n]|\\.)*)'|(\[[^\]\n]*\]))""",
             re.IGNORECASE,
         )
         matches = list(pattern.finditer(text))
         if matches:
             double, single, bracket = matches[-1].groups()
-            found[key] = next(v for v in (double, single, bracket) if v is not None)
+            quoted = double if double is not None else single
+            found[key] = _decode_string(quoted) if quoted is not None else bracket
     return found
