@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .routes import COMPASS, Intersection, Landmark, Route, compass_name, relation_of, relation_phrase, turn_delta
+from .routes import COMPASS, Intersection, Landmark, Route, compass_name, relation_of, relation_phrase, relative_turn
 
 CORNERS = {"northeast": 45, "southeast": 135, "southwest": 225, "northwest": 315}
 STEPS = {0: (0, 1), 45: (1, 1), 90: (1, 0), 135: (1, -1), 180: (0, -1), 225: (-1, -1), 270: (-1, 0), 315: (-1, 1)}
@@ -183,10 +183,9 @@ def write_instruction(route: Route) -> str:
 
 
 def _turn_phrase(current: float, target: float) -> str:
-    delta = turn_delta(current, target)
-    words = {-90: "turn left", 90: "turn right", -45: "turn slightly left", 45: "turn slightly right",
-             0: "keep going", 180: "turn around"}
-    return words.get(delta, "turn left" if delta < 0 else "turn right")
+    """'turn left', 'turn slightly right' ...: the relative action's words (generated
+    routes turn by 45 or 90 degrees, so the words match the angles)."""
+    return f"turn {relative_turn(current, target)}"
 
 
 __all__ = ["CITIES", "COMPASS", "City", "CityStyle", "OOD_CITIES", "TRAIN_CITY", "generate_city", "generate_route",

@@ -15,7 +15,7 @@ class VirlRewards:
     correct: float = 1.0  # the right action at the current point
     wrong_action: float = -1.0  # a wrong (or unreadable, or out-of-space) action
     budget_exceeded: float = -1.0  # added when the last allowed attempt at a point fails
-    landmark_missed: float = -1.5  # V-IRL-VL: the observation names none of the places in view (added)
+    landmark_missed: float = -1.5  # V-IRL-VL: the observation does not name exactly the places in view (added)
 
 
 @dataclass

@@ -42,7 +42,10 @@ def build_prompt(instruction: str, observation: str, history: Sequence[tuple[str
     recent = list(history)[-config.history:] if config.history else []
     lines = [f"O_{i}: {o} A_{i}: {a}" for i, (o, a) in enumerate(recent, len(history) - len(recent) + 1)]
     if config.modality == "image":
-        seen = "The image shows the street around you: front (top left), right (top right), back (bottom left), left (bottom right)."
+        seen = ("The image shows the street around you: front (top left), right (top right), back (bottom left), "
+                "left (bottom right). In \"current observation\", name every place whose sign you see and no other, "
+                "as in \"PLACE A is on your left; PLACE B is in front of you.\" "
+                "(\"No named places in view.\" if there is none).")
     else:
         seen = f"Current observation: {observation}"
     return "\n".join(

@@ -6,8 +6,15 @@ Outcomes and rewards follow the paper's appendix B.3 (values in `VirlRewards`):
     invalid_action   not an action of the active space (e.g. "turn_direction(north)"
                      under the relative space: the trained rule applied to the new one)
     unparseable      no answer object with an "action" field
-All but `correct` earn the wrong-action reward. V-IRL-VL adds `landmark_missed` when
-the point shows named places and "current observation" names none of them.
+All but `correct` earn the wrong-action reward.
+
+V-IRL-VL also checks landmark recognition wherever the route knows what is in view
+(every point of a generated route, the intersections of a real one): the answer's
+"current observation" must name exactly the places in view, every one of them and no
+other (`claimed_places`; names compared after `normalise_place`). The verdict reports it
+as `recognition_correct` (None where not checked; an unreadable answer recognised
+nothing), the key evaluation's recognition accuracy reads, as in GP-VL; a failed
+recognition adds `landmark_missed`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .routes import COMPASS, Decision
 
 OUTCOMES = ("correct", "wrong_action", "invalid_action", "unparseable")
 _CALL = re.compile(r"^\s*([a-z_]+)\s*\(\s*['\"]?\s*([a-z ]*?)\s*['\"]?\s*\)\s*$")
+_NOTHING_SEEN = ("", "none", "no named places in view", "no landmark nearby", "no landmarks nearby")
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,8 @@ class Verdict:
     outcome: str
     feedback: str
     action: str | None = None
-    landmarks_found: bool | None = None  # None when landmarks are not checked here
+    recognised_places: list[str] | None = None  # normalised names the observation claims (VL)
+    recognition_correct: bool | None = None  # None when recognition is not checked here
     other_space_used: bool = False  # an action of the other action space
 
     @property
@@ -64,7 +73,7 @@ def verify(answer_text: str, decision: Decision, config: VirlConfig) -> Verdict:
         return Verdict(rewards.wrong_action, "unparseable",
                        f'I could not read your answer ({error}). Reply with one JSON object with "current observation", '
                        '"current instruction" and "action".',
-                       landmarks_found=False if config.checks_landmarks and decision.landmarks else None)
+                       recognition_correct=False if _checks_recognition(decision, config) else None)
     action = normalise_action(answer.get("action", ""))
     allowed = valid_actions(config.action_space)
     if action not in allowed:
@@ -76,11 +85,42 @@ def verify(answer_text: str, decision: Decision, config: VirlConfig) -> Verdict:
         verdict = Verdict(rewards.wrong_action, "wrong_action", f"{action} is not the right action at this point.", action)
     else:
         verdict = Verdict(rewards.correct, "correct", f"Correct: {action}.", action)
-    if config.checks_landmarks and decision.landmarks:
-        seen = str(answer.get("current observation", "")).lower()
-        found = any(m.name.lower() in seen for m in decision.landmarks)
-        verdict = replace(verdict, landmarks_found=found)
-        if not found:
-            verdict = replace(verdict, reward=verdict.reward + rewards.landmark_missed,
-                              feedback=verdict.feedback + " You also missed the named places in view.")
+    if not _checks_recognition(decision, config):
+        return verdict
+    claimed = claimed_places(answer.get("current observation"))
+    correct = claimed == {normalise_place(m.name) for m in decision.landmarks}
+    verdict = replace(verdict, recognised_places=sorted(claimed), recognition_correct=correct)
+    if not correct:
+        verdict = replace(verdict, reward=verdict.reward + rewards.landmark_missed,
+                          feedback=verdict.feedback + " Also, the places you named are not the places in view.")
     return verdict
+
+
+def _checks_recognition(decision: Decision, config: VirlConfig) -> bool:
+    return config.checks_landmarks and decision.view_known
+
+
+def normalise_place(name: str) -> str:
+    """'St. Ives  Osteria' -> 'st ives osteria': case, punctuation and spacing dropped."""
+    return " ".join(re.sub(r"[\W_]+", " ", str(name).casefold()).split())
+
+
+def claimed_places(observation: Any) -> set[str]:
+    """The places an observation names, normalised.
+
+    The observation is read in the format the prompt shows and `describe_landmarks`
+    writes: clauses "NAME is on your RELATION" separated by ";" or line breaks (a list
+    is read item by item). A clause's place is the text before its first " is ", or
+    the whole clause; "No named places in view." (or nothing) names none. So an answer
+    that lists extra places, or runs every name into one clause, claims places that are
+    not in view."""
+    items = observation if isinstance(observation, list) else re.split(r"[;\n]", str(observation or ""))
+    claimed = set()
+    for item in items:
+        clause = str(item).strip().rstrip(".").strip()
+        if clause.lower() in _NOTHING_SEEN:
+            continue
+        name = normalise_place(re.split(r"\s+is\s+", clause, maxsplit=1, flags=re.IGNORECASE)[0])
+        if name:
+            claimed.add(name)
+    return claimed
