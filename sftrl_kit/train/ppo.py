@@ -13,7 +13,19 @@ the base with adapters off, no second copy), an entropy bonus, and critic-free e
 advantages: "grpo" (return normalised within a group of episodes of the same deal) and
 "rloo" (return minus the mean of the others in the group).
 
+Precision: fp32 master weights always; forward passes under bf16 autocast on CUDA
+(`mixed_precision`). The behaviour log-probs of the ratio are recomputed by the learner's
+own forward pass after the rollout, so the first minibatch's ratio is 1 whatever the
+generation numerics were (`ratio_deviation_first_minibatch` in the metrics checks it).
+Both sides of the ratio are of the tempered, untruncated distribution (as TRL and verl
+do); with top_p < 1 the episode files still record the nucleus log-probs actually
+sampled from.
+
 Every process plays its own episodes; advantages are normalised over all processes.
+Every turn is trained in every epoch: each epoch splits the turns into
+ceil(turns / minibatch_size) near-equal minibatches, each weighted as the mean over the
+turns of all processes in that step, so no turn is dropped and D_RL counts exactly the
+tokens that were trained.
 Each update appends one row to run_dir/metrics.jsonl; every `save_every` updates a
 checkpoint (weights, value head, checkpoint.json with tokens and FLOPs) and the trainer
 state (optimizer as safetensors + JSON, no pickles) land in run_dir/checkpoints/.
@@ -36,11 +48,14 @@ from torch import nn
 
 from ..compute import buffer_lambda, gflops, rl_flops
 from ..config import save_yaml
+from ..data import training_deal_seed
 from ..envs import make
 from ..episodes import Episode, write_episodes
 from ..models import (
     LoraSettings,
+    MixedPrecision,
     Policy,
+    VALUE_HEAD_FILE,
     mergeable_copy,
     SamplingConfig,
     load_policy,
@@ -53,6 +68,7 @@ from ..rollout import rollout
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+ADAPTER_FOLDER = "adapter"  # LoRA runs: the adapters alone, to resume on the initial base
 
 
 @dataclass
@@ -90,6 +106,7 @@ class PPOSettings:
     entropy_coef: float = 0.0
     thought_coef: float = 1.0  # weight of tokens before the answer field in the action log-prob
     lora: LoraSettings | None = None
+    mixed_precision: MixedPrecision = "auto"  # bf16 autocast over fp32 weights on CUDA ("auto"), or "fp32" / "bf16"
     save_every: int = 5
     seed: int = 0
     init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation
@@ -108,6 +125,8 @@ class PPOSettings:
         for name in ("updates", "ppo_epochs", "minibatch_size", "micro_batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1 (or None for the environment's own budget)")
 
@@ -243,18 +262,14 @@ def train_ppo(settings: PPOSettings) -> Path:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = Path(settings.run_dir)
+    tasks = _read_tasks(settings.tasks)
     start_update, resume_folder = _resume_point(run_dir)
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
-    policy = load_policy(
-        resume_folder or settings.model,
-        device=accelerator.device,
-        lora=settings.lora,
-        value_head=settings.uses_critic,
-    )
+    policy = _load_learner(settings, resume_folder, accelerator.device)
     actor_critic = ActorCritic(policy.model, policy.value_head)
     trainable = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
-    if resume_folder is not None and (resume_folder / OPTIMIZER_FILE).is_file() and settings.lora is None:
+    if resume_folder is not None:
         _load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_policy(settings, policy, accelerator.device)
@@ -262,7 +277,6 @@ def train_ppo(settings: PPOSettings) -> Path:
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
     answer_field = probe.answer_field
-    tasks = _read_tasks(settings.tasks)
     lam = buffer_lambda(settings.env_id)
     counters = _read_counters(resume_folder) if resume_folder else {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
@@ -283,9 +297,8 @@ def train_ppo(settings: PPOSettings) -> Path:
         turns = _turns(policy, episodes, settings, answer_field)
         stats = _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference)
         stats.update(_optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update))
-        trained = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns) * settings.ppo_epochs
         generated = sum(len(t.response_ids) for t in turns)
-        counters["tokens"] += int(_global_sum(accelerator, trained))
+        counters["tokens"] += int(stats["trained_tokens"])
         counters["generated_tokens"] += int(_global_sum(accelerator, generated))
         counters["seconds"] += time.perf_counter() - started
         row = {**_counter_row(update, counters, policy, settings, lam), **_episode_stats(episodes, accelerator), **stats}
@@ -323,36 +336,36 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
     envs = [make(settings.env_id, **config) for _ in range(settings.episodes_per_update)]
     sampling = SamplingConfig(
         temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed * 1_000_003 + first,
+        seed=training_deal_seed(settings.seed, first),
     )
     if tasks:
         picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
         return rollout(policy, envs, sampling, tasks=[t["task"] for t in picked],
                        batch_size=settings.rollout_batch_size, progress=False)
-    seeds = [settings.seed * 1_000_003 + first + i // settings.group_size for i in range(len(envs))]
+    seeds = [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
     return rollout(policy, envs, sampling, seeds=seeds, batch_size=settings.rollout_batch_size, progress=False)
 
 
 def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answer_field) -> list[_Turn]:
+    """Every turn of every episode, in order; old log-probs are filled in by the learner."""
     turns = []
     for episode in episodes:
         for turn in episode.turns:
             weights = answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef)
-            old = sum(w * lp for w, lp in zip(weights, turn.response_logprobs))
-            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, old, weights, turn.images, turn.reward))
+            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, 0.0, weights, turn.images, turn.reward))
     return turns
 
 
 @torch.no_grad()
 def _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference) -> dict:
-    """Values (GAE) or group returns (critic-free), then global normalisation."""
-    if settings.uses_critic:
-        values = []
-        for chunk in _chunks(turns, settings.micro_batch_size):
-            _, chunk_values, _ = _forward(actor_critic, policy, chunk, settings)
-            values += chunk_values.float().tolist()
-        for turn, value in zip(turns, values):
-            turn.value = value
+    """Behaviour log-probs and values by the learner's forward pass, then advantages (GAE
+    or group returns), then global normalisation."""
+    for chunk in _chunks(turns, settings.micro_batch_size):
+        token_terms, chunk_values, _ = _forward(actor_critic, policy, chunk, settings)
+        for index, (turn, (logprobs, _)) in enumerate(zip(chunk, token_terms)):
+            turn.old_logprob = float((logprobs * torch.tensor(turn.weights, device=logprobs.device)).sum())
+            if chunk_values is not None:
+                turn.value = float(chunk_values[index])
     position = 0
     episode_returns, groups = [], []
     for index, episode in enumerate(episodes):
@@ -403,35 +416,62 @@ def _bootstrap_value(actor_critic, policy, episode: Episode, settings) -> float:
 
 
 def _optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update: int) -> dict:
-    """ppo_epochs passes of shuffled minibatches; every process takes the same number
-    of optimizer steps (the smallest turn count decides), as DDP requires."""
+    """ppo_epochs passes over every turn in shuffled minibatches. Every process takes the
+    same number of optimizer steps (DDP needs it): ceil(largest turn count over processes
+    / minibatch_size), each process splitting its turns into that many near-equal parts.
+    A step's loss is the mean over the turns of all processes in it."""
     rng = random.Random(settings.seed * 7919 + update)
-    per_process = _global_min(accelerator, len(turns))
-    steps_per_epoch = max(1, per_process // settings.minibatch_size)
+    steps_per_epoch = max(1, math.ceil(_global_max(accelerator, len(turns)) / settings.minibatch_size))
     logs: dict[str, list[float]] = {}
-    for _ in range(settings.ppo_epochs):
+    trained_turns = trained_tokens = 0
+    for epoch in range(settings.ppo_epochs):
         order = rng.sample(range(len(turns)), len(turns))
-        for step in range(steps_per_epoch):
-            minibatch = [turns[i] for i in order[step * settings.minibatch_size : (step + 1) * settings.minibatch_size]]
-            if not minibatch:
-                minibatch = [turns[i] for i in order[: settings.minibatch_size]]
-            micro_batches = list(_chunks(minibatch, settings.micro_batch_size))
+        parts = _split_evenly(order, steps_per_epoch)
+        step_sizes = _global_sums(accelerator, [len(part) for part in parts])
+        for step, (part, step_size) in enumerate(zip(parts, step_sizes)):
+            minibatch = [turns[i] for i in part]
+            # Scaled so the processes' gradients, averaged by DDP, are the mean over the step's turns.
+            scale = accelerator.num_processes / step_size
+            micro_batches = list(_chunks(minibatch, settings.micro_batch_size)) or [None]
             for index, micro in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
-                context = accelerator.no_sync(actor_critic) if not last else contextlib.nullcontext()
-                with context:
-                    losses = _micro_batch_loss(actor_critic, policy, micro, settings)
-                    accelerator.backward(losses["loss"] * len(micro) / len(minibatch))
-                for key, value in losses.items():
-                    logs.setdefault(key, []).append(float(value.detach()))
+                accelerator.sync_gradients = last  # accumulation boundary (DeepSpeed steps only there)
+                with accelerator.no_sync(actor_critic) if not last else contextlib.nullcontext():
+                    # A process with no turn in this step still joins the gradient sync, with zero weight.
+                    losses = _micro_batch_loss(actor_critic, policy, micro or turns[:1], settings)
+                    accelerator.backward(losses["loss"] * (len(micro) * scale if micro else 0.0))
+                if micro:
+                    for key, value in losses.items():
+                        logs.setdefault(key, []).append(float(value.detach()))
+                    trained_turns += len(micro)
+                    trained_tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in micro)
+                if epoch == 0 and step == 0 and index == 0 and micro:
+                    logs["ratio_deviation_first_minibatch"] = [float(losses["max_ratio_deviation"])]
             grad_norm = accelerator.clip_grad_norm_(actor_critic.parameters(), settings.max_grad_norm)
-            logs.setdefault("grad_norm", []).append(float(grad_norm))
+            if grad_norm is not None:
+                logs.setdefault("grad_norm", []).append(float(grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+    accelerator.sync_gradients = True
     stats = {key: sum(values) / len(values) for key, values in logs.items()}
+    stats.pop("max_ratio_deviation", None)
+    stats["trained_turns"] = int(_global_sum(accelerator, trained_turns))
+    stats["trained_tokens"] = int(_global_sum(accelerator, trained_tokens))
     if settings.uses_critic:
         stats["explained_variance"] = _explained_variance([t.value for t in turns], [t.returns for t in turns])
     return stats
+
+
+def _split_evenly(items: list, parts: int) -> list[list]:
+    """`parts` consecutive pieces whose sizes differ by at most one (some empty if
+    there are fewer items than parts)."""
+    size, extra = divmod(len(items), parts)
+    pieces, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        pieces.append(items[start:end])
+        start = end
+    return pieces
 
 
 def _micro_batch_loss(actor_critic, policy, micro: list[_Turn], settings) -> dict[str, torch.Tensor]:
@@ -456,6 +496,7 @@ def _micro_batch_loss(actor_critic, policy, micro: list[_Turn], settings) -> dic
         loss = loss + settings.kl_coef * kl
         losses["kl_to_initial"] = kl
     losses["entropy"] = entropy
+    losses["max_ratio_deviation"] = (new_logprobs.detach() - old_logprobs).exp().sub(1).abs().max()
     losses["loss"] = loss
     return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}
 
@@ -469,10 +510,10 @@ def _forward(actor_critic, policy: Policy, turns: list[_Turn], settings, with_gr
     last_prompt_index = torch.tensor([width - len(r) - 1 for r in responses], device=policy.device)
     extra = policy.image_inputs([t.images for t in turns])
     scale = 1.0 if settings.temperature == 0 else settings.temperature
-    with torch.set_grad_enabled(with_grad):
+    with torch.set_grad_enabled(with_grad), policy.autocast():
         logits, values = actor_critic(batch, response_window(responses), last_prompt_index, extra)
-        token_terms = response_logprobs(logits, batch["input_ids"], responses, scale)
-    return token_terms, values, batch
+    token_terms = response_logprobs(logits, batch["input_ids"], responses, scale)
+    return token_terms, (values.float() if values is not None else None), batch
 
 
 def _reference_policy(settings: PPOSettings, policy: Policy, device):
@@ -485,7 +526,7 @@ def _reference_policy(settings: PPOSettings, policy: Policy, device):
             with policy.model.disable_adapter():
                 return _reference_logprobs(policy.model, policy, turns, scale)
         return reference
-    frozen = load_policy(settings.model, device=device).model.eval()
+    frozen = load_policy(settings.model, device=device, mixed_precision=settings.mixed_precision).model.eval()
     for parameter in frozen.parameters():
         parameter.requires_grad_(False)
     return lambda turns: _reference_logprobs(frozen, policy, turns, scale)
@@ -496,7 +537,8 @@ def _reference_logprobs(model, policy: Policy, turns: list[_Turn], scale: float)
     responses = [t.response_ids for t in turns]
     batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
     extra = policy.image_inputs([t.images for t in turns])
-    logits = model(**batch, **extra, logits_to_keep=response_window(responses)).logits
+    with policy.autocast():
+        logits = model(**batch, **extra, logits_to_keep=response_window(responses)).logits
     return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, scale)]
 
 
@@ -534,6 +576,8 @@ def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row:
 
     folder = run_dir / CHECKPOINTS / f"update-{update:04d}"
     mergeable_copy(policy).save(folder)
+    if _is_peft(policy.model):
+        policy.model.save_pretrained(folder / ADAPTER_FOLDER)
     tensors, meta = _optimizer_tensors(optimizer)
     save_file(tensors, folder / OPTIMIZER_FILE)
     (folder / STATE_FILE).write_text(json.dumps({"optimizer": meta}) + "\n")
@@ -541,6 +585,35 @@ def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row:
                                     "num_parameters", "buffer_lambda", "flops", "gflops", "seconds")}
     (folder / "checkpoint.json").write_text(json.dumps(counters, indent=2) + "\n")
     return folder
+
+
+def _is_peft(model) -> bool:
+    return type(model).__module__.startswith("peft")
+
+
+def _load_learner(settings: PPOSettings, resume_folder: Path | None, device) -> Policy:
+    """The policy to train: the initial model, or the last checkpoint's weights. With
+    LoRA a resumed run loads the initial base plus the checkpoint's adapters, so that
+    adapters-off stays the initial policy (the KL reference) and the optimizer state
+    still matches the trainable parameters."""
+    load = dict(device=device, lora=settings.lora, value_head=settings.uses_critic,
+                mixed_precision=settings.mixed_precision)
+    if resume_folder is None or settings.lora is None:
+        return load_policy(resume_folder or settings.model, **load)
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter = resume_folder / ADAPTER_FOLDER / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise ValueError(f"{resume_folder} holds no LoRA adapters ({adapter}); it cannot resume a LoRA run. "
+                         "Start a new run folder, or resume with the settings it was trained with.")
+    policy = load_policy(settings.model, **load)
+    outcome = set_peft_model_state_dict(policy.model, load_file(adapter))
+    if getattr(outcome, "unexpected_keys", None):
+        raise ValueError(f"{adapter} does not fit this LoRA configuration: {outcome.unexpected_keys[:3]} ...")
+    if policy.value_head is not None:
+        policy.value_head.load_state_dict(load_file(resume_folder / VALUE_HEAD_FILE))
+    return policy
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -596,11 +669,18 @@ def _drop_metrics_after(path: Path, update: int) -> None:
 
 
 def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:
+    """Training tasks from a JSONL in the eval-set format; never a frozen eval set."""
     if path is None:
         return None
-    from ..data import load_eval_set
+    from ..data import EVAL_SEED_LIMIT, load_eval_set
 
-    return load_eval_set(path)
+    records = load_eval_set(path)
+    evaluation = sorted({r["split"] for r in records if int(r["seed"]) < EVAL_SEED_LIMIT})
+    if evaluation:
+        raise ValueError(f"{path} holds evaluation deals (split {', '.join(evaluation)}: seeds below "
+                         f"{EVAL_SEED_LIMIT:,}); PPO never trains on them. Deal training tasks from seeds "
+                         f">= {EVAL_SEED_LIMIT:,}.")
+    return records
 
 
 def _explained_variance(predicted: Sequence[float], target: Sequence[float]) -> float:
@@ -616,9 +696,14 @@ def _global_sum(accelerator, value: float) -> float:
     return float(accelerator.reduce(tensor, reduction="sum")[0])
 
 
-def _global_min(accelerator, value: int) -> int:
+def _global_max(accelerator, value: int) -> int:
     tensor = torch.tensor([value], device=accelerator.device)
-    return int(accelerator.gather(tensor).min())
+    return int(accelerator.gather(tensor).max())
+
+
+def _global_sums(accelerator, values: list[int]) -> list[int]:
+    tensor = torch.tensor(values, dtype=torch.long, device=accelerator.device)
+    return [int(v) for v in accelerator.reduce(tensor, reduction="sum").tolist()]
 
 
 def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float]:

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from ..compute import gflops, sft_flops
 from ..config import save_yaml
-from ..models import LoraSettings, Policy, load_policy, mergeable_copy
+from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
 
 CHECKPOINTS = "checkpoints"
 
@@ -46,6 +48,7 @@ class SFTSettings:
     logging_steps: int = 5
     loss_on: Literal["assistant", "all"] = "assistant"
     lora: LoraSettings | None = None
+    mixed_precision: MixedPrecision = "auto"  # bf16 autocast over fp32 weights on CUDA ("auto"), or "fp32" / "bf16"
     gradient_checkpointing: bool = False
     seed: int = 0
     init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation, if this run continues one
@@ -69,7 +72,9 @@ def train_sft(settings: SFTSettings) -> Path:
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(settings, run_dir / "sft.yaml")
-    policy = load_policy(settings.model, lora=settings.lora)
+    policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
+    if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
+        raise ValueError(f"SFT trains fp32 master weights; {settings.model} loaded as {next(policy.model.parameters()).dtype}")
     dataset = load_sft_dataset(settings.dataset)
     dataset = dataset.select_columns([c for c in ("messages", "images") if c in dataset.column_names])
     if settings.max_records is not None:
@@ -98,7 +103,7 @@ def train_sft(settings: SFTSettings) -> Path:
         include_num_input_tokens_seen="non_padding",
         report_to=[],
         seed=settings.seed,
-        bf16=policy.device.type == "cuda",
+        bf16=policy.autocast_dtype == torch.bfloat16,  # autocast only: the weights stay fp32
         use_cpu=policy.device.type == "cpu",
         dataloader_num_workers=0,
         disable_tqdm=False,
