@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/virl.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/precision.py
 
 clean:
 	rm -rf $(VENV) data/generated .pytest_cache
