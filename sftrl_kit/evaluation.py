@@ -4,23 +4,40 @@ Metrics (the only place they are computed):
   success_rate            episodes solved within the verification budget
   first_attempt_success   episodes whose first answer was correct
   per_step_accuracy       correct answers / all answers, revisions included (the
-                          paper's per-step accuracy: each attempt is a sample)
-  recognition_accuracy    VL: answers whose recognised cards were right / answers checked
+                          paper's per-step accuracy)
+  recognition_accuracy    VL: answers whose recognition check passed / answers checked
+                          (GP-VL: the four cards read right; V-IRL-VL: exactly the
+                          places in view named)
   mean_attempts, mean_return, outcome_histogram
 
-Rates come with 95% Wilson score intervals. `compare_rates` tests whether two success
-rates differ (two-proportion z-test, and a Newcombe interval for the difference).
+Every rate keeps its counts per task (`per_task`: task id -> [hits, answers]), so that
+statistics can respect how the data was drawn:
+  - the answers of one episode are not independent (a model that misreads a deal
+    misreads it again when it revises), so rates over answers get a cluster-robust
+    interval: Wilson's, on the effective number of answers N / design effect;
+  - two checkpoints evaluated on the same frozen tasks are paired samples.
+`compare_rates` picks its test from the data and names it: McNemar's exact test for
+paired per-episode rates, a paired cluster-robust z-test for paired per-answer rates,
+a cluster-robust two-proportion z-test for independent per-answer rates, and the
+pooled two-proportion z-test (with a Newcombe interval) for independent per-episode
+rates.
+
+Each evaluation is stored under run_dir/eval/<set>/<digest of its key>/, where the key
+holds every setting that changes the numbers (set, limit, budget, sampling, engine):
+evaluations with different settings live side by side and are never mixed or
+overwritten (see `evaluation_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .data import load_eval_set
 from .envs import make
@@ -30,6 +47,19 @@ from .rollout import Responder, rollout
 
 Z_95 = 1.959963984540054
 EVAL_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=256, seed=0)
+ENGINE = "hf"  # the generation engine of the kit's policies; a responder may name its own (`engine`)
+# The settings in an evaluation's key besides the set itself: rows that gather evaluations
+# carry them as columns, and tables and figures refuse rows that differ in any of them.
+KEY_FIELDS = ("env_id", "limit", "max_attempts", *(f.name for f in fields(SamplingConfig)), "engine", "env_overrides")
+
+
+# --- rates and their intervals ---------------------------------------------------------
+
+def _wilson_limits(p: float, n: float, z: float) -> tuple[float, float]:
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> dict[str, float | int | None]:
@@ -37,24 +67,75 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> dict[str, f
     if trials == 0:
         return {"value": None, "low": None, "high": None, "successes": 0, "trials": 0}
     p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return {"value": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half),
-            "successes": successes, "trials": trials}
+    low, high = _wilson_limits(p, trials, z)
+    return {"value": p, "low": low, "high": high, "successes": successes, "trials": trials}
+
+
+def _cluster_variance(counts: Sequence[tuple[int, int]], p: float) -> float:
+    """Sandwich variance of the ratio estimator sum(k) / sum(n) around p, one cluster per
+    (k, n), with the m / (m - 1) small-sample factor; clusters without answers drop out."""
+    counts = [(k, n) for k, n in counts if n > 0]
+    m, total = len(counts), sum(n for _, n in counts)
+    if m < 2:
+        return 0.0
+    return m / (m - 1) * sum((k - p * n) ** 2 for k, n in counts) / total**2
+
+
+def rate_by_task(per_task: Mapping[str, Sequence[int]], z: float = Z_95) -> dict[str, Any]:
+    """A rate from each task's (hits, answers), with a 95% interval that respects episodes.
+
+    With one answer per task this is `wilson_interval`. With more (per-step accuracy, the
+    trained-rule share) the answers of an episode are correlated, so the interval is
+    Wilson's on the effective sample size trials / design_effect, where design_effect is
+    the cluster-robust variance over the binomial one (at least 1). At a rate of 0 or 1
+    the variance says nothing about the clustering, and the worst case is assumed: one
+    effective answer per episode.
+    """
+    counts = [(int(k), int(n)) for k, n in per_task.values()]
+    hits, trials = sum(k for k, _ in counts), sum(n for _, n in counts)
+    episodes = sum(n > 0 for _, n in counts)
+    out = {**wilson_interval(hits, trials, z), "episodes": episodes, "design_effect": 1.0,
+           "effective_trials": trials, "per_task": {task: [int(k), int(n)] for task, (k, n) in per_task.items()}}
+    if trials == 0 or max(n for _, n in counts) <= 1:
+        return out
+    p = hits / trials
+    binomial = p * (1 - p) / trials
+    design_effect = max(1.0, _cluster_variance(counts, p) / binomial) if binomial > 0 else trials / episodes
+    effective = trials / design_effect
+    out["low"], out["high"] = _wilson_limits(p, effective, z)
+    out.update(design_effect=design_effect, effective_trials=effective)
+    return out
+
+
+def task_ids(episodes: Sequence[Episode]) -> list[str]:
+    """One id per episode, "<split>:<seed>", the same for the same frozen task in any
+    evaluation (a task played again gets "#2", "#3", ... in order)."""
+    seen: Counter = Counter()
+    ids = []
+    for episode in episodes:
+        base = f"{episode.split}:{episode.seed}"
+        seen[base] += 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, Any]:
+    ids = task_ids(episodes)
     turns = [turn for episode in episodes for turn in episode.turns]
-    checked = [t.verdict.get("recognition_correct") for t in turns if t.verdict.get("recognition_correct") is not None]
+
+    def rate(count_of) -> dict[str, Any]:
+        return rate_by_task({task: count_of(e) for task, e in zip(ids, episodes)})
+
+    def checked(e: Episode) -> list[bool]:
+        return [bool(c) for c in (t.verdict.get("recognition_correct") for t in e.turns) if c is not None]
+
+    any_checked = any(checked(e) for e in episodes)
     return {
         "episodes": len(episodes),
-        "success_rate": wilson_interval(sum(e.success for e in episodes), len(episodes)),
-        "first_attempt_success": wilson_interval(
-            sum(bool(e.turns) and e.turns[0].outcome == "correct" for e in episodes), len(episodes)
-        ),
-        "per_step_accuracy": wilson_interval(sum(t.outcome == "correct" for t in turns), len(turns)),
-        "recognition_accuracy": wilson_interval(sum(bool(c) for c in checked), len(checked)) if checked else None,
+        "success_rate": rate(lambda e: (int(e.success), 1)),
+        "first_attempt_success": rate(lambda e: (int(bool(e.turns) and e.turns[0].outcome == "correct"), 1)),
+        "per_step_accuracy": rate(lambda e: (sum(t.outcome == "correct" for t in e.turns), len(e.turns))),
+        "recognition_accuracy": rate(lambda e: (sum(checked(e)), len(checked(e)))) if any_checked else None,
         "mean_attempts": len(turns) / len(episodes) if episodes else None,
         "mean_return": sum(e.total_reward for e in episodes) / len(episodes) if episodes else None,
         "outcome_histogram": dict(sorted(Counter(t.outcome for t in turns).items())),
@@ -72,20 +153,24 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     unparseable         no answer object could be read
     rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
                         without an SFT start)
-    Each count comes with its share of all answers (and that share's Wilson interval,
-    `rate`) and example episode indices.
+    Each count comes with its share of all answers (and that share as a `rate_by_task`,
+    `rate`: its interval accounts for answers of one episode being alike) and example
+    episode indices.
     """
-    turns = [(i, t) for i, e in enumerate(episodes) for t in e.turns]
     checks = {
         "trained_rule_used": lambda t: bool(t.verdict.get("other_rule_used") or t.verdict.get("other_space_used")),
         "unparseable": lambda t: t.outcome == "unparseable",
         "rambling": lambda t: t.outcome == "unparseable" and len(t.response) >= RAMBLING_CHARS,
     }
-    out: dict[str, Any] = {"answers": len(turns)}
+    ids = task_ids(episodes)
+    answers = sum(len(e.turns) for e in episodes)
+    out: dict[str, Any] = {"answers": answers}
     for name, check in checks.items():
-        hits = [i for i, t in turns if check(t)]
-        out[name] = {"count": len(hits), "share": len(hits) / len(turns) if turns else None,
-                     "rate": wilson_interval(len(hits), len(turns)), "examples": sorted(set(hits))[:10]}
+        per_task = {task: (sum(map(check, e.turns)), len(e.turns)) for task, e in zip(ids, episodes)}
+        hits = [i for i, e in enumerate(episodes) if any(map(check, e.turns))]
+        count = sum(k for k, _ in per_task.values())
+        out[name] = {"count": count, "share": count / answers if answers else None,
+                     "rate": rate_by_task(per_task), "examples": hits[:10]}
     return out
 
 
@@ -94,6 +179,179 @@ def failure_examples(episodes: Sequence[Episode], modes: Sequence[str] = ("train
     """The example episodes failure_modes found for the given modes, in their order."""
     found = failure_modes(episodes)
     return [episodes[i] for i in sorted({i for mode in modes for i in found[mode]["examples"]})]
+
+
+# --- comparing two rates ---------------------------------------------------------------
+
+def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict[str, Any]:
+    """Is rate a different from rate b? Returns the difference a - b, its 95% interval,
+    a two-sided p-value, and `test`: the test the data called for.
+
+    Rates from `rate_by_task` (evaluate's metrics) are paired when both hold the same task
+    ids (two checkpoints on one frozen set) and clustered when some task has more than one
+    answer. Plain counts ({"successes", "trials"}) are taken as independent samples.
+      paired, one answer per task     McNemar's exact test; Newcombe's paired score interval
+      paired, clustered               z-test on per-task linearised differences (sandwich)
+      independent, clustered          pooled z-test with cluster-robust variances; Newcombe
+                                      interval from the design-effect Wilson intervals
+      independent, one answer each    pooled two-proportion z-test; Newcombe interval
+    """
+    if a["trials"] == 0 or b["trials"] == 0:
+        raise ValueError("both rates need at least one trial")
+    tasks_a, tasks_b = a.get("per_task"), b.get("per_task")
+    paired = bool(tasks_a) and tasks_b is not None and set(tasks_a) == set(tasks_b)
+    clustered = any(n > 1 for tasks in (tasks_a or {}, tasks_b or {}) for _, n in tasks.values())
+    if paired and not clustered:
+        return _mcnemar(a, b, z)
+    if paired:
+        return _paired_clusters(a, b, z)
+    return _independent(a, b, z, clustered)
+
+
+def _result(difference: float, low: float, high: float, p_value: float, test: str, **extra: Any) -> dict[str, Any]:
+    return {"difference": difference, "low": max(-1.0, low), "high": min(1.0, high), "p_value": p_value,
+            "significant": p_value < 0.05, "test": test, **extra}
+
+
+def _two_sided_normal(z_score: float) -> float:
+    return math.erfc(abs(z_score) / math.sqrt(2))
+
+
+def _independent(a: dict[str, Any], b: dict[str, Any], z: float, clustered: bool) -> dict[str, Any]:
+    """Newcombe's hybrid score interval from each rate's own interval, and the pooled z-test
+    (with cluster-robust variances under the null when answers cluster in episodes)."""
+    k1, n1, k2, n2 = a["successes"], a["trials"], b["successes"], b["trials"]
+    p1, p2 = k1 / n1, k2 / n2
+    if clustered:
+        (l1, u1), (l2, u2) = (_limits(rate, z) for rate in (a, b))
+    else:
+        (l1, u1), (l2, u2) = _wilson_limits(p1, n1, z), _wilson_limits(p2, n2, z)
+    difference = p1 - p2
+    low, high = _square_and_add(difference, p1, (l1, u1), p2, (l2, u2))
+    pooled = (k1 + k2) / (n1 + n2)
+    if clustered:
+        variance = sum(_null_variance(rate, pooled) for rate in (a, b))
+        test = "two-proportion z, cluster-robust (answers grouped by episode)"
+    else:
+        variance = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
+        test = "two-proportion z (independent samples)"
+    z_score = 0.0 if variance == 0 else difference / math.sqrt(variance)
+    return _result(difference, low, high, _two_sided_normal(z_score), test, z=z_score)
+
+
+def _square_and_add(difference: float, p1: float, limits_1: tuple[float, float], p2: float,
+                    limits_2: tuple[float, float]) -> tuple[float, float]:
+    """Newcombe's hybrid interval for p1 - p2 from each rate's own interval."""
+    (l1, u1), (l2, u2) = limits_1, limits_2
+    return (difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+def _null_variance(rate: dict[str, Any], pooled: float) -> float:
+    """The variance of a rate if its true value were `pooled`: cluster-robust with per-task
+    counts, binomial with plain counts."""
+    if "per_task" in rate:
+        return _cluster_variance([tuple(counts) for counts in rate["per_task"].values()], pooled)
+    return pooled * (1 - pooled) / rate["trials"]
+
+
+def _limits(rate: dict[str, Any], z: float) -> tuple[float, float]:
+    if "per_task" not in rate:
+        return _wilson_limits(rate["successes"] / rate["trials"], rate["trials"], z)
+    recomputed = rate_by_task(rate["per_task"], z)
+    return recomputed["low"], recomputed["high"]
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs split as Binomial(b + c, 1/2)."""
+    n, smaller = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(smaller + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _mcnemar(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str, Any]:
+    """Paired 0/1 outcomes per task: McNemar's exact test, and Newcombe's (1998) method 10
+    interval (Wilson limits of each margin combined with the pairs' correlation phi)."""
+    pairs = [(a["per_task"][task][0], b["per_task"][task][0]) for task in a["per_task"]
+             if a["per_task"][task][1] == b["per_task"][task][1] == 1]  # tasks with nothing to score drop out
+    if not pairs:
+        raise ValueError("no task has an outcome in both evaluations")
+    both = sum(x and y for x, y in pairs)
+    only_a = sum(x and not y for x, y in pairs)
+    only_b = sum(y and not x for x, y in pairs)
+    neither = len(pairs) - both - only_a - only_b
+    n = len(pairs)
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = _wilson_limits(p1, n, z), _wilson_limits(p2, n, z)
+    margins = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
+    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
+    difference = p1 - p2
+    low = difference - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = difference + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return _result(difference, low, high, mcnemar_exact_p(only_a, only_b), "McNemar exact (paired by task)",
+                   discordant=[only_a, only_b])
+
+
+def _paired_clusters(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str, Any]:
+    """Ratio estimators on the same tasks: the variance of pA - pB from each task's
+    linearised contribution (kA - pA nA) / NA - (kB - pB nB) / NB, which keeps both the
+    within-episode clustering and the pairing by task."""
+    n_a, n_b = a["trials"], b["trials"]
+    p_a, p_b = a["successes"] / n_a, b["successes"] / n_b
+    residuals = []
+    for task, (k_a, m_a) in a["per_task"].items():
+        k_b, m_b = b["per_task"][task]
+        if m_a or m_b:
+            residuals.append((k_a - p_a * m_a) / n_a - (k_b - p_b * m_b) / n_b)
+    m = len(residuals)
+    variance = m / (m - 1) * sum(r * r for r in residuals) if m > 1 else 0.0
+    difference = p_a - p_b
+    se = math.sqrt(variance)
+    low, high = difference - z * se, difference + z * se
+    if se == 0:  # no task varies (e.g. 0/n against 0/n): each rate's own interval, combined as if independent
+        low, high = _square_and_add(difference, p_a, _limits(a, z), p_b, _limits(b, z))
+    z_score = 0.0 if se == 0 else difference / se
+    return _result(difference, low, high, _two_sided_normal(z_score),
+                   "paired z, cluster-robust (same tasks; answers grouped by episode)", z=z_score)
+
+
+# --- evaluations, keyed by their settings ----------------------------------------------
+
+def evaluation_key(name: str, records: Sequence[dict[str, Any]], env_id: str, sampling: SamplingConfig,
+                   limit: int | None = None, engine: str = ENGINE, **env_overrides: Any) -> dict[str, Any]:
+    """Everything that changes an evaluation's numbers, resolved to the values used:
+    `limit` is the number of tasks played (the first `limit`, or the whole set), and
+    `max_attempts` the budget in force (the override, or the environment's default), so
+    that equal evaluations get equal keys however they were asked for."""
+    if not records:
+        raise ValueError(f"the evaluation set {name!r} is empty")
+    played = len(records) if limit is None else len(records[:limit])
+    budget = make(env_id, **{**records[0]["env_config"], **env_overrides}).config.max_attempts
+    sampled = {f.name: float(getattr(sampling, f.name)) if f.type in ("float", float) else getattr(sampling, f.name)
+               for f in fields(sampling)}  # 0 and 0.0 give one key
+    return {"eval_set": name, "env_id": env_id, "limit": played, "max_attempts": budget, **sampled,
+            "engine": engine, "env_overrides": {k: v for k, v in sorted(env_overrides.items()) if k != "max_attempts"}}
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A short stable name for a key: the first 12 hex digits of the SHA-256 of its
+    canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(dict(key), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def evaluation_folder(run_dir: str | Path, key: Mapping[str, Any]) -> Path:
+    """run_dir/eval/<set>/<key digest>/: one folder per set and settings."""
+    return Path(run_dir) / "eval" / key["eval_set"] / key_digest(key)
+
+
+def _refuse_old_layout(run_dir: Path, eval_set: str | None = None) -> None:
+    for path in sorted((run_dir / "eval").glob(f"{eval_set or '*'}/metrics.json")):
+        raise ValueError(f"{path} is an evaluation in the old layout (eval/<set>/metrics.json), not keyed by its "
+                         f"settings: its budget and sampling cannot be told apart from others'. Delete "
+                         f"{path.parent} and evaluate again")
 
 
 def evaluate(
@@ -109,15 +367,25 @@ def evaluate(
     progress: bool = True,
     **env_overrides: Any,
 ) -> dict[str, Any]:
-    """Play every task of a frozen eval set once; metrics, and files in run_dir/eval/name/.
+    """Play every task of a frozen eval set once; metrics, and with run_dir, files in
+    `evaluation_folder(run_dir, key)`. An evaluation is never overwritten: one with the
+    same key already there is an error (`evaluate_model` reuses it instead).
 
     env_overrides change settings for the whole set (e.g. max_attempts=1 for an
     ablation); the rule and colours come from each record.
     """
     records = load_eval_set(eval_set) if isinstance(eval_set, (str, Path)) else list(eval_set)
-    records = records[:limit] if limit is not None else records
-    if not records:
-        raise ValueError("the evaluation set is empty")
+    split_names = sorted({r["split"] for r in records})
+    name = name or f"{env_id}-{split_names[0] if len(split_names) == 1 else 'mixed'}"
+    key = evaluation_key(name, records, env_id, sampling, limit, getattr(policy, "engine", ENGINE), **env_overrides)
+    folder = None
+    if run_dir is not None:
+        _refuse_old_layout(Path(run_dir), name)
+        folder = evaluation_folder(run_dir, key)
+        if (folder / "metrics.json").is_file():
+            raise FileExistsError(f"{folder} already holds this evaluation ({_describe(key)}); read it with "
+                                  "load_evaluations, or call evaluate_model, which reuses it")
+    records = records[:key["limit"]]
     envs = [make(env_id, **{**r["env_config"], **env_overrides}) for r in records]
     started = time.perf_counter()
     episodes = rollout(
@@ -127,44 +395,117 @@ def evaluate(
     )
     split_names = sorted({r["split"] for r in records})
     metrics = {
+        "key": key,
         "split": split_names[0] if len(split_names) == 1 else split_names,
-        "env_id": env_id,
         "model": getattr(policy, "name", type(policy).__name__),
-        "sampling": asdict(sampling),
-        "env_overrides": env_overrides,
-        "limit": limit,
         "seconds": round(time.perf_counter() - started, 2),
         **episode_metrics(episodes),
         "failure_modes": failure_modes(episodes),
     }
-    if run_dir is not None:
-        folder = Path(run_dir) / "eval" / (name or f"{env_id}-{metrics['split']}")
+    if folder is not None:
         write_episodes(folder / "episodes.jsonl", episodes)
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        partial = folder / "metrics.json.partial"
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+        partial.replace(folder / "metrics.json")  # written last: a folder with metrics.json is complete
         metrics["folder"] = str(folder)
     return metrics
 
 
-def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict[str, Any]:
-    """Is rate a different from rate b? Each is a wilson_interval dict (or metrics' entry).
+def evaluate_model(
+    model: Responder | str | Path,
+    run_dir: str | Path,
+    eval_sets: Mapping[str, str | Path],
+    env_id: str = "gp-l",
+    sampling: SamplingConfig = EVAL_SAMPLING,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    **env_overrides: Any,
+) -> dict[str, dict[str, Any]]:
+    """One model on each set {name: path}, stored under run_dir/eval/; an evaluation with
+    the identical key already there is read back, not re-run, and the model (a responder,
+    or anything load_policy takes) is loaded only if one is missing."""
+    results, todo = {}, []
+    for name, path in eval_sets.items():
+        key = evaluation_key(name, load_eval_set(path), env_id, sampling, limit,
+                             getattr(model, "engine", ENGINE), **env_overrides)
+        _refuse_old_layout(Path(run_dir), name)
+        if (evaluation_folder(run_dir, key) / "metrics.json").is_file():
+            results[name] = load_evaluations(run_dir, name, key)[0]
+        else:
+            todo.append(name)
+    if todo:
+        from .models import load_policy
 
-    Returns the difference a - b, its 95% Newcombe (hybrid Wilson) interval, and the
-    two-sided p-value of the pooled two-proportion z-test.
-    """
-    k1, n1, k2, n2 = a["successes"], a["trials"], b["successes"], b["trials"]
-    if n1 == 0 or n2 == 0:
-        raise ValueError("both rates need at least one trial")
-    p1, p2 = k1 / n1, k2 / n2
-    w1, w2 = wilson_interval(k1, n1, z), wilson_interval(k2, n2, z)
-    difference = p1 - p2
-    low = difference - math.sqrt((p1 - w1["low"]) ** 2 + (w2["high"] - p2) ** 2)
-    high = difference + math.sqrt((w1["high"] - p1) ** 2 + (p2 - w2["low"]) ** 2)
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    z_score = 0.0 if se == 0 else difference / se
-    p_value = math.erfc(abs(z_score) / math.sqrt(2))
-    return {"difference": difference, "low": low, "high": high, "z": z_score, "p_value": p_value,
-            "significant": p_value < 0.05}
+        policy = model if hasattr(model, "respond") else load_policy(model)
+        for name in todo:
+            results[name] = evaluate(policy, eval_sets[name], env_id, sampling, limit=limit, batch_size=batch_size,
+                                     run_dir=run_dir, name=name, progress=progress, **env_overrides)
+    return {name: results[name] for name in eval_sets}
+
+
+def load_evaluations(run_dir: str | Path, eval_set: str | None = None,
+                     where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The stored evaluations of a model folder (on one set, or all), each metrics dict
+    with its `folder`; `where` keeps those whose key has these values (a full key, or
+    some fields of one, e.g. {"max_attempts": 5})."""
+    run_dir = Path(run_dir)
+    _refuse_old_layout(run_dir, eval_set)
+    found = []
+    for path in sorted((run_dir / "eval").glob(f"{eval_set or '*'}/*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if "key" not in metrics or key_digest(metrics["key"]) != path.parent.name:
+            raise ValueError(f"{path} does not hold the key its folder is named after; delete {path.parent} "
+                             "and evaluate again")
+        if all(metrics["key"].get(field) == value for field, value in (where or {}).items()):
+            found.append({**metrics, "folder": str(path.parent)})
+    return found
+
+
+def select_evaluation(run_dir: str | Path, eval_set: str, where: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one evaluation of run_dir on eval_set matching `where`; an error that names the
+    differing settings when there is none or more than one."""
+    found = load_evaluations(run_dir, eval_set, where)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        others = load_evaluations(run_dir, eval_set)
+        have = "; ".join(_describe(m["key"]) for m in others) or "none"
+        raise FileNotFoundError(f"{Path(run_dir).name} has no evaluation on {eval_set} with "
+                                f"{_describe(where or {})} (it has: {have})")
+    raise ValueError(f"{Path(run_dir).name} has {len(found)} evaluations on {eval_set} that differ in "
+                     f"{differing_settings([m['key'] for m in found])}: say which to use")
+
+
+def differing_settings(keys: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ("eval_set",)) -> str:
+    """'max_attempts: 2, 5; seed: 0, 1' for the fields whose values differ among keys
+    ('' when none do)."""
+    parts = []
+    for field in dict.fromkeys(f for key in keys for f in key if f not in ignore):
+        values = list(dict.fromkeys(json.dumps(key.get(field), sort_keys=True) for key in keys))
+        if len(values) > 1:
+            parts.append(f"{field}: {', '.join(values)}")
+    return "; ".join(parts)
+
+
+def require_same_settings(keys: Sequence[Mapping[str, Any]], what: str, ignore: Sequence[str] = ("eval_set",)) -> None:
+    """ValueError naming the differing fields and their values if `keys` (evaluation keys,
+    or rows with their fields as columns) disagree outside `ignore`."""
+    differing = differing_settings(keys, ignore)
+    if differing:
+        raise ValueError(f"{what} would mix evaluations with different settings ({differing}); "
+                         "pass the settings to use (e.g. keys=settings.eval_keys())")
+
+
+def _describe(key: Mapping[str, Any]) -> str:
+    return ", ".join(f"{field}={value!r}" for field, value in key.items()) or "any settings"
+
+
+def key_columns(key: Mapping[str, Any]) -> dict[str, Any]:
+    """The key's settings as flat row columns (env_overrides as JSON text)."""
+    return {field: json.dumps(key[field], sort_keys=True) if field == "env_overrides" else key[field]
+            for field in KEY_FIELDS if field in key}
 
 
 def evaluate_checkpoints(
@@ -176,25 +517,25 @@ def evaluate_checkpoints(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    **env_overrides: Any,
 ) -> list[dict[str, Any]]:
-    """Every checkpoint in run_dir/checkpoints/ on every eval set: one row each.
+    """Every checkpoint in run_dir/checkpoints/ on every eval set (`evaluate_model`, so
+    evaluations already there are reused): one row each, with the settings as columns.
 
     A checkpoint is a folder with the model and a checkpoint.json of counters (step,
     tokens, flops). Rows are flat dicts, ready for pandas.DataFrame(rows).
     """
-    from .models import load_policy
-
     folders = sorted(p for p in (Path(run_dir) / "checkpoints").glob("*") if (p / "config.json").is_file())
     if not folders:
         raise FileNotFoundError(f"no checkpoints under {Path(run_dir) / 'checkpoints'}")
     rows = []
     for folder in folders:
         counters = _read_counters(folder)
-        policy = load_policy(folder)
-        for set_name, path in eval_sets.items():
-            metrics = evaluate(policy, path, env_id, sampling, limit=limit, batch_size=batch_size,
-                               run_dir=folder, name=set_name, progress=progress)
-            rows.append({"checkpoint": folder.name, "eval_set": set_name, **counters, **flatten_metrics(metrics)})
+        evaluated = evaluate_model(folder, folder, eval_sets, env_id, sampling, limit=limit, batch_size=batch_size,
+                                   progress=progress, **env_overrides)
+        for set_name, metrics in evaluated.items():
+            rows.append({"checkpoint": folder.name, "eval_set": set_name, **counters,
+                         **key_columns(metrics["key"]), **flatten_metrics(metrics)})
     return rows
 
 

@@ -1,11 +1,15 @@
 """The study's figures, drawn from run folders alone.
 
 A run folder holds checkpoints/<name>/checkpoint.json (step, tokens, GFLOPs) and, after
-evaluation, checkpoints/<name>/eval/<set>/metrics.json. `checkpoint_rows` flattens
-them; the plots take those rows, so every figure can be redrawn from the folders.
+evaluation, checkpoints/<name>/eval/<set>/<key digest>/metrics.json, one per set and
+settings. `checkpoint_rows` flattens them, with each evaluation's settings as columns
+(evaluation.KEY_FIELDS); the plots take those rows, so every figure can be redrawn from
+the folders. A figure refuses rows whose settings differ (a ValueError names them): pick
+them with `checkpoint_rows(..., keys=settings.eval_keys())`.
 
   plot_curves      a metric against training GFLOPs, one panel per eval set (ID, OOD),
-                   points with binomial error bars sqrt(P(1-P)/N), and a
+                   points with binomial error bars sqrt(P(1-P)/N) (N: the effective
+                   number of answers, for rates over answers), and a
                    Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
   plot_change      change of a metric from each run's first checkpoint to its last,
                    in points, with the difference's 95% interval (the paper's OOD bars)
@@ -20,13 +24,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluation import compare_rates
+from .evaluation import KEY_FIELDS, compare_rates, key_columns, load_evaluations, require_same_settings
 
 METRICS = ("success_rate", "per_step_accuracy", "first_attempt_success", "recognition_accuracy")
 
 
-def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (run, checkpoint, eval set) with counters and rates."""
+def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
+                    keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (run, checkpoint, evaluation) with counters, settings and rates.
+
+    `keys` ({set: key or some of its fields}, e.g. settings.eval_keys()) keeps the
+    evaluations of those sets with those settings; without it, every evaluation.
+    `<metric>_rate` holds the full rate (with its per-task counts, for compare_rates).
+    """
     rows = []
     for index, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
@@ -36,18 +46,30 @@ def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
             if not counters_path.is_file():
                 continue
             counters = json.loads(counters_path.read_text())
-            for metrics_path in sorted((folder / "eval").glob("*/metrics.json")):
-                metrics = json.loads(metrics_path.read_text())
-                row = {"run": label, "checkpoint": folder.name, "eval_set": metrics_path.parent.name,
+            for metrics in load_evaluations(folder):
+                eval_set = metrics["key"]["eval_set"]
+                if keys is not None and not (eval_set in keys and _matches(metrics["key"], keys[eval_set])):
+                    continue
+                row = {"run": label, "checkpoint": folder.name, "eval_set": eval_set,
                        "method": counters.get("method"), "step": counters.get("step", 0),
-                       "gflops": counters.get("gflops", 0.0)}
+                       "gflops": counters.get("gflops", 0.0), **key_columns(metrics["key"])}
                 for metric in METRICS:
                     entry = metrics.get(metric)
                     row[metric] = entry["value"] if entry else None
                     row[f"{metric}_trials"] = entry["trials"] if entry else 0
+                    row[f"{metric}_effective_trials"] = entry.get("effective_trials", entry["trials"]) if entry else 0
                     row[f"{metric}_successes"] = entry["successes"] if entry else 0
+                    row[f"{metric}_rate"] = entry
                 rows.append(row)
     return rows
+
+
+def _matches(key: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(key.get(field) == value for field, value in wanted.items())
+
+
+def _one_setting(rows: Sequence[dict[str, Any]], what: str) -> None:
+    require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], what)
 
 
 def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarray:
@@ -71,6 +93,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
     import matplotlib.pyplot as plt
 
     sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
+    _one_setting([r for r in rows if r["eval_set"] in sets], f"the {metric} curves")
     figure, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
     for ax, eval_set in zip(axes[0], sets):
         top = 5.0
@@ -81,7 +104,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
                 continue
             x = [r["gflops"] for r in series]
             y = np.array([100 * r[metric] for r in series])
-            errors = [100 * binomial_error(r[metric], r[f"{metric}_trials"]) for r in series]
+            errors = [100 * binomial_error(r[metric], r[f"{metric}_effective_trials"]) for r in series]
             points = ax.errorbar(x, y, yerr=errors, fmt="o", ms=3, capsize=2, alpha=0.6)
             ax.plot(x, smooth(y, smooth_window), color=points[0].get_color(), label=run)
             top = max(top, float(np.max(y + np.array(errors))) * 1.1)
@@ -96,7 +119,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
 
 
 def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate") -> list[dict[str, Any]]:
-    """Per run: last checkpoint minus first on one eval set, in points, with its error."""
+    """Per run: last checkpoint minus first on one eval set, in points, with its error,
+    the 95% interval and p-value of evaluation.compare_rates, and the test it used."""
+    _one_setting([r for r in rows if r["eval_set"] == eval_set], f"the change in {metric} on {eval_set}")
     out = []
     for run in sorted({r["run"] for r in rows}):
         series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
@@ -104,22 +129,19 @@ def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str, metric: str
         if len(series) < 2:
             continue
         first, last = series[0], series[-1]
-        error = math.hypot(binomial_error(first[metric], first[f"{metric}_trials"]),
-                           binomial_error(last[metric], last[f"{metric}_trials"]))
-        interval = compare_rates(_counts(last, metric), _counts(first, metric))
+        error = math.hypot(binomial_error(first[metric], first[f"{metric}_effective_trials"]),
+                           binomial_error(last[metric], last[f"{metric}_effective_trials"]))
+        interval = compare_rates(last[f"{metric}_rate"], first[f"{metric}_rate"])
         out.append({"run": run, "start": 100 * first[metric], "end": 100 * last[metric],
                     "change": 100 * (last[metric] - first[metric]), "error": 100 * error,
-                    "low": 100 * interval["low"], "high": 100 * interval["high"], "p_value": interval["p_value"]})
+                    "low": 100 * interval["low"], "high": 100 * interval["high"], "p_value": interval["p_value"],
+                    "test": interval["test"]})
     return out
-
-
-def _counts(row: dict[str, Any], metric: str) -> dict[str, int]:
-    return {"successes": row[f"{metric}_successes"], "trials": row[f"{metric}_trials"]}
 
 
 def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"):
     """Bars of each run's change (points) from its first checkpoint, with the 95%
-    Newcombe interval of the difference (not zero when both rates are 0/n)."""
+    interval of the difference from compare_rates (not zero when both rates are 0/n)."""
     import matplotlib.pyplot as plt
 
     changes = change_from_start(rows, eval_set, metric)

@@ -8,6 +8,10 @@
                        is evaluated once and its results copied to each branch's step 0)
     what_moved         per run and set: start -> end with intervals and a test; and the
                        branches against each other at the end
+
+Evaluations are keyed by their settings (evaluation.evaluation_key): `settings.eval_keys()`
+names the ones a study's tables and figures use, and anything that gathers evaluations
+refuses to mix settings.
     budget_ablation    PPO at several verification budgets from the same start
 
 The notebooks call these in order; every artefact lands in the run folder
@@ -19,13 +23,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from .data import eval_set_path, expert_records, suboptimal_records, write_sft_dataset
-from .evaluation import compare_rates, evaluate
-from .models import SamplingConfig, load_policy
+from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
+from .evaluation import (KEY_FIELDS, compare_rates, evaluate_model, evaluation_key, key_columns,
+                         require_same_settings, select_evaluation)
+from .models import SamplingConfig
 
 
 @dataclass
@@ -61,6 +66,12 @@ class StudySettings:
     def eval_sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
+    def eval_keys(self) -> dict[str, dict[str, Any]]:
+        """{set: the key of its evaluation under these settings}: what tables and figures
+        should select (`what_moved(..., keys=...)`, `plots.checkpoint_rows(..., keys=...)`)."""
+        return {name: evaluation_key(name, load_eval_set(eval_set_path(name)), "gp-l", self.eval_sampling(),
+                                     self.eval_limit, max_attempts=self.eval_max_attempts)
+                for name in self.eval_sets}
 
 
 def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: int | None = None) -> Path:
@@ -105,20 +116,26 @@ def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[
                             "(or 00_quickstart) first")
 
 
-def eval_episodes(checkpoint: str | Path, eval_set: str):
-    """The episodes of one checkpoint's evaluation on one set."""
+def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | None = None):
+    """The episodes of one checkpoint's evaluation on one set (the one with `key`, e.g.
+    settings.eval_keys()[eval_set]; without it, the only one there)."""
     from .episodes import read_episodes
 
-    path = Path(checkpoint) / "eval" / eval_set / "episodes.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: evaluate {Path(checkpoint).name} on {eval_set} first")
-    return read_episodes(path)
+    return read_episodes(Path(select_evaluation(checkpoint, eval_set, key)["folder"]) / "episodes.jsonl")
 
 
-def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str) -> Path:
-    """rows -> run_dir/tables/<name>.csv (and .json, exact values)."""
+def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:
+    """rows -> run_dir/tables/<name>.csv (and .json, exact values).
+
+    Rows that carry evaluation settings (columns named as in evaluation.KEY_FIELDS) must
+    agree on them, except the fields in `vary` (a table meant to compare, e.g., budgets):
+    otherwise a ValueError names the differing fields.
+    """
     import csv
 
+    settings = [{f: row[f] for f in KEY_FIELDS if f in row} for row in rows]
+    if any(settings):
+        require_same_settings(settings, f"table {name!r}", ignore=("eval_set", *vary))
     folder = Path(run_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
@@ -182,71 +199,64 @@ def sft_branch(settings: StudySettings, run_dir: Path, start: Path, dataset: Pat
 
 def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | None = None,
                   progress: bool = False) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint of every run not yet evaluated with these settings.
+    """Evaluate every checkpoint of every run not yet evaluated with these settings
+    (evaluations with other settings stay beside them, untouched).
 
     `start`: the shared initialisation. It is evaluated once; each run's step-0
     checkpoint (the same weights) gets a copy of those results, marked as such.
-    Returns one summary row per (run, checkpoint, set).
+    Returns one summary row per (run, checkpoint, set), with the settings as columns.
     """
-    sampling = settings.eval_sampling()
     if start is not None:
-        evaluate_checkpoint(settings, Path(start), sampling, progress)
+        evaluate_checkpoint(settings, Path(start), progress)
     summary = []
     for run in runs:
         for folder in sorted(p for p in (Path(run) / "checkpoints").glob("*") if (p / "checkpoint.json").is_file()):
             if start is not None and counters(folder)["step"] == 0:
-                _copy_evaluation(Path(start), folder)
+                _copy_evaluations(Path(start), folder)
+                evaluated = {name: select_evaluation(folder, name, key) for name, key in settings.eval_keys().items()}
             else:
-                evaluate_checkpoint(settings, folder, sampling, progress)
-            for name in settings.eval_sets:
-                metrics = json.loads((folder / "eval" / name / "metrics.json").read_text())
+                evaluated = evaluate_checkpoint(settings, folder, progress)
+            for name, metrics in evaluated.items():
                 summary.append({"run": Path(run).name, "checkpoint": folder.name, "eval_set": name,
                                 "gflops": counters(folder)["gflops"], "success": _cell(metrics["success_rate"]),
-                                "seconds": metrics["seconds"]})
+                                "seconds": metrics["seconds"], **key_columns(metrics["key"])})
     return summary
 
 
-def evaluate_checkpoint(settings: StudySettings, folder: Path, sampling: SamplingConfig | None = None,
-                        progress: bool = False) -> None:
-    """One checkpoint on settings.eval_sets, into folder/eval/<set>/, unless done already."""
-    sampling = sampling or settings.eval_sampling()
-    wanted = {"sampling": asdict(sampling), "limit": settings.eval_limit, "max_attempts": settings.eval_max_attempts}
-    todo = [name for name in settings.eval_sets if _stale(folder / "eval" / name / "metrics.json", wanted)]
-    if not todo:
-        return
-    policy = load_policy(folder)
-    for name in todo:
-        evaluate(policy, eval_set_path(name), "gp-l", sampling, limit=settings.eval_limit,
-                 batch_size=settings.eval_limit or 64, run_dir=folder, name=name, progress=progress,
-                 max_attempts=settings.eval_max_attempts)
+def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """One checkpoint on settings.eval_sets (evaluation.evaluate_model: an evaluation with
+    these exact settings already there is reused); {set: metrics}."""
+    return evaluate_model(folder, folder, {name: eval_set_path(name) for name in settings.eval_sets}, "gp-l",
+                          settings.eval_sampling(), limit=settings.eval_limit, batch_size=settings.eval_limit or 64,
+                          progress=progress, max_attempts=settings.eval_max_attempts)
 
 
-def _stale(metrics_path: Path, wanted: dict[str, Any]) -> bool:
-    """True unless this evaluation exists with the same sampling, limit and budget."""
-    if not metrics_path.is_file():
-        return True
-    metrics = json.loads(metrics_path.read_text())
-    return (metrics.get("sampling") != wanted["sampling"] or metrics.get("limit") != wanted["limit"]
-            or metrics.get("env_overrides", {}).get("max_attempts") != wanted["max_attempts"])
-
-
-def _copy_evaluation(start: Path, step_zero: Path) -> None:
-    for metrics_path in (start / "eval").glob("*/metrics.json"):
-        target = step_zero / "eval" / metrics_path.parent.name
-        shutil.rmtree(target, ignore_errors=True)
+def _copy_evaluations(start: Path, step_zero: Path) -> None:
+    """The start's evaluations into step_zero/eval/ (those it lacks; none is overwritten)."""
+    for metrics_path in (start / "eval").glob("*/*/metrics.json"):
+        target = step_zero / metrics_path.parent.relative_to(start)
+        if (target / "metrics.json").is_file():
+            continue
+        shutil.rmtree(target, ignore_errors=True)  # an interrupted copy
         shutil.copytree(metrics_path.parent, target)
         metrics = json.loads((target / "metrics.json").read_text())
         metrics["copied_from"] = str(start)
         (target / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate") -> list[dict[str, Any]]:
+def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate",
+               keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Did anything move? `metric`: a rate of evaluation's metrics (success_rate,
     per_step_accuracy, ...) or a failure mode (trained_rule_used: the share of answers
-    that valued the cards by the trained rule). Rows of A - B with A's and B's rates (95% Wilson intervals), the
-    difference with its 95% Newcombe interval, and a two-proportion z-test:
-    per run and set, its last checkpoint (A) against its first (B); then per set, the
-    first run's last checkpoint (A) against each other run's (B)."""
+    that valued the cards by the trained rule). Rows of A - B with A's and B's rates and
+    95% intervals, the difference with its 95% interval, a p-value, and the test used
+    (evaluation.compare_rates: McNemar's for checkpoints on the same tasks, cluster-robust
+    tests for rates over answers): per run and set, its last checkpoint (A) against its
+    first (B); then per set, the first run's last checkpoint (A) against each other run's (B).
+
+    `keys` ({set: key or some of its fields}, e.g. settings.eval_keys()) picks the
+    evaluations; without it, each checkpoint must hold one per set. Rows whose
+    evaluations differ in any setting raise a ValueError that names them."""
     rows = []
     ends = {}
     for run in map(Path, runs):
@@ -256,23 +266,27 @@ def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "su
         first, last = series[0], series[-1]
         for name in eval_sets:
             ends[(run.name, name)] = last
-            rows.append(_comparison(f"{run.name}: end - start", name, (last, first), metric))
+            rows.append(_comparison(f"{run.name}: end - start", name, (last, first), metric, keys))
     names = [Path(r).name for r in runs]
     for name in eval_sets:
         for other in names[1:]:
             if (names[0], name) in ends and (other, name) in ends:
                 pair = (ends[(names[0], name)], ends[(other, name)])
-                rows.append(_comparison(f"{names[0]} end - {other} end", name, pair, metric))
+                rows.append(_comparison(f"{names[0]} end - {other} end", name, pair, metric, keys))
+    require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], "what_moved")
     return rows
 
 
-def _comparison(label: str, eval_set: str, pair: tuple[Path, Path], metric: str) -> dict[str, Any]:
-    a, b = (_rate(checkpoint, eval_set, metric) for checkpoint in pair)
+def _comparison(label: str, eval_set: str, pair: tuple[Path, Path], metric: str,
+                keys: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    (a, key_a), (b, key_b) = (_rate(checkpoint, eval_set, metric, (keys or {}).get(eval_set)) for checkpoint in pair)
+    require_same_settings([key_a, key_b], f"{label} on {eval_set}")
     c = compare_rates(a, b)
     return {"comparison": label, "eval_set": eval_set, "metric": metric, "A": _cell(a), "B": _cell(b),
             "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
-            "p": round(c["p_value"], 4), "significant": c["significant"],
-            "GFLOPs A": round(counters(pair[0])["gflops"], 1), "GFLOPs B": round(counters(pair[1])["gflops"], 1)}
+            "p": round(c["p_value"], 4), "significant": c["significant"], "test": c["test"],
+            "GFLOPs A": round(counters(pair[0])["gflops"], 1), "GFLOPs B": round(counters(pair[1])["gflops"], 1),
+            **key_columns(key_a)}
 
 
 def _evaluated(run: Path) -> list[Path]:
@@ -280,16 +294,14 @@ def _evaluated(run: Path) -> list[Path]:
     return sorted(folders, key=lambda p: counters(p)["step"])
 
 
-def _rate(checkpoint: Path, eval_set: str, metric: str) -> dict[str, Any]:
-    path = checkpoint / "eval" / eval_set / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint.name} has no evaluation on {eval_set} ({path})")
-    metrics = json.loads(path.read_text())
+def _rate(checkpoint: Path, eval_set: str, metric: str, key: dict[str, Any] | None) -> tuple[dict[str, Any], dict]:
+    """A checkpoint's rate `metric` on eval_set (the evaluation with `key`), and that key."""
+    metrics = select_evaluation(checkpoint, eval_set, key)
     if metric in metrics.get("failure_modes", {}):
-        return metrics["failure_modes"][metric]["rate"]
+        return metrics["failure_modes"][metric]["rate"], metrics["key"]
     if metrics.get(metric) is None:
-        raise KeyError(f"{path} has no rate {metric!r}")
-    return metrics[metric]
+        raise KeyError(f"{metrics['folder']} has no rate {metric!r}")
+    return metrics[metric], metrics["key"]
 
 
 def _cell(rate: dict[str, Any]) -> str:

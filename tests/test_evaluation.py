@@ -5,7 +5,8 @@ import pytest
 from scripted import ScriptedResponder
 
 from sftrl_kit.episodes import Episode, Turn, read_episodes
-from sftrl_kit.evaluation import compare_rates, episode_metrics, evaluate, evaluate_checkpoints, wilson_interval
+from sftrl_kit.evaluation import (compare_rates, episode_metrics, evaluate, evaluate_checkpoints, evaluation_folder,
+                                  load_evaluations, wilson_interval)
 
 from conftest import REPO  # noqa: E402
 
@@ -32,9 +33,13 @@ def test_a_scripted_player_with_a_known_rate_is_measured_exactly(tmp_path):
     assert metrics["mean_attempts"] == pytest.approx((10 + 30 * 5) / 40)
     assert metrics["outcome_histogram"] == {"correct": 10, "unparseable": 150}
     assert metrics["mean_return"] == pytest.approx((10 * 5 + 30 * (5 * -3 - 1)) / 40)
-    saved = json.loads((tmp_path / "eval" / "id" / "metrics.json").read_text())
+    folder = evaluation_folder(tmp_path, metrics["key"])
+    assert metrics["folder"] == str(folder) and folder.parent == tmp_path / "eval" / "id"
+    saved = json.loads((folder / "metrics.json").read_text())
     assert saved["success_rate"] == success and saved["split"] == "gp-id"
-    assert len(read_episodes(tmp_path / "eval" / "id" / "episodes.jsonl")) == 40
+    assert saved["key"] == {"eval_set": "id", "env_id": "gp-l", "limit": 40, "max_attempts": 5, "temperature": 0.0,
+                            "top_p": 1.0, "max_new_tokens": 256, "seed": 0, "engine": "hf", "env_overrides": {}}
+    assert len(read_episodes(folder / "episodes.jsonl")) == 40
 
 
 def test_revisions_count_for_success_but_not_first_attempt():
@@ -84,7 +89,8 @@ def test_every_checkpoint_on_every_set_becomes_a_row(tmp_path, tiny_policy):
     assert [(r["checkpoint"], r["eval_set"], r["step"]) for r in rows] == [
         ("step-000010", "id", 10), ("step-000010", "ood", 10), ("step-000020", "id", 20), ("step-000020", "ood", 20)]
     assert rows[0]["flops"] == 1e10 and rows[0]["success_rate_trials"] == 2
-    assert (tmp_path / "checkpoints" / "step-000020" / "eval" / "ood" / "metrics.json").is_file()
+    assert (rows[0]["limit"], rows[0]["max_attempts"], rows[0]["max_new_tokens"]) == (2, 5, 8)
+    assert len(load_evaluations(tmp_path / "checkpoints" / "step-000020", "ood")) == 1
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         evaluate_checkpoints(tmp_path / "empty", {"id": GP_ID})
 

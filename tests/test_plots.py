@@ -1,25 +1,11 @@
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from sftrl_kit.evaluation import wilson_interval  # noqa: E402
 from sftrl_kit.plots import change_from_start, checkpoint_rows, plot_change, plot_curves, smooth  # noqa: E402
-
-
-def synthetic_run(root, name, method, successes):
-    """A run folder as the trainers and evaluate_checkpoints leave it."""
-    for step, (id_k, ood_k) in enumerate(successes):
-        folder = root / name / "checkpoints" / f"step-{step:06d}"
-        for eval_set, k in (("id", id_k), ("ood", ood_k)):
-            (folder / "eval" / eval_set).mkdir(parents=True)
-            (folder / "eval" / eval_set / "metrics.json").write_text(
-                json.dumps({"success_rate": wilson_interval(k, 50), "per_step_accuracy": wilson_interval(k, 100)}))
-        (folder / "checkpoint.json").write_text(json.dumps({"method": method, "step": step, "gflops": 10.0 * step}))
-    return root / name
+from test_study import synthetic_run  # noqa: E402
 
 
 def test_rows_curves_and_change_from_a_folder(tmp_path):

@@ -1,11 +1,38 @@
 import json
 
 import pytest
+from scripted import ScriptedResponder
 
-from sftrl_kit import study
-from sftrl_kit.evaluation import wilson_interval
+from sftrl_kit import plots, study
+from sftrl_kit.evaluation import (evaluate, evaluate_model, evaluation_folder, evaluation_key, key_digest,
+                                  load_evaluations, rate_by_task, select_evaluation)
+from sftrl_kit.models import SamplingConfig
 
-from test_plots import synthetic_run
+from conftest import REPO
+
+GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
+SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=64)
+
+
+def synthetic_run(root, name, method, successes, budget=5):
+    """A run folder as the trainers and evaluate_model leave it: per checkpoint, successes
+    out of 50 tasks on "id" and "ood" (tasks 0..k-1 solved), and the same count out of 100
+    answers, two per task. `budget`: the evaluations' max_attempts, or {set: max_attempts}."""
+    for step, (id_k, ood_k) in enumerate(successes):
+        folder = root / name / "checkpoints" / f"step-{step:06d}"
+        for eval_set, k in (("id", id_k), ("ood", ood_k)):
+            attempts = budget[eval_set] if isinstance(budget, dict) else budget
+            key = evaluation_key(eval_set, [{"env_config": {}}] * 50, "gp-l", SAMPLING, max_attempts=attempts)
+            target = evaluation_folder(folder, key)
+            target.mkdir(parents=True)
+            tasks = [f"{eval_set}:{i}" for i in range(50)]
+            metrics = {"key": key, "seconds": 1.0,
+                       "success_rate": rate_by_task({t: (int(i < k), 1) for i, t in enumerate(tasks)}),
+                       "per_step_accuracy": rate_by_task({t: (min(2, max(0, k - 2 * i)), 2)
+                                                          for i, t in enumerate(tasks)})}
+            (target / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "checkpoint.json").write_text(json.dumps({"method": method, "step": step, "gflops": 10.0 * step}))
+    return root / name
 
 
 def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_path):
@@ -17,15 +44,120 @@ def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_pat
     ood_rl = by_label[("rl: end - start", "ood")]
     assert ood_rl["A"].startswith("30/50 = 60.0%") and ood_rl["B"].startswith("6/50 = 12.0%")
     assert ood_rl["A - B (points)"].startswith("+48.0 [") and ood_rl["significant"] and ood_rl["p"] < 0.001
+    assert ood_rl["test"] == "McNemar exact (paired by task)" and ood_rl["max_attempts"] == 5
     same = by_label[("rl: end - start", "id")]
     assert same["A - B (points)"].startswith("+40.0") and same["GFLOPs A"] == 20.0 and same["GFLOPs B"] == 0.0
+    assert same["p"] == round(2 * 0.5**20, 4)  # 20 tasks solved at the end only: McNemar's exact p
     ends = by_label[("rl end - sft end", "ood")]
     assert ends["A"].startswith("30/50") and ends["B"].startswith("2/50") and ends["significant"]
+    per_answer = study.what_moved([rl], ["ood"], metric="per_step_accuracy")[0]
+    assert per_answer["test"].startswith("paired z, cluster-robust")
 
 
 def test_what_moved_skips_runs_with_one_evaluated_checkpoint(tmp_path):
     lone = synthetic_run(tmp_path, "lone", "ppo", [(10, 6)])
     assert study.what_moved([lone], ["id"]) == []
+
+
+def test_tables_and_figures_refuse_evaluations_at_mixed_budgets(tmp_path):
+    run = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8)], budget={"id": 5, "ood": 2})
+    rows = plots.checkpoint_rows([run])
+    with pytest.raises(ValueError, match="max_attempts: 5, 2"):
+        plots.plot_curves(rows, eval_sets=["id", "ood"])
+    with pytest.raises(ValueError, match="max_attempts: 5, 2"):
+        study.what_moved([run], ["id", "ood"])
+    with pytest.raises(ValueError, match="max_attempts: 5, 2"):
+        study.write_table(rows, tmp_path, "mixed")
+    study.write_table(rows, tmp_path, "budgets", vary=["max_attempts"])  # a table meant to compare budgets
+    assert len(study.what_moved([run], ["id"])) == 1  # one budget per set: fine
+    assert len(plots.change_from_start(rows, "ood")) == 1
+
+
+def test_a_second_budget_on_the_same_checkpoints_is_kept_apart_by_the_keys(tmp_path):
+    run = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8)], budget=5)
+    synthetic_run(tmp_path, "rl", "ppo", [(1, 1), (2, 2)], budget=2)  # the same checkpoints, evaluated at budget 2
+    with pytest.raises(ValueError, match="max_attempts: 2, 5"):
+        study.what_moved([run], ["id"])
+    with pytest.raises(ValueError, match="max_attempts: 2, 5"):
+        plots.change_from_start(plots.checkpoint_rows([run]), "id")
+    at_5 = study.what_moved([run], ["id"], keys={"id": {"max_attempts": 5}})
+    assert at_5[0]["A"].startswith("20/50") and at_5[0]["max_attempts"] == 5
+    rows = plots.checkpoint_rows([run], keys={"id": {"max_attempts": 2}})
+    assert [r["success_rate_successes"] for r in rows] == [1, 2] and {r["eval_set"] for r in rows} == {"id"}
+
+
+def test_two_evaluations_of_one_checkpoint_at_budgets_2_and_5_both_survive(tmp_path):
+    player = ScriptedResponder(lambda episode, attempt: attempt == 3)
+    sets = {"gp-id": GP_ID}
+    at_2 = evaluate_model(player, tmp_path, sets, limit=6, progress=False, max_attempts=2)["gp-id"]
+    at_5 = evaluate_model(player, tmp_path, sets, limit=6, progress=False, max_attempts=5)["gp-id"]
+    assert at_2["success_rate"]["value"] == 0.0 and at_5["success_rate"]["value"] == 1.0
+    kept = {m["key"]["max_attempts"]: m["success_rate"]["value"] for m in load_evaluations(tmp_path, "gp-id")}
+    assert kept == {2: 0.0, 5: 1.0}
+    with pytest.raises(ValueError, match="differ in max_attempts: 2, 5"):
+        select_evaluation(tmp_path, "gp-id")
+    assert select_evaluation(tmp_path, "gp-id", {"max_attempts": 2})["success_rate"]["value"] == 0.0
+    with pytest.raises(FileNotFoundError, match="max_attempts=3"):
+        select_evaluation(tmp_path, "gp-id", {"max_attempts": 3})
+    assert select_evaluation(tmp_path, "gp-id", at_5["key"])["folder"] == at_5["folder"]
+
+
+def test_an_identical_key_is_reused_not_run_again(tmp_path):
+    calls = []
+    player = ScriptedResponder(lambda episode, attempt: calls.append(episode) or episode % 2 == 0)
+    sets = {"gp-id": GP_ID}
+    first = evaluate_model(player, tmp_path, sets, limit=4, progress=False, max_attempts=2)["gp-id"]
+    played = len(calls)
+    again = evaluate_model(player, tmp_path, sets, limit=4, progress=False, max_attempts=2)["gp-id"]
+    assert played > 0 and len(calls) == played
+    assert again["success_rate"] == first["success_rate"] and again["folder"] == first["folder"]
+    with pytest.raises(FileExistsError, match="already holds this evaluation"):
+        evaluate(player, GP_ID, limit=4, run_dir=tmp_path, name="gp-id", progress=False, max_attempts=2)
+    assert len(calls) == played
+
+
+def test_keys_resolve_defaults_so_equal_evaluations_get_equal_keys():
+    records = [json.loads(line) for line in GP_ID.read_text().splitlines()]
+    key = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64))
+    assert key["limit"] == len(records) == 300 and key["max_attempts"] == 5 and key["temperature"] == 0.0
+    same = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0.0, max_new_tokens=64), limit=1000,
+                          max_attempts=5)
+    assert key_digest(same) == key_digest(key)
+    for changed in ({"limit": 40}, {"max_attempts": 2}):
+        other = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64), **changed)
+        assert key_digest(other) != key_digest(key)
+    assert key_digest(evaluation_key("gp-id", records, "gp-l", SAMPLING, engine="vllm")) != key_digest(
+        evaluation_key("gp-id", records, "gp-l", SAMPLING))
+
+
+def test_study_settings_name_the_evaluations_they_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    settings = study.StudySettings(eval_sets=["gp-id"], eval_limit=3, eval_max_attempts=2, max_new_tokens=16)
+    player = ScriptedResponder(lambda episode, attempt: True)
+    evaluate_model(player, tmp_path, {"gp-id": GP_ID}, "gp-l", settings.eval_sampling(), limit=3, progress=False,
+                   max_attempts=2)
+    assert select_evaluation(tmp_path, "gp-id", settings.eval_keys()["gp-id"])["success_rate"]["value"] == 1.0
+    assert study.eval_episodes(tmp_path, "gp-id", settings.eval_keys()["gp-id"])[0].success
+
+
+def test_an_old_layout_folder_is_an_error_not_a_number(tmp_path):
+    old = tmp_path / "eval" / "gp-id"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text(json.dumps({"success_rate": {"successes": 1, "trials": 2}}))
+    with pytest.raises(ValueError, match="old layout"):
+        load_evaluations(tmp_path)
+    with pytest.raises(ValueError, match="old layout"):
+        evaluate_model(ScriptedResponder(lambda e, a: True), tmp_path, {"gp-id": GP_ID}, limit=2, progress=False)
+
+
+def test_the_start_is_copied_to_step_zero_without_overwriting(tmp_path):
+    start = synthetic_run(tmp_path, "start", "sft", [(5, 5)]) / "checkpoints" / "step-000000"
+    run = synthetic_run(tmp_path, "ppo", "ppo", [(9, 9)], budget=2) / "checkpoints" / "step-000000"
+    study._copy_evaluations(start, run)
+    kept = {(m["key"]["eval_set"], m["key"]["max_attempts"]): m for m in load_evaluations(run)}
+    assert set(kept) == {("id", 2), ("ood", 2), ("id", 5), ("ood", 5)}
+    assert kept[("id", 5)]["copied_from"] == str(start) and "copied_from" not in kept[("id", 2)]
+    assert kept[("id", 2)]["success_rate"]["successes"] == 9
 
 
 def test_sft_steps_match_a_flops_target(tmp_path):
@@ -53,20 +185,6 @@ def test_find_runs_prefers_the_folder_then_its_subfolders_then_the_newest_study(
     monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no training runs"):
         study.find_runs(tmp_path / "nothing")
-
-
-def test_evaluation_is_reused_only_with_the_same_settings(tmp_path):
-    folder = tmp_path / "eval" / "gp-id"
-    folder.mkdir(parents=True)
-    settings = study.StudySettings(eval_limit=40, eval_max_attempts=2)
-    wanted = {"sampling": settings.eval_sampling().__dict__, "limit": 40, "max_attempts": 2}
-    metrics = {"sampling": settings.eval_sampling().__dict__, "limit": 40, "env_overrides": {"max_attempts": 2},
-               "success_rate": wilson_interval(1, 40)}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    assert not study._stale(folder / "metrics.json", wanted)
-    assert study._stale(folder / "metrics.json", {**wanted, "limit": 300})
-    assert study._stale(folder / "metrics.json", {**wanted, "max_attempts": 5})
-    assert study._stale(tmp_path / "missing.json", wanted)
 
 
 def test_tables_are_written_as_csv_and_json(tmp_path):
