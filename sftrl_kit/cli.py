@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import fields
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        print(f"sftrl: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `sftrl` parser. Help strings go through %-formatting: write a literal % as %%."""
     parser = argparse.ArgumentParser(prog="sftrl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -36,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
         sub.set_defaults(run=_data, sizes_class=sizes)
 
-    evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95% CIs)")
+    evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95%% CIs)")
     evaluate.add_argument("--model", default="default", help="'default', 'tiny', 'tiny-vl' or a checkpoint folder")
     evaluate.add_argument("--env", default="gp-l", help="environment id (gp-l, gp-vl)")
     evaluate.add_argument("--sets", nargs="+", default=["gp-id", "gp-rule-ood"],
@@ -61,18 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="execute notebooks in order with papermill into one run folder")
     run.add_argument("notebooks", nargs="*", help="presets (quickstart, smoke, study) and/or notebooks (03, 03_sft)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                     help="a notebook parameter (VALUE read as YAML: 3, 1e-5, true, [a, b]); repeatable")
+                     help="a notebook parameter (VALUE read as YAML: 3, 1e-5, true, [a, b]), checked against "
+                          "the notebooks' parameters cells before any runs; repeatable")
     run.add_argument("--resume", default=None, metavar="RUN_FOLDER",
                      help="continue a batch from the notebook that failed (or was interrupted)")
     run.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-<names>)")
     run.set_defaults(run=_run)
-
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
-        print(f"sftrl: error: {error}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -166,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
-    from .runs import NotebookFailure, run_batch
+    from .runs import NotebookFailure, run_batch, run_summary
 
     if not args.notebooks and not args.resume:
         raise ValueError("name a preset (quickstart, smoke, study) or notebooks, or give --resume RUN_FOLDER")
@@ -177,17 +183,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sftrl run: {failure}", file=sys.stderr)
         print(f"  fix it, then: sftrl run --resume {failure.output.parent}", file=sys.stderr)
         return 1
-    print(f"sftrl run: done; executed notebooks and artefacts in {folder}")
+    print(f"sftrl run: done\n{run_summary(folder)}")
     return 0
 
 
 def _yaml_number(value):
-    """YAML 1.1 reads 1e-5 as a string; a notebook parameter that looks like a number is one."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    """YAML 1.1 reads 1e-5 as a string; a notebook parameter written as a number is one
+    (but not 'nan' or 'inf', which float() would also take)."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
+        return float(value)
     return value
 
 

@@ -6,14 +6,16 @@ settings to a YAML file, picks an accelerate config for the machine, and runs
     python -m accelerate.commands.launch --config_file <config> --num_processes N \\
         -m sftrl_kit.cli ppo --config <settings.yaml>
 
-streaming every line to the notebook and to run_dir/<name>.log as it arrives.
+streaming its output (progress bars included) to the notebook and to run_dir/<name>.log
+as it arrives.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
 import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +68,33 @@ def launch_training(method: str, settings: Any, run_dir: str | Path, *, num_proc
 
 
 def stream(command: list[str], log_path: str | Path, echo: bool = True, tail: int = 40) -> None:
-    """Run a command, copying each output line to the log file (and stdout) as it comes."""
+    """Run a command, copying its output to the log file (and stdout) as it comes.
+
+    Output is copied in chunks, not lines, so a progress bar that redraws itself with
+    carriage returns (tqdm) redraws in place instead of printing a line per refresh.
+    """
     log_path = Path(log_path)
-    last_lines: deque[str] = deque(maxlen=tail)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    recent = ""  # the end of the output, for the error message
     with log_path.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # prints arrive as made
         assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
+        while chunk := process.stdout.read1(1 << 16):
+            text = decode(chunk)
+            log.write(text)
             log.flush()
-            last_lines.append(line.rstrip("\n"))
+            recent = (recent + text)[-200 * tail:]
             if echo:
-                print(line, end="", flush=True)
+                print(text, end="", flush=True)
         code = process.wait()
     if code != 0:
         raise RuntimeError(f"{command[-4:]} exited with status {code}; last lines of {log_path}:\n"
-                           + "\n".join(last_lines))
+                           + "\n".join(_last_lines(recent, tail)))
+
+
+def _last_lines(text: str, count: int) -> list[str]:
+    """The last lines as a terminal shows them: of a line redrawn with \\r, its last state."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").rstrip("\n").split("\n")]
+    return lines[-count:]

@@ -7,21 +7,30 @@ each the same `run_dir`, so a later notebook finds what an earlier one wrote the
 The batch's state is kept in run_dir/batch.json: a failed batch stops at the failing
 notebook, reports the cell and error, and `run_batch(..., resume=run_dir)` starts again
 from that notebook.
+
+Before any kernel starts, every parameter is checked against the `parameters` cells of
+the batch's notebooks (read with `ast`, never executed): a name no notebook declares, or
+a value whose type differs from the declared one, is a ValueError. Each notebook gets
+only the parameters it declares. What the notebooks print streams to the terminal.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import difflib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 KIT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = KIT_ROOT / "notebooks"
 BATCH_FILE = "batch.json"
+TEXT_PROGRESS = "SFTRL_TEXT_PROGRESS"
 
 PRESETS: dict[str, list[str] | None] = {
     "quickstart": ["00_quickstart"],
@@ -56,10 +65,39 @@ def notebook_start(name: str, run_dir: str | None, smoke: bool) -> tuple[Path, b
     (the `smoke` parameter, or SFTRL_SMOKE=1 in the environment)."""
     if (KIT_ROOT / "pyproject.toml").is_file():
         os.chdir(KIT_ROOT)
-    smoke = bool(smoke) or os.environ.get("SFTRL_SMOKE", "") not in ("", "0")
+    smoke = bool(smoke) or _flag("SFTRL_SMOKE")
+    if _flag(TEXT_PROGRESS):
+        text_progress()
     folder = Path(run_dir) if run_dir else new_run_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder.resolve(), smoke
+
+
+def text_progress() -> None:
+    """Progress bars as text instead of widgets, for a notebook executed headless.
+
+    In a kernel, tqdm.auto draws an ipywidget and transformers' Trainer an HTML table;
+    papermill streams neither to the terminal, only text on stdout/stderr. `sftrl run`
+    sets SFTRL_TEXT_PROGRESS=1 for its kernels and notebook_start calls this, before
+    the kit's training and evaluation modules are imported.
+    """
+    import tqdm.auto
+    import tqdm.std
+
+    tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange
+    trainer = sys.modules.get("transformers.trainer")
+    if trainer is not None:  # imported already: its progress callback was chosen at import
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.DEFAULT_PROGRESS_CALLBACK = ProgressCallback
+    else:
+        import transformers.utils
+
+        transformers.utils.is_in_notebook = lambda: False
+
+
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "") not in ("", "0")
 
 
 def settings_from(cls: type, namespace: Mapping[str, Any], smoke: bool = False, **overrides: Any):
@@ -73,6 +111,152 @@ def settings_from(cls: type, namespace: Mapping[str, Any], smoke: bool = False, 
         values.update(getattr(cls, "SMOKE", {}))
     values.update(overrides)
     return cls(**values)
+
+
+# --- notebook parameters --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NotebookParameter:
+    """One assignment of a notebook's `parameters` cell.
+
+    `accepts`: the types a value may have, from the annotation if the cell has one, else
+    from the default's type (a float also takes an int; None is always allowed, as in
+    `eval_limit = 40  # None: all`); None when anything goes (a None default, or a
+    default that is not a literal).
+    """
+
+    name: str
+    default: Any
+    accepts: tuple[type, ...] | None
+    expected: str
+
+    def admits(self, value: Any) -> bool:
+        if self.accepts is None:
+            return True
+        if isinstance(value, bool):  # a bool is an int to isinstance
+            return bool in self.accepts
+        return isinstance(value, self.accepts)
+
+
+_NAMED_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "list": (list,),
+    "dict": (dict,), "tuple": (tuple, list), "None": (type(None),),
+    "List": (list,), "Dict": (dict,), "Tuple": (tuple, list),
+}
+
+
+def notebook_parameters(path: str | Path) -> dict[str, NotebookParameter]:
+    """The parameters a notebook declares: the assignments in its first cell tagged
+    `parameters` (papermill's convention), read with ast and never executed."""
+    import nbformat
+
+    book = nbformat.read(str(path), as_version=4)
+    cell = next((c for c in book.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError as error:
+        raise ValueError(f"the parameters cell of {path} is not plain Python: "
+                         f"{error.msg} (line {error.lineno})") from error
+    declared = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            declared[statement.target.id] = _parameter(statement.target.id, statement.value, statement.annotation)
+        elif isinstance(statement, ast.Assign):
+            for target in statement.targets:
+                if isinstance(target, ast.Name):
+                    declared[target.id] = _parameter(target.id, statement.value, None)
+    return declared
+
+
+def _parameter(name: str, value: ast.expr | None, annotation: ast.expr | None) -> NotebookParameter:
+    try:
+        default, literal = ast.literal_eval(value), True
+    except (ValueError, TypeError, SyntaxError):  # no value, or not a literal (a call, a name)
+        default, literal = None, False
+    if annotation is not None:
+        return NotebookParameter(name, default, _annotation_types(annotation), ast.unparse(annotation))
+    if not literal or default is None:
+        return NotebookParameter(name, default, None, "anything")
+    kind = type(default).__name__
+    return NotebookParameter(name, default, _NAMED_TYPES.get(kind, (type(default),)) + (type(None),), kind)
+
+
+def _annotation_types(node: ast.expr) -> tuple[type, ...] | None:
+    """The types an annotation admits (containers by their outer type only); None for a
+    type this check does not know (Path, Any, a class of the notebook's)."""
+    if isinstance(node, ast.Constant):
+        if node.value is None:
+            return (type(None),)
+        if isinstance(node.value, str):  # a quoted annotation
+            try:
+                return _annotation_types(ast.parse(node.value, mode="eval").body)
+            except SyntaxError:
+                return None
+        return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _union([node.left, node.right])
+    if isinstance(node, ast.Subscript):
+        origin = _type_name(node.value)
+        arguments = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if origin == "Optional":
+            return _union(arguments + [ast.Constant(None)])
+        if origin == "Union":
+            return _union(arguments)
+        if origin == "Literal":
+            try:
+                return tuple(dict.fromkeys(type(ast.literal_eval(a)) for a in arguments))
+            except ValueError:
+                return None
+        return _NAMED_TYPES.get(origin)
+    return _NAMED_TYPES.get(_type_name(node))
+
+
+def _union(nodes: list[ast.expr]) -> tuple[type, ...] | None:
+    parts = [_annotation_types(n) for n in nodes]
+    if any(part is None for part in parts):
+        return None
+    return tuple(dict.fromkeys(t for part in parts for t in part))
+
+
+def _type_name(node: ast.expr) -> str:
+    """int -> 'int', typing.Optional -> 'Optional'."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def split_parameters(
+    declared: Mapping[str, Mapping[str, NotebookParameter]], parameters: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each notebook's share of the batch's parameters: those its parameters cell declares.
+
+    `declared`: notebook name -> its parameters (notebook_parameters). Raises ValueError
+    for a name no notebook of the batch declares (naming the closest one that exists),
+    for run_dir (the batch sets it), and for a value of another type than the declared one.
+    """
+    for name, value in parameters.items():
+        if name == "run_dir":
+            raise ValueError("run_dir is the batch's run folder: choose it with --out (run_dir= in run_batch)")
+        owners = {notebook: names[name] for notebook, names in declared.items() if name in names}
+        if not owners:
+            raise ValueError(_unknown_parameter(name, declared))
+        for notebook, parameter in owners.items():
+            if not parameter.admits(value):
+                raise ValueError(f"parameter {name} expects {parameter.expected} (default in {notebook}: "
+                                 f"{parameter.default!r}), got {value!r} ({type(value).__name__})")
+    return {notebook: {k: v for k, v in parameters.items() if k in names} for notebook, names in declared.items()}
+
+
+def _unknown_parameter(name: str, declared: Mapping[str, Mapping[str, NotebookParameter]]) -> str:
+    valid = sorted({n for names in declared.values() for n in names} - {"run_dir"})
+    closest = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+    return (f"unknown parameter {name!r}{hint}: no notebook of this batch ({', '.join(declared)}) declares it. "
+            f"Their parameters: {', '.join(valid) or 'none'}")
 
 
 # --- batches --------------------------------------------------------------------------
@@ -122,12 +306,14 @@ def run_batch(
 ) -> Path:
     """Execute notebooks in order into one run folder; returns the folder.
 
-    `names`: presets and/or notebooks. `parameters` go to every notebook (papermill
-    ignores none: a notebook without a parameter of that name just gets a variable).
-    `resume`: a batch folder whose batch.json says which notebooks already succeeded;
-    the batch starts again at the first that did not, with the parameters it was
-    started with, updated by `parameters`. Raises NotebookFailure at the first failed
-    cell; the executed notebook (with the error in it) is in the folder.
+    `names`: presets and/or notebooks. `parameters`: checked against the notebooks'
+    parameters cells before anything runs (split_parameters); each notebook gets those
+    it declares, and every notebook gets `run_dir`. `resume`: a batch folder whose
+    batch.json says which notebooks already succeeded; the batch starts again at the
+    first that did not, with the parameters it was started with, updated by
+    `parameters`. `log_output`: stream what the notebooks print to this process's
+    stdout/stderr. Raises NotebookFailure at the first failed cell; the executed
+    notebook (with the error in it) is in the folder.
     """
     if resume is not None:
         folder = Path(resume)
@@ -137,20 +323,41 @@ def run_batch(
     else:
         notebooks = resolve_notebooks(names, notebooks_dir)
         preset_parameters = {k: v for name in names for k, v in PRESET_PARAMETERS.get(name, {}).items()}
-        folder = Path(run_dir) if run_dir else new_run_dir("-".join(Path(n).stem for n in names))
-        folder.mkdir(parents=True, exist_ok=True)
         state = {"notebooks": [{"name": n, "status": "pending"} for n in notebooks],
                  "parameters": {**preset_parameters, **(parameters or {})}}
+    declared = {e["name"]: notebook_parameters(Path(notebooks_dir) / f"{e['name']}.ipynb") for e in state["notebooks"]}
+    shares = split_parameters(declared, state["parameters"])
+    if resume is None:
+        folder = Path(run_dir) if run_dir else new_run_dir("-".join(Path(n).stem for n in names))
+        folder.mkdir(parents=True, exist_ok=True)
     folder = folder.resolve()
     _write_state(folder, state)
-    for entry in state["notebooks"]:
-        if entry["status"] == "ok":
-            continue
-        _execute(entry, folder, state, Path(notebooks_dir), log_output)
+    todo = [e for e in state["notebooks"] if e["status"] != "ok"]
+    print(f"[sftrl run] run folder {folder}" + (f", resuming at {todo[0]['name']}" if resume and todo else ""),
+          flush=True)
+    with _environment({TEXT_PROGRESS: "1"}):
+        for entry in todo:
+            _execute(entry, folder, state, shares[entry["name"]], Path(notebooks_dir), log_output)
     return folder
 
 
-def _execute(entry: dict, folder: Path, state: dict, notebooks_dir: Path, log_output: bool) -> None:
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (which the kernels started inside inherit), then restore them."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _execute(entry: dict, folder: Path, state: dict, parameters: Mapping[str, Any], notebooks_dir: Path,
+             log_output: bool) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -163,10 +370,14 @@ def _execute(entry: dict, folder: Path, state: dict, notebooks_dir: Path, log_ou
     entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     _write_state(folder, state)
     try:
+        # Cells' stdout and stderr go to ours as they arrive (papermill's own progress bar
+        # would interleave with them); coalesce_streams keeps only the last state of a
+        # progress bar in the executed notebook.
         papermill.execute_notebook(
-            str(source), str(output), parameters={**state["parameters"], "run_dir": str(folder)},
-            kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=log_output, log_output=False,
+            str(source), str(output), parameters={**parameters, "run_dir": str(folder)},
+            kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=False, log_output=False,
             stdout_file=sys.stdout if log_output else None, stderr_file=sys.stderr if log_output else None,
+            coalesce_streams=True,
         )
     except PapermillExecutionError as error:
         failure = NotebookFailure(entry["name"], output, error.exec_count, f"{error.ename}: {error.evalue}")
@@ -184,6 +395,83 @@ def _execute(entry: dict, folder: Path, state: dict, notebooks_dir: Path, log_ou
     if failure is not None:
         raise failure
     print(f"[sftrl run] {entry['name']} done in {entry['seconds']:.0f} s", flush=True)
+
+
+# --- what a run left ------------------------------------------------------------------
+
+FIGURES = ("*.png", "*.svg")
+TABLES = ("tables/*.csv", "tables/*.md")  # study.write_table's folder; its .json twins hold exact values
+VERDICT_COLUMNS = ("comparison", "eval_set", "metric", "A - B (points)", "p", "significant", "test")
+
+
+def run_summary(folder: str | Path, most: int = 12) -> str:
+    """What a batch left in its run folder, for the terminal: the executed notebooks, the
+    figures and the tables (`most` names per folder), and the what-moved table
+    (study.what_moved, saved by study.write_table as tables/*what*moved*) if a notebook
+    wrote one."""
+    folder = Path(folder)
+    lines = [f"run folder: {folder}"]
+    if (folder / BATCH_FILE).is_file():
+        lines.append(f"executed notebooks in {folder}:")
+        lines += [f"  {e['name']}.ipynb  {e['status']}" + (f", {e['seconds'] / 60:.1f} min" if "seconds" in e else "")
+                  for e in _read_state(folder)["notebooks"]]
+    lines += _listing("figures", folder, _files(folder, FIGURES), most)
+    lines += _listing("tables", folder, _files(folder, TABLES), most)
+    for table in _files(folder, ("tables/*.csv",)):
+        if table.stem.replace("_", "-").endswith("what-moved"):
+            lines.append(f"what moved ({table.relative_to(folder)}):")
+            lines += ["  " + line for line in _text_table(_read_rows(table), VERDICT_COLUMNS)]
+    return "\n".join(lines)
+
+
+def _files(folder: Path, patterns: Sequence[str]) -> list[Path]:
+    return sorted({path for pattern in patterns for path in folder.rglob(pattern) if path.is_file()})
+
+
+def _listing(kind: str, folder: Path, paths: list[Path], most: int) -> list[str]:
+    """The files of each folder named `kind` (figures/, tables/), one line per name with
+    its formats together (a.png (.svg)); then one line counting the others by folder
+    (images a notebook saved as data, say)."""
+    if not paths:
+        return [f"{kind}: none"]
+    by_folder: dict[Path, dict[str, list[str]]] = {}
+    for path in paths:
+        by_folder.setdefault(path.parent, {}).setdefault(path.stem, []).append(path.suffix)
+    lines, others = [], []
+    for parent, names in by_folder.items():
+        if parent.name != kind:
+            others.append(f"{parent.relative_to(folder)} ({sum(map(len, names.values()))})")
+            continue
+        shown = [stem + suffixes[0] + (f" ({' '.join(suffixes[1:])})" if len(suffixes) > 1 else "")
+                 for stem, suffixes in names.items()]
+        lines.append(f"{kind} in {parent}:")
+        lines += [f"  {name}" for name in shown[:most]]
+        lines += [f"  ... and {len(shown) - most} more"] if len(shown) > most else []
+    if others:
+        more = f", and {len(others) - most} more folders" if len(others) > most else ""
+        lines.append(f"other {kind}, files by folder: {', '.join(others[:most])}{more}")
+    return lines
+
+
+def _read_rows(table: Path) -> list[dict[str, Any]]:
+    """A study table's rows: its .json twin (exact values) if there is one, else the CSV."""
+    import csv
+
+    if table.with_suffix(".json").is_file():
+        return json.loads(table.with_suffix(".json").read_text())
+    with table.open(newline="") as rows:
+        return list(csv.DictReader(rows))
+
+
+def _text_table(rows: list[dict[str, Any]], preferred: Sequence[str]) -> list[str]:
+    """Rows as aligned text: the preferred columns that exist, else every column."""
+    if not rows:
+        return ["(no rows)"]
+    present = list(dict.fromkeys(key for row in rows for key in row))
+    columns = [c for c in preferred if c in present] or present
+    cells = [columns] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
 
 
 def _read_state(folder: Path) -> dict[str, Any]:

@@ -1,6 +1,44 @@
+import argparse
 import json
 
-from sftrl_kit.cli import main
+import pytest
+
+from sftrl_kit import runs
+from sftrl_kit.cli import build_parser, main
+
+
+def command_paths(parser, path=()):
+    """Every command path the parser accepts: (), ('data',), ('data', 'gp'), ..."""
+    yield path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_paths(sub, path + (name,))
+
+
+COMMANDS = list(command_paths(build_parser()))
+
+
+def test_every_command_is_found():
+    assert {("data", "gp"), ("data", "virl"), ("eval",), ("sft",), ("ppo",), ("run",)} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(("sftrl",) + path))
+def test_help_works_for_the_command_and_every_subcommand(path, capsys):
+    with pytest.raises(SystemExit) as leaving:
+        main([*path, "--help"])
+    assert leaving.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(" ".join(("usage: sftrl",) + path))
+    assert "show this help message and exit" in out
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """Fail the test if a notebook would start: these runs must stop before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a notebook started")
+    monkeypatch.setattr(runs, "_execute", refuse)
 
 
 def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
@@ -39,3 +77,50 @@ def test_sftrl_run_explains_what_it_needs(tmp_path, capsys):
     assert "unknown notebook or preset '09_nothing'" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "is not a batch run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parameter, message", [
+    (["eval_limt", "3"], "unknown parameter 'eval_limt' (did you mean 'eval_limit'?)"),
+    (["eval_limit", "abc"], "parameter eval_limit expects int (default in 00_quickstart: 40), got 'abc' (str)"),
+    (["eval_limit", "true"], "parameter eval_limit expects int (default in 00_quickstart: 40), got True (bool)"),
+    (["smoke", "1"], "parameter smoke expects bool (default in 00_quickstart: False), got 1 (int)"),
+    (["eval_sets", "gp-id"], "parameter eval_sets expects list"),
+    (["run_dir", "x"], "run_dir is the batch's run folder: choose it with --out"),
+])
+def test_sftrl_run_refuses_a_bad_parameter_before_any_notebook_runs(parameter, message, tmp_path, capsys, no_kernel):
+    out = tmp_path / "run"
+    assert main(["run", "smoke", "--out", str(out), "-p", *parameter]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sftrl: error: ") and message in err
+    assert not out.exists()  # no batch.json recording the bad value
+
+
+def test_sftrl_run_reads_numbers_as_numbers_but_not_nan(tmp_path, capsys, no_kernel):
+    with pytest.raises(AssertionError, match="a notebook started"):  # 1e-5 is a float: accepted
+        main(["run", "04", "--out", str(tmp_path / "a"), "-p", "learning_rate", "1e-5"])
+    assert json.loads((tmp_path / "a" / "batch.json").read_text())["parameters"] == {"learning_rate": 1e-5}
+    assert main(["run", "04", "--out", str(tmp_path / "b"), "-p", "learning_rate", "nan"]) == 2
+    assert "got 'nan' (str)" in capsys.readouterr().err
+
+
+def test_sftrl_run_passes_each_notebook_its_parameters_and_ends_with_a_summary(tmp_path, capsys, monkeypatch):
+    given = {}
+
+    def execute(entry, folder, state, parameters, notebooks_dir, log_output):
+        given[entry["name"]] = parameters
+        entry.update(status="ok", seconds=90.0)
+        runs._write_state(folder, state)
+        (folder / "figures").mkdir(exist_ok=True)
+        (folder / "figures" / f"{entry['name']}.png").write_bytes(b"")
+
+    monkeypatch.setattr(runs, "_execute", execute)
+    out = tmp_path / "run"
+    assert main(["run", "01", "05", "--out", str(out), "-p", "episodes", "2", "-p", "eval_limit", "5"]) == 0
+    assert given == {"01_environments": {"episodes": 2}, "05_evaluation": {"eval_limit": 5}}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"[sftrl run] run folder {out.resolve()}"
+    assert lines[1:] == ["sftrl run: done", f"run folder: {out.resolve()}",
+                         f"executed notebooks in {out.resolve()}:", "  01_environments.ipynb  ok, 1.5 min",
+                         "  05_evaluation.ipynb  ok, 1.5 min",
+                         f"figures in {out.resolve() / 'figures'}:", "  01_environments.png", "  05_evaluation.png",
+                         "tables: none"]
