@@ -114,22 +114,18 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import eval_set_path
-    from .evaluation import compare_rates, evaluate
-    from .models import SamplingConfig, load_policy
+    from .evaluation import compare_rates, evaluate_model
+    from .models import SamplingConfig
     from .runs import new_run_dir
 
-    sets = {name: eval_set_path(name) for name in args.sets}
+    sets = {f"{args.env}-{name}": eval_set_path(name) for name in args.sets}
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
     overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
     run_dir = Path(args.out) if args.out else new_run_dir("eval")
-    policy = load_policy(args.model)
-    print(f"model {args.model} ({policy.num_parameters / 1e6:.1f}M parameters) on {args.env}; "
-          f"sampling {sampling}; run folder {run_dir}")
-    results = {}
-    for name, path in sets.items():
-        results[name] = evaluate(policy, path, args.env, sampling, limit=args.limit, batch_size=args.batch_size,
-                                 run_dir=run_dir, name=f"{args.env}-{name}", **overrides)
+    print(f"model {args.model} on {args.env}; sampling {sampling}; run folder {run_dir}")
+    results = evaluate_model(args.model, run_dir, sets, args.env, sampling, limit=args.limit,
+                             batch_size=args.batch_size, **overrides)
     print(f"{'set':<15}{'n':>5}  {'success [95% CI]':<22}{'first attempt':<22}{'per-step accuracy':<22}{'attempts':>8}")
     for name, m in results.items():
         print(f"{name:<15}{m['episodes']:>5}  {_rate(m['success_rate']):<22}{_rate(m['first_attempt_success']):<22}"
@@ -138,7 +134,9 @@ def _eval(args: argparse.Namespace) -> int:
     for other in names[1:]:
         c = compare_rates(results[names[0]]["success_rate"], results[other]["success_rate"])
         print(f"success {names[0]} - {other}: {100 * c['difference']:+.1f} points "
-              f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g}")
+              f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g} ({c['test']})")
+    for name, m in results.items():
+        print(f"{name}: {m['folder']}")
     return 0
 
 

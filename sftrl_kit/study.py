@@ -198,7 +198,7 @@ def sft_branch(settings: StudySettings, run_dir: Path, start: Path, dataset: Pat
 
 
 def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | None = None,
-                  progress: bool = False) -> list[dict[str, Any]]:
+                  progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate every checkpoint of every run not yet evaluated with these settings
     (evaluations with other settings stay beside them, untouched).
 
@@ -223,7 +223,7 @@ def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | N
     return summary
 
 
-def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = False) -> dict[str, dict[str, Any]]:
+def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = True) -> dict[str, dict[str, Any]]:
     """One checkpoint on settings.eval_sets (evaluation.evaluate_model: an evaluation with
     these exact settings already there is reused); {set: metrics}."""
     return evaluate_model(folder, folder, {name: eval_set_path(name) for name in settings.eval_sets}, "gp-l",

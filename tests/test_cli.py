@@ -124,3 +124,19 @@ def test_sftrl_run_passes_each_notebook_its_parameters_and_ends_with_a_summary(t
                          "  05_evaluation.ipynb  ok, 1.5 min",
                          f"figures in {out.resolve() / 'figures'}:", "  01_environments.png", "  05_evaluation.png",
                          "tables: none"]
+
+
+def test_sftrl_eval_twice_reuses_the_evaluation_and_names_its_test(tmp_path, capsys):
+    args = ["eval", "--model", "tiny", "--sets", "gp-id", "gp-rule-ood", "--limit", "2", "--max-new-tokens", "4",
+            "--max-attempts", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    folders = sorted(p.parent for p in tmp_path.glob("eval/*/*/metrics.json"))
+    assert len(folders) == 2
+    stamps = [p.stat().st_mtime_ns for p in tmp_path.glob("eval/*/*/metrics.json")]
+    assert main(args) == 0  # same settings: read back, not overwritten, no error
+    second = capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in tmp_path.glob("eval/*/*/metrics.json")] == stamps
+    assert "(two-proportion z (independent samples))" in first  # two different sets: unpaired
+    for folder in folders:
+        assert str(folder) in first and str(folder) in second
