@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import re
 
 import pytest
 
@@ -89,3 +91,30 @@ def test_replayed_tasks_are_validated():
         make("gp-l").reset(options={"task": {"hand": "QS"}})
     with pytest.raises(ValueError, match="rank"):
         make("gp-l").reset(options={"task": {"hand": ["ZZ"]}})
+
+
+@pytest.mark.parametrize("env_id", ["gp-l", "gp-vl", "virl-l", "virl-vl"])
+def test_every_env_writes_the_info_keys_rollouts_and_evaluation_read(env_id):
+    env = make(env_id)
+    obs, info = env.reset(seed=5)
+    assert info["success"] is False
+    replayed, _ = make(env_id).reset(options={"task": info["task"]})
+    assert replayed.text == obs.text
+    _, _, terminated, truncated, info = env.step("no answer here")
+    assert (terminated, info["success"]) == (False, False)
+    verdict = info["verdict"]
+    assert {"reward", "outcome", "feedback", "recognition_correct", "other_rule_used"} <= set(verdict)
+    assert verdict["outcome"] == "unparseable"
+    assert verdict["other_rule_used"] is False
+    assert info.get("new_prompt", False) is False  # a failed answer continues the conversation
+    assert ("new_prompt" in info) == (not env.single_conversation)
+
+
+@pytest.mark.parametrize("env_id", ["gp-l", "virl-l"])
+def test_the_reward_tables_in_the_env_docstrings_are_the_configs_defaults(env_id):
+    env = make(env_id)
+    documented = {
+        name: float(value)
+        for name, value in re.findall(r"^ {8}([a-z_]+) +([+-][0-9.]+) ", type(env).__doc__, re.MULTILINE)
+    }
+    assert documented == dataclasses.asdict(type(env.config.rewards)())

@@ -274,9 +274,16 @@ def test_hostile_and_off_space_answers_get_defined_outcomes():
         env.reset(seed=1)
         _, reward, _, _, info = env.step(text)
         assert reward == -1.0 and info["verdict"]["outcome"] in ("unparseable", "invalid_action")
+        assert not info["verdict"]["other_rule_used"]  # an action of neither space
     env.reset(seed=1)
     _, _, _, _, info = env.step('{"action": "turn_direction(north)"}')
-    assert info["verdict"]["outcome"] == "invalid_action" and info["verdict"]["other_space_used"]
+    assert info["verdict"]["outcome"] == "invalid_action"
+    assert info["verdict"]["other_rule_used"]  # the trained (absolute) space under the relative one
+    absolute = make("virl-l", action_space="absolute")
+    absolute.reset(seed=1)
+    _, _, _, _, info = absolute.step('{"action": "turn_direction(slightly left)"}')
+    assert info["verdict"]["outcome"] == "invalid_action"
+    assert info["verdict"]["other_rule_used"]  # the relative space under the absolute one
     assert normalise_action(" Turn_Direction( 'North East' ) ") == "turn_direction(northeast)"
     assert normalise_action("forward") == "forward()"
 

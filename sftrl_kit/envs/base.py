@@ -3,7 +3,8 @@
 Environments are text-native and follow gymnasium's signatures: `reset(seed=, options=)
 -> (observation, info)` and `step(answer_text) -> (observation, reward, terminated,
 truncated, info)`. The first observation is the task prompt (with images for the VL
-variants); each later one is the verifier's message that asks for a revision.
+variants); a later one is the verifier's message asking for a revision, or, where a
+correct answer moves the task on (V-IRL), the next prompt. `Env` documents every return.
 """
 
 from __future__ import annotations
@@ -17,20 +18,87 @@ from PIL import Image
 
 @dataclass
 class Observation:
+    """What the model reads: a user turn's text, and the images that come with it."""
+
     text: str
     images: list[Image.Image] = field(default_factory=list)
 
 
 class Env(Protocol):
+    """A task the model plays by writing answers as text, scored by the task's verifier.
+
+    Attributes:
+        env_id: the id the environment was made with ("gp-l", "virl-vl", ...).
+        answer_field: the answer's decisive JSON field ("formula", "action"); PPO can
+            weight the tokens before it (`thought_coef`).
+        single_conversation: True when every observation after the first continues one
+            conversation; False when a step can start a new one (`info["new_prompt"]`).
+        config: (optional) the environment's settings dataclass; rollouts record it in
+            each Episode.
+
+    The info dict of `reset` and `step` holds, in every environment:
+        task (dict): the task of this episode, as JSON; `reset(options={"task": task})`
+            replays it exactly (the eval sets store it).
+        success (bool): True on the step that solves the task, which is the step that
+            terminates the episode; False on `reset` and on every other step.
+    after a `step`, also:
+        verdict (dict): the verifier's judgement of this answer. Every task's verdict
+            holds `outcome` (str: "correct" or the task's failure outcome), `reward`
+            (float: the verifier's reward, before any budget penalty), `feedback` (str:
+            the verifier's message, worded for the model), `recognition_correct` (bool | None:
+            the VL variants' check of what the image shows; None where nothing is
+            checked) and `other_rule_used` (bool: the answer followed the rule that is
+            not in force: a GP formula valued under the other face-card rule, a V-IRL
+            action of the other action space; on a rule-OOD set, the trained rule).
+            Rollouts keep it in each Turn; evaluation counts its `outcome`,
+            `recognition_correct` and `other_rule_used`.
+    and, in environments with `single_conversation` False:
+        new_prompt (bool): the observation starts a new conversation (it is a fresh
+            prompt, not a reply to the last answer); absent means False.
+    Each environment adds task-specific keys, listed in its class docstring.
+    """
+
     env_id: str
-    answer_field: str  # the answer's decisive field ("formula", "action"): trainers may weight it
-    single_conversation: bool  # False when a step can start a new prompt (info["new_prompt"])
+    answer_field: str
+    single_conversation: bool
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Observation, dict[str, Any]]: ...
+    ) -> tuple[Observation, dict[str, Any]]:
+        """Start an episode.
 
-    def step(self, action: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]: ...
+        Args:
+            seed: re-seeds the environment's generator; without one the generator goes
+                on from the last episode, so `reset(seed=s)` followed by plain `reset()`
+                calls gives the same tasks every time (gymnasium's rule).
+            options: {"task": info["task"]} replays that task instead of drawing one.
+
+        Returns:
+            observation (Observation): the task prompt, with its images in the VL variants.
+            info (dict): `task` and `success` (False), and the keys the class adds.
+        """
+        ...
+
+    def step(self, action: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """Score one answer (`action` is the model's whole reply text) and move on.
+
+        Returns:
+            observation (Observation): after a failed answer, `revision_text` of the
+                verifier's feedback (text only); after the answer that ends the episode
+                by success, the feedback; after a correct answer that moves to the next
+                decision (`info["new_prompt"]`), that decision's prompt with its images.
+            reward (float): the verifier's reward for this answer, plus the budget
+                penalty when this answer spends the verification budget.
+            terminated (bool): the task is solved; the episode is over.
+            truncated (bool): the verification budget is spent without solving the
+                task; the episode is over. Never both.
+            info (dict): `task`, `success` and `verdict` (as above), and
+                `new_prompt` where the environment starts new conversations.
+
+        Raises:
+            RuntimeError: when called before `reset` or after the episode ended.
+        """
+        ...
 
 
 def revision_text(feedback: str) -> str:

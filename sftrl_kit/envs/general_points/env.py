@@ -1,13 +1,4 @@
-"""GeneralPoints as a sequential-revision environment (GP-L text, GP-VL image).
-
-One episode is one hand. The model answers; the verifier scores it. A correct answer
-terminates the episode; otherwise the verifier's message is the next observation and
-the model may revise, until `max_attempts` answers have been scored (truncation).
-
-The paper's code charges the budget penalty on an extra, unverified step after the
-budget runs out; here it is added to the reward of the last failed attempt, so each
-transition is exactly one model response (same return, one step shorter).
-"""
+"""GeneralPoints as a sequential-revision environment (GP-L text, GP-VL image)."""
 
 from __future__ import annotations
 
@@ -23,6 +14,51 @@ from .verifier import Verdict, verify
 
 
 class GeneralPointsEnv:
+    """One hand of four cards: write an equation that equals the target (GP-L, GP-VL).
+
+    Action: the model's reply text, read as a JSON object (tolerantly: `answers.py`) with
+    the fields "formula" (required: integers, + - * / and parentheses, optionally
+    "= <target>"; each card's number used exactly once), "cards" (the ranks seen, e.g.
+    ["A", "7", "Q", "10"]; checked in GP-VL only) and "number" (each card's number; not
+    checked).
+
+    Observation: `reset` gives the prompt: the task with the face-card rule in words, the
+    cards (GP-L: their ranks as text; GP-VL: one `image_size`-pixel square image of the
+    hand, and no ranks in the text) and the answer format. After a failed answer, the
+    verifier's feedback asking for a revision (text only: the conversation's image is
+    the prompt's); after a correct one, the feedback.
+
+    Reward (`GPRewards`, the paper's appendix A.3), per answer:
+        correct             +5    legal, each card's number once, equals the target
+        wrong_value         -1    legal, each card's number once, another value
+        numbers_mismatch    -2    legal, but not exactly the cards' numbers
+        illegal             -3    the formula does not parse or divides by zero
+                                  (illegal_formula), or no answer could be read
+                                  (unparseable)
+        recognition_wrong   -1.5  GP-VL, added: "cards" is not the hand's ranks (not
+                                  added to an unreadable answer)
+        budget_exceeded     -1    added to the answer that spends the budget
+    A correct formula with a wrong recognition still solves the hand (+5 - 1.5).
+
+    Episode end: terminated when an answer is correct; truncated when `max_attempts`
+    answers have failed. Each step is one answer. (The paper's code charges the budget
+    penalty on an extra, unverified step after the budget runs out; here it is added to
+    the last failed answer: the same return, one step shorter.)
+
+    Info, besides the keys every `Env` writes: `values` (the cards' numbers under the
+    rule), `face_rule`, `target`, `attempt` (answers scored so far), `attempts_left`.
+    `task` is {"hand": card codes such as ["QH", "7S"], "image_seed": int}. The verdict
+    adds `formula`, `value` (its exact value, e.g. "71/3") and `recognised_cards`.
+
+    Arguments:
+        config: `GPConfig`: target (24), face_rule ("ten": J, Q, K count 10; "ordinal":
+            11, 12, 13), colours of the deck ("all", "black", "red"), sampling
+            ("uniform" over solvable hands, or "with_face": only hands with a J, Q or K),
+            max_attempts (5, the verification budget), modality ("text" or "image"; set
+            by the env id through `make`), image_size (224) and rewards (`GPRewards`).
+        env_id: the id it was made with ("gp-l" or "gp-vl").
+    """
+
     answer_field = "formula"
     single_conversation = True
 
@@ -63,6 +99,7 @@ class GeneralPointsEnv:
         return observation, self._info()
 
     def step(self, action: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """Score one answer to the hand (returns as `Env.step` documents)."""
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         verdict = verify(action, self.hand, self.config)

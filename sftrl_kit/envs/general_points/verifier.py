@@ -9,10 +9,14 @@ Outcomes and rewards follow the paper's appendix A.3 (values in `GPRewards`):
     illegal_formula    the formula does not parse, or divides by zero
     unparseable        no answer object with a "formula" field could be read
 
+A numbers mismatch whose numbers are the hand's under the other face-card rule sets
+`other_rule_used` (as a V-IRL action of the other action space does): the answer
+followed the rule that is not in force, on a rule-OOD set the trained one.
+
 GP-VL adds `recognition_wrong` to the reward when the "cards" field does not name the
 cards in the image; an unreadable answer gets only the illegal reward, but counts as a
-failed recognition in the recognition-accuracy metric. It is a pure function, so it can serve as a reward function for
-any trainer.
+failed recognition in the recognition-accuracy metric. It is a pure function, so it can
+serve as a reward function for any trainer.
 """
 
 from __future__ import annotations

@@ -1,13 +1,4 @@
-"""V-IRL navigation as a sequential-revision environment (V-IRL-L text, V-IRL-VL images).
-
-An episode is one route. At each decision point the model answers with an action; the
-verifier scores it. A correct action is executed and the next point's prompt (with the
-history of observations and actions) starts a new conversation: `info["new_prompt"]`
-tells rollouts so. A wrong action is not executed: the model sees the verifier's
-message and may revise, up to `max_attempts` answers per point; then the
-episode is truncated (the budget penalty is added to that last answer). Reaching the
-end of the route terminates the episode with success.
-"""
+"""V-IRL navigation as a sequential-revision environment (V-IRL-L text, V-IRL-VL images)."""
 
 from __future__ import annotations
 
@@ -27,6 +18,67 @@ from .verifier import Verdict, verify
 
 
 class VirlEnv:
+    """One route, walked one decision at a time: V-IRL-L (text) and V-IRL-VL (images).
+
+    A route is a list of decisions (`Route.decisions`): at the start, a turn to face the
+    first street; forward() along each street; at each intersection a turn to the next
+    street, taken in place; stop() at the destination.
+
+    Action: the model's reply text, read as a JSON object (tolerantly: `answers.py`) with
+    the fields "action" (required: one action of the active space, normalised for case
+    and spacing), "current observation" (V-IRL-VL: must name exactly the places in view,
+    where the route knows what is in view) and "current instruction" (not checked). The
+    action spaces (each is V-IRL's rule):
+        absolute  turn_direction(x), x one of the eight compass directions; forward(); stop()
+        relative  turn_direction(x), x one of left, right, slightly left, slightly right;
+                  forward(); stop()
+
+    Observation: each decision's prompt holds the task with the action space, the route
+    instruction, the last `history` (observation, action) pairs of the walk, the current
+    view (V-IRL-L: the places in view as text; V-IRL-VL: one image, a 2x2 grid of street
+    views: front, right, back, left, each `panel_size` pixels square, rendered from the
+    generated city or read from `views_dir`) and the answer format. After a wrong answer
+    the observation is the verifier's feedback asking for a revision (text only), in the
+    same conversation; after a correct one, the next decision's prompt, which starts a new
+    conversation (`info["new_prompt"]`); after the correct stop(), the feedback.
+
+    Reward (`VirlRewards`, the paper's appendix B.3), per answer:
+        correct          +1    the expert's action at this decision
+        wrong_action     -1    any other action (wrong_action), an action outside the
+                               space (invalid_action), or no readable answer (unparseable)
+        landmark_missed  -1.5  V-IRL-VL, added where the view is known: the observation
+                               does not name exactly the places in view (not added to an
+                               unreadable answer)
+        budget_exceeded  -1    added to the answer that spends a decision's budget
+    A correct action with missed landmarks is still executed (+1 - 1.5).
+
+    Episode end: a correct action is executed and moves to the next decision; a wrong
+    one is not. Terminated when the final stop() is correct (the route is walked);
+    truncated when `max_attempts` answers at one decision have failed. The budget is per
+    decision (it restarts after each correct action), so an episode has at most
+    decisions x max_attempts steps.
+
+    Info, besides the keys every `Env` writes: `route_id`, `point` (the index of the
+    current decision: actions executed so far), `points` (the route's decisions),
+    `attempts_at_point` (answers scored at the current decision) and `new_prompt`.
+    `task` is {"route": Route.to_json()}; real V-IRL routes (`routes.load_routes`) are
+    played by replaying such a task. The verdict adds `action` (normalised) and
+    `recognised_places`.
+
+    Arguments:
+        config: `VirlConfig`: action_space ("absolute", the trained rule, or
+            "relative"), modality ("text" or "image"; set by the env id through
+            `make`), city (one of `city.CITIES`; the training city by default) and
+            city_seed (0) of the generated city, min_turns and max_turns (1, 3: a
+            route's turns are drawn uniformly between them), max_blocks (3, the most
+            blocks per street), max_straight (5, the cap on forward() steps per street),
+            max_attempts (2, the verification budget per decision), panel_size (112),
+            views_dir (None: render the views; else real grids read from
+            <views_dir>/<route_id>/<point>.png, the point's index along the route in
+            three digits), history (8) and rewards (`VirlRewards`).
+        env_id: the id it was made with ("virl-l" or "virl-vl").
+    """
+
     answer_field = "action"
     single_conversation = False  # each point's prompt starts a new conversation
 
@@ -44,6 +96,7 @@ class VirlEnv:
         self._done = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Draw a route in the generated city, or replay `options["task"]` (from an earlier info)."""
         if seed is not None or self._rng is None:
             self._rng = random.Random(seed)
         task = (options or {}).get("task")
@@ -64,6 +117,7 @@ class VirlEnv:
         return self._observation(), self._info()
 
     def step(self, action: str):
+        """Score one answer at the current decision (returns as `Env.step` documents)."""
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         decision = self.decisions[self.position]

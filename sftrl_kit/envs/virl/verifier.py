@@ -6,7 +6,9 @@ Outcomes and rewards follow the paper's appendix B.3 (values in `VirlRewards`):
     invalid_action   not an action of the active space (e.g. "turn_direction(north)"
                      under the relative space: the trained rule applied to the new one)
     unparseable      no answer object with an "action" field
-All but `correct` earn the wrong-action reward.
+All but `correct` earn the wrong-action reward. An invalid action that belongs to the
+other action space sets `other_rule_used`, as a GP formula valued under the other face
+rule does: the answer followed the rule that is not in force.
 
 V-IRL-VL also checks landmark recognition wherever the route knows what is in view
 (every point of a generated route, the intersections of a real one): the answer's
@@ -41,7 +43,7 @@ class Verdict:
     action: str | None = None
     recognised_places: list[str] | None = None  # normalised names the observation claims (VL)
     recognition_correct: bool | None = None  # None when recognition is not checked here
-    other_space_used: bool = False  # an action of the other action space
+    other_rule_used: bool = False  # an action of the other action space (the space is V-IRL's rule)
 
     @property
     def success(self) -> bool:
@@ -80,7 +82,7 @@ def verify(answer_text: str, decision: Decision, config: VirlConfig) -> Verdict:
         other = "relative" if config.action_space == "absolute" else "absolute"
         verdict = Verdict(rewards.wrong_action, "invalid_action",
                           f"{action or 'an empty action'} is not an action here; use one of: {', '.join(sorted(allowed))}.",
-                          action, other_space_used=action in valid_actions(other))
+                          action, other_rule_used=action in valid_actions(other))
     elif action != decision.action:
         verdict = Verdict(rewards.wrong_action, "wrong_action", f"{action} is not the right action at this point.", action)
     else:
