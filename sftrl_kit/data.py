@@ -1,28 +1,28 @@
-"""Datasets: frozen evaluation sets and SFT data in TRL's conversational format.
+"""Datasets: the evaluation-split registry, frozen evaluation sets, SFT datasets in TRL's
+conversational format, and the data stage (`sftrl data gp|virl`).
 
 Evaluation sets are lists of tasks: each record names its split, its seed and the
 environment settings, and holds the task that `env.reset(options={"task": ...})`
 replays. Record i of a split is dealt by `env.reset(seed=base_seed + i)`, so every
 record (and the whole file, byte for byte) can be regenerated from the seed alone.
 
-SFT data (paper section 5): "expert" is one prompt -> one correct answer per deal;
-"suboptimal" is the ablation's multi-turn trajectories: wrong answers of each kind with
-the verifier's real messages, then a correct answer. Every wrong answer is checked by
-the verifier to be the kind of error it claims to be.
+SFT data (paper section 5): "expert" is one prompt -> one correct answer; "suboptimal"
+is the ablation's multi-turn trajectories: verified wrong answers with the verifier's
+real messages, then a correct answer. Each task writes its demonstrations beside its
+environment (`envs/general_points/sft_data.py`, `envs/virl/sft_data.py`); this module
+picks their training seeds and settings and turns them into records.
 """
 
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .envs import make
-from .envs.general_points import GeneralPointsEnv, format_answer, solve, verify
-from .envs.general_points.cards import RANKS, Card
-from .envs.general_points.render import render_hand
+from .envs import Observation, make
+from .envs.general_points import sft_data as gp_sft
+from .envs.virl import sft_data as virl_sft
+from .envs.virl.city import OOD_CITIES, TRAIN_CITY
 from .episodes import chat_messages, read_jsonl, write_jsonl
 
 
@@ -50,12 +50,27 @@ GP_EVAL_SPLITS = {
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
 EVAL_SET_SIZE = 300
 
+VIRL_EVAL_SPLITS = {
+    split.name: split
+    for split in (
+        EvalSplit("virl-id", {"action_space": "absolute", "city": TRAIN_CITY.name}, 40_000,
+                  f"absolute actions, routes in {TRAIN_CITY.name} (the training city)", "virl-l"),
+        EvalSplit("virl-rule-ood", {"action_space": "relative", "city": TRAIN_CITY.name}, 40_000,
+                  "relative actions on the same routes as virl-id", "virl-l"),
+        EvalSplit("virl-visual-ood", {"action_space": "absolute"}, 60_000,
+                  f"absolute actions, routes in the {len(OOD_CITIES)} other cities", "virl-l",
+                  cities=tuple(c.name for c in OOD_CITIES)),
+    )
+}
+VIRL_TRAIN_CONFIG = {"action_space": "absolute", "city": TRAIN_CITY.name}
+
 # Seeds are split by purpose so that no training deal is ever an evaluation deal:
 # evaluation sets deal from [base_seed, base_seed + MAX_EVAL_SET_SIZE), every base below
 # EVAL_SEED_LIMIT; SFT data and PPO deal from EVAL_SEED_LIMIT upwards.
 EVAL_SEED_LIMIT = 1_000_000
 MAX_EVAL_SET_SIZE = 10_000
 GP_TRAIN_BASE_SEED = 1_000_000
+VIRL_TRAIN_BASE_SEED = 3_000_000
 PPO_TRAIN_BASE_SEED = 1_000_000_000
 _PPO_RUN_STRIDE = 1_000_003  # deals per run seed before two runs' deal streams could meet
 
@@ -76,13 +91,14 @@ def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str,
     if not 0 <= split.base_seed < EVAL_SEED_LIMIT or not 0 < size <= MAX_EVAL_SET_SIZE:
         raise ValueError(f"{split.name}: eval sets hold 1 to {MAX_EVAL_SET_SIZE:,} records dealt from a base seed "
                          f"below {EVAL_SEED_LIMIT:,}; got {size} records from {split.base_seed}")
-    records = []
-    for index in range(size):
-        seed = split.base_seed + index
-        config = {**split.env_config, **({"city": split.cities[index % len(split.cities)]} if split.cities else {})}
-        _, info = make(split.env_id, **config).reset(seed=seed)
-        records.append({"split": split.name, "index": index, "seed": seed, "env_config": config, "task": info["task"]})
-    return records
+    return [_eval_record(split, index) for index in range(size)]
+
+
+def _eval_record(split: EvalSplit, index: int) -> dict[str, Any]:
+    seed = split.base_seed + index
+    config = {**split.env_config, **({"city": split.cities[index % len(split.cities)]} if split.cities else {})}
+    _, info = make(split.env_id, **config).reset(seed=seed)
+    return {"split": split.name, "index": index, "seed": seed, "env_config": config, "task": info["task"]}
 
 
 def eval_set_path(name: str, root: str | Path = "data") -> Path:
@@ -117,101 +133,49 @@ def load_eval_set(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def expert_records(env_id: str, size: int, seed: int = GP_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
-    """One single-turn SFT record per deal: the prompt and one correct answer."""
-    _check_training_seed(seed)
-    env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
-    for index in range(size):
-        observation, info = env.reset(seed=seed + index)
-        rng = random.Random(seed + index)
-        answer = _correct_answer(env, info, rng)
-        yield _record(observation, [], answer, seed + index, "expert", info["task"])
+# Where each environment's SFT demonstrations come from: its task's module, the settings
+# it trains under, and its first training seed (expert data are dealt from there,
+# sub-optimal data from twice there, unless a seed is given).
+_TRAINING = {
+    "gp-l": (gp_sft, GP_TRAIN_CONFIG, GP_TRAIN_BASE_SEED),
+    "gp-vl": (gp_sft, GP_TRAIN_CONFIG, GP_TRAIN_BASE_SEED),
+    "virl-l": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
+    "virl-vl": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
+}
+
+
+def expert_records(env_id: str, size: int, seed: int | None = None, **env_config: Any) -> Iterator[dict[str, Any]]:
+    """Single-turn SFT records, the prompt and a correct answer: one per deal (GP), one
+    per decision point of each of `size` routes (V-IRL)."""
+    return _sft_records("expert", env_id, size, seed, env_config)
 
 
 def suboptimal_records(
-    env_id: str, size: int, seed: int = 2 * GP_TRAIN_BASE_SEED, **env_config: Any
-) -> Iterator[dict]:
-    """Multi-turn records: 1 to budget-1 verified wrong answers, then a correct one."""
+    env_id: str, size: int, seed: int | None = None, **env_config: Any
+) -> Iterator[dict[str, Any]]:
+    """Multi-turn SFT records: verified wrong answers with the verifier's messages, then
+    a correct answer (GP: 1 to budget-1 per deal; V-IRL: one per decision point)."""
+    return _sft_records("suboptimal", env_id, size, seed, env_config)
+
+
+def _sft_records(kind: str, env_id: str, size: int, seed: int | None, env_config: dict[str, Any]) -> Iterator[dict]:
+    if env_id not in _TRAINING:
+        raise ValueError(f"no SFT data for {env_id!r}; known: {sorted(_TRAINING)}")
+    task, train_config, base_seed = _TRAINING[env_id]
+    seed = (base_seed if kind == "expert" else 2 * base_seed) if seed is None else seed
     _check_training_seed(seed)
-    env = make(env_id, **{**GP_TRAIN_CONFIG, **env_config})
-    for index in range(size):
-        observation, info = env.reset(seed=seed + index)
-        rng = random.Random(seed + index)
-        exchanges = []
-        for _ in range(rng.randint(1, env.config.max_attempts - 1)):
-            wrong = _wrong_answer(env, info, rng)
-            feedback, _, terminated, truncated, _ = env.step(wrong)
-            if terminated or truncated:
-                raise RuntimeError(f"a wrong answer ended the episode of {info['task']}")
-            exchanges.append((wrong, feedback.text))
-        yield _record(observation, exchanges, _correct_answer(env, info, rng), seed + index, "suboptimal", info["task"])
+    env = make(env_id, **{**train_config, **env_config})
+    demonstrations = task.expert_demonstrations if kind == "expert" else task.suboptimal_demonstrations
+    return (_record(kind, **demonstration) for demonstration in demonstrations(env, size, seed))
 
 
-def _record(observation, exchanges, answer, seed, kind, task) -> dict[str, Any]:
-    record = {"messages": chat_messages(observation, exchanges, final_response=answer),
+def _record(kind: str, prompt: Observation, exchanges: list[tuple[str, str]], answer: str, seed: int,
+            task: dict[str, Any]) -> dict[str, Any]:
+    record = {"messages": chat_messages(prompt, exchanges, final_response=answer),
               "seed": seed, "kind": kind, "task": task}
-    if observation.images:
-        record["images"] = observation.images  # PIL images; write_sft_dataset stores files
+    if prompt.images:
+        record["images"] = prompt.images  # PIL images; write_sft_dataset stores files
     return record
-
-
-def _correct_answer(env: GeneralPointsEnv, info: dict, rng: random.Random) -> str:
-    formula = rng.choice(solve(info["values"], env.config.target))
-    return format_answer(_ranks(env), info["values"], f"{formula}={env.config.target}")
-
-
-_ERROR_KINDS = ("wrong_value", "numbers_mismatch", "illegal_formula")
-
-
-def _wrong_answer(env: GeneralPointsEnv, info: dict, rng: random.Random) -> str:
-    """A wrong answer of a random kind, confirmed by the verifier (GP-VL: sometimes with
-    misread cards as well)."""
-    values, target = info["values"], env.config.target
-    for _ in range(200):
-        kind = rng.choice(_ERROR_KINDS)
-        if kind == "wrong_value":
-            formula = _random_formula(values, rng)
-        else:
-            formula = rng.choice(solve(values, target))
-            formula = _change_a_number(formula, rng) if kind == "numbers_mismatch" else _break(formula, rng)
-        cards = _ranks(env)
-        if env.config.checks_recognition and rng.random() < 0.3:
-            cards[rng.randrange(len(cards))] = rng.choice([r for r in RANKS if r not in cards])
-        answer = format_answer(cards, values, formula)
-        if verify(answer, env.hand, env.config).outcome == kind:
-            return answer
-    raise RuntimeError(f"could not make a wrong answer for {info['task']}")
-
-
-def _ranks(env: GeneralPointsEnv) -> list[str]:
-    return [card.rank for card in env.hand]
-
-
-def _random_formula(values: list[int], rng: random.Random) -> str:
-    items = [str(v) for v in values]
-    rng.shuffle(items)
-    while len(items) > 1:
-        i = rng.randrange(len(items) - 1)
-        joined = f"{items[i]}{rng.choice('+-*/')}{items[i + 1]}"
-        items[i : i + 2] = [f"({joined})" if len(items) > 2 else joined]
-    return items[0]
-
-
-def _change_a_number(formula: str, rng: random.Random) -> str:
-    numbers = list(re.finditer(r"\d+", formula))
-    chosen = rng.choice(numbers)
-    new = rng.choice([v for v in range(1, 14) if v != int(chosen.group())])
-    return formula[: chosen.start()] + str(new) + formula[chosen.end() :]
-
-
-def _break(formula: str, rng: random.Random) -> str:
-    breakers = [
-        lambda f: f.replace(")", "", 1) if ")" in f else "(" + f,
-        lambda f: f.replace("*", "x", 1) if "*" in f else f + "x2",
-        lambda f: f + "^1",
-        lambda f: f.replace("+", "++", 1) if "+" in f else "-" + f,
-    ]
-    return rng.choice(breakers)(formula)
 
 
 def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> int:
@@ -238,15 +202,18 @@ def write_sft_dataset(path: str | Path, records: Iterator[dict[str, Any]]) -> in
     return count
 
 
-def write_sft_sets(folder: Path, plan: list[tuple[str, Iterator[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
-    """Write each named record stream to folder/<name>.jsonl; sizes include images."""
+def write_sft_sets(folder: Path, sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """For each environment, `size` expert and `size // 2` sub-optimal records into
+    folder/<env id>-<kind>.jsonl; a summary entry per set (sizes include images)."""
     written = {}
-    for name, records in plan:
-        path = folder / f"{name}.jsonl"
-        count = write_sft_dataset(path, records)
-        image_dir = path.with_suffix("")
-        image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
-        written[name] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
+    for env_id, size in sizes.items():
+        for kind, make_records, records in (("expert", expert_records, size),
+                                            ("suboptimal", suboptimal_records, size // 2)):
+            path = folder / f"{env_id}-{kind}.jsonl"
+            count = write_sft_dataset(path, make_records(env_id, records))
+            image_dir = path.with_suffix("")
+            image_bytes = sum(f.stat().st_size for f in image_dir.iterdir()) if image_dir.is_dir() else 0
+            written[path.stem] = {"path": str(path), "records": count, "bytes": path.stat().st_size + image_bytes}
     return written
 
 
@@ -277,93 +244,10 @@ def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes
     """The data stage of the study: frozen eval sets (root/eval/, committed) and SFT
     datasets plus sample images (root/generated/, ignored). Returns a summary."""
     root = Path(root)
-    summary: dict[str, Any] = {"eval": write_eval_sets(root, GP_EVAL_SPLITS.values(), lambda _: sizes.eval_size),
-                               "sft": {}, "samples": []}
-    generated = root / "generated"
-    plan = [
-        ("gp-l-expert", expert_records("gp-l", sizes.sft_text)),
-        ("gp-l-suboptimal", suboptimal_records("gp-l", sizes.sft_text // 2)),
-        ("gp-vl-expert", expert_records("gp-vl", sizes.sft_image)),
-        ("gp-vl-suboptimal", suboptimal_records("gp-vl", sizes.sft_image // 2)),
-    ]
-    summary["sft"] = write_sft_sets(generated, plan)
-    summary["samples"] = _write_samples(generated / "samples", sizes.samples)
-    return summary
-
-
-def _write_samples(folder: Path, count: int) -> list[str]:
-    """A few GP-VL images from the eval splits, to look at."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    splits = list(GP_EVAL_SPLITS.values())
-    for i in range(count):
-        split = splits[i % len(splits)]
-        env = make("gp-vl", **split.env_config)
-        _, info = env.reset(seed=split.base_seed + i // len(splits))
-        hand = [Card.from_code(code) for code in info["task"]["hand"]]
-        path = folder / f"{split.name}-{'-'.join(info['task']['hand'])}.png"
-        render_hand(hand, info["task"]["image_seed"], env.config.image_size).save(path)
-        paths.append(str(path))
-    return paths
-
-
-# ---------------------------------------------------------------------------------------
-# V-IRL
-
-from .envs.virl.city import OOD_CITIES, TRAIN_CITY  # noqa: E402
-from .envs.virl.prompts import describe_landmarks, sentence_per_decision  # noqa: E402
-from .envs.virl.prompts import format_answer as virl_answer  # noqa: E402
-from .envs.virl.prompts import valid_actions  # noqa: E402
-
-VIRL_EVAL_SPLITS = {
-    split.name: split
-    for split in (
-        EvalSplit("virl-id", {"action_space": "absolute", "city": TRAIN_CITY.name}, 40_000,
-                  f"absolute actions, routes in {TRAIN_CITY.name} (the training city)", "virl-l"),
-        EvalSplit("virl-rule-ood", {"action_space": "relative", "city": TRAIN_CITY.name}, 40_000,
-                  "relative actions on the same routes as virl-id", "virl-l"),
-        EvalSplit("virl-visual-ood", {"action_space": "absolute"}, 60_000,
-                  f"absolute actions, routes in the {len(OOD_CITIES)} other cities", "virl-l",
-                  cities=tuple(c.name for c in OOD_CITIES)),
-    )
-}
-VIRL_TRAIN_CONFIG = {"action_space": "absolute", "city": TRAIN_CITY.name}
-VIRL_TRAIN_BASE_SEED = 3_000_000
-
-
-def virl_expert_records(env_id: str, routes: int, seed: int = VIRL_TRAIN_BASE_SEED, **env_config: Any) -> Iterator[dict]:
-    """One single-turn record per decision point of each route: its prompt (with the
-    history so far) and the expert's answer."""
-    _check_training_seed(seed)
-    env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
-    for index in range(routes):
-        observation, info = env.reset(seed=seed + index)
-        sentences = sentence_per_decision(env.decisions, env.route.instruction)
-        for decision, sentence in zip(list(env.decisions), sentences):
-            answer = virl_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
-            yield _record(observation, [], answer, seed + index, "expert", {**info["task"], "point": decision.point})
-            observation, _, _, _, _ = env.step(answer)
-
-
-def virl_suboptimal_records(env_id: str, routes: int, seed: int = 2 * VIRL_TRAIN_BASE_SEED,
-                            **env_config: Any) -> Iterator[dict]:
-    """Per decision point: a verified wrong action with the verifier's message, then the
-    expert's answer (the budget of 2 per point allows one revision)."""
-    _check_training_seed(seed)
-    env = make(env_id, **{**VIRL_TRAIN_CONFIG, **env_config})
-    for index in range(routes):
-        rng = random.Random(seed + index)
-        observation, info = env.reset(seed=seed + index)
-        sentences = sentence_per_decision(env.decisions, env.route.instruction)
-        for decision, sentence in zip(list(env.decisions), sentences):
-            wrong_action = rng.choice(sorted(valid_actions(env.config.action_space) - {decision.action}))
-            wrong = virl_answer(describe_landmarks(decision.landmarks), sentence, wrong_action)
-            feedback, _, _, truncated, step_info = env.step(wrong)
-            if truncated or step_info["verdict"]["outcome"] != "wrong_action":
-                raise RuntimeError(f"the wrong action {wrong_action!r} was not scored as wrong")
-            answer = virl_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
-            yield _record(observation, [(wrong, feedback.text)], answer, seed + index, "suboptimal", info["task"])
-            observation, _, _, _, _ = env.step(answer)
+    return {"eval": write_eval_sets(root, GP_EVAL_SPLITS.values(), lambda _: sizes.eval_size),
+            "sft": write_sft_sets(root / "generated", {"gp-l": sizes.sft_text, "gp-vl": sizes.sft_image}),
+            "samples": _write_samples(root / "generated" / "samples", GP_EVAL_SPLITS.values(), sizes.samples,
+                                      "gp-vl", lambda info: "-".join(info["task"]["hand"]))}
 
 
 @dataclass(frozen=True)
@@ -376,28 +260,32 @@ class VirlDataSizes:
 
 
 def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:
-    """V-IRL's data stage: eval sets (root/eval/, committed), SFT data (root/generated/)."""
+    """V-IRL's data stage: eval sets (root/eval/, committed), SFT data and street views
+    (root/generated/). Returns a summary."""
     root = Path(root)
+
     def size_of(split: EvalSplit) -> int:
         return sizes.visual_ood_routes if split.cities else sizes.eval_routes
 
-    summary: dict[str, Any] = {"eval": write_eval_sets(root, VIRL_EVAL_SPLITS.values(), size_of),
-                               "sft": {}, "samples": []}
-    generated = root / "generated"
-    plan = [
-        ("virl-l-expert", virl_expert_records("virl-l", sizes.sft_text_routes)),
-        ("virl-l-suboptimal", virl_suboptimal_records("virl-l", sizes.sft_text_routes // 2)),
-        ("virl-vl-expert", virl_expert_records("virl-vl", sizes.sft_image_routes)),
-        ("virl-vl-suboptimal", virl_suboptimal_records("virl-vl", sizes.sft_image_routes // 2)),
-    ]
-    summary["sft"] = write_sft_sets(generated, plan)
-    samples = generated / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    for split in list(VIRL_EVAL_SPLITS.values())[: sizes.samples]:
-        record = make_eval_set(split, 1)[0]
-        env = make("virl-vl", **record["env_config"])
-        observation, _ = env.reset(options={"task": record["task"]})
-        path = samples / f"{split.name}-{env.route.route_id}.png"
+    return {"eval": write_eval_sets(root, VIRL_EVAL_SPLITS.values(), size_of),
+            "sft": write_sft_sets(root / "generated", {"virl-l": sizes.sft_text_routes,
+                                                       "virl-vl": sizes.sft_image_routes}),
+            "samples": _write_samples(root / "generated" / "samples", VIRL_EVAL_SPLITS.values(), sizes.samples,
+                                      "virl-vl", lambda info: info["route_id"])}
+
+
+def _write_samples(folder: Path, splits: Iterable[EvalSplit], count: int, env_id: str,
+                   name_of: Callable[[dict[str, Any]], str]) -> list[str]:
+    """`count` images to look at: eval records drawn in `env_id`, taking the splits in
+    turn; each file named after its split and `name_of(info)`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = list(splits)
+    paths = []
+    for i in range(count):
+        split = splits[i % len(splits)]
+        record = _eval_record(split, i // len(splits))
+        observation, info = make(env_id, **record["env_config"]).reset(options={"task": record["task"]})
+        path = folder / f"{split.name}-{name_of(info)}.png"
         observation.images[0].save(path)
-        summary["samples"].append(str(path))
-    return summary
+        paths.append(str(path))
+    return paths

@@ -5,9 +5,14 @@ import pytest
 from PIL import Image
 
 from sftrl_kit.data import (
+    EVAL_SEED_LIMIT,
     GP_EVAL_SPLITS,
     VIRL_EVAL_SPLITS,
+    GPDataSizes,
+    VirlDataSizes,
     expert_records,
+    generate_gp_data,
+    generate_virl_data,
     load_eval_set,
     load_sft_dataset,
     make_eval_set,
@@ -16,7 +21,7 @@ from sftrl_kit.data import (
 )
 from sftrl_kit.envs import make
 from sftrl_kit.envs.general_points.cards import FACE_RANKS, Card
-from sftrl_kit.episodes import write_jsonl
+from sftrl_kit.episodes import read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,3 +131,90 @@ def test_virl_splits_pair_the_rule_shift_and_spread_the_visual_shift():
     for record in visual[:3]:
         obs, _ = make("virl-vl", **record["env_config"]).reset(options={"task": record["task"]})
         assert obs.images[0].size == (224, 224)
+
+
+@pytest.mark.parametrize("env_id", ["virl-l", "virl-vl"])
+def test_virl_expert_records_walk_each_route_to_its_end(env_id):
+    records = list(expert_records(env_id, 2))
+    assert len({r["seed"] for r in records}) == 2
+    for seed in sorted({r["seed"] for r in records}):
+        route = [r for r in records if r["seed"] == seed]
+        env = make(env_id, action_space="absolute", city="Arden")
+        observation, _ = env.reset(options={"task": route[0]["task"]})
+        for position, record in enumerate(route):
+            user, assistant = record["messages"]
+            assert record["task"]["point"] == env.decisions[position].point
+            assert content_text(user) == observation.text  # the prompt the model sees at this point
+            assert len(record.get("images", [])) == (1 if env_id == "virl-vl" else 0)
+            observation, reward, terminated, _, info = env.step(content_text(assistant))
+            assert reward == 1.0 and terminated == (position == len(route) - 1)
+        assert info["success"] and len(route) == info["points"]
+
+
+def test_virl_suboptimal_records_revise_one_wrong_action_per_point():
+    records = list(suboptimal_records("virl-l", 2))
+    env = make("virl-l", action_space="absolute", city="Arden")
+    seed = None
+    for record in records:
+        if record["seed"] != seed:  # the first point of the next route
+            seed, _ = record["seed"], env.reset(options={"task": record["task"]})
+        assert [m["role"] for m in record["messages"]] == ["user", "assistant", "user", "assistant"]
+        _, wrong, feedback, right = (m["content"] for m in record["messages"])
+        observation, reward, _, truncated, info = env.step(wrong)
+        assert info["verdict"]["outcome"] == "wrong_action" and not truncated
+        assert observation.text == feedback
+        _, reward, _, _, info = env.step(right)
+        assert reward == 1.0
+    assert info["success"] and len({r["seed"] for r in records}) == 2
+
+
+@pytest.mark.parametrize("env_id, expert_seed", [("gp-l", 1_000_000), ("virl-l", 3_000_000)])
+def test_sft_records_deal_from_training_seeds_only(env_id, expert_seed):
+    assert next(expert_records(env_id, 1))["seed"] == expert_seed
+    assert next(suboptimal_records(env_id, 1))["seed"] == 2 * expert_seed
+    assert next(expert_records(env_id, 1, seed=EVAL_SEED_LIMIT + 7))["seed"] == EVAL_SEED_LIMIT + 7
+    for make_records in (expert_records, suboptimal_records):
+        with pytest.raises(ValueError, match="training data seeds"):
+            make_records(env_id, 1, seed=EVAL_SEED_LIMIT - 1)
+    with pytest.raises(ValueError, match="no SFT data for 'gp-x'"):
+        expert_records("gp-x", 1)
+
+
+def test_gp_data_stage_writes_what_its_summary_says(tmp_path):
+    sizes = GPDataSizes(eval_size=3, sft_text=6, sft_image=2, samples=5)
+    summary = generate_gp_data(tmp_path, sizes)
+    assert {name: item["records"] for name, item in summary["eval"].items()} == dict.fromkeys(GP_EVAL_SPLITS, 3)
+    counts = {"gp-l-expert": 6, "gp-l-suboptimal": 3, "gp-vl-expert": 2, "gp-vl-suboptimal": 1}
+    assert {name: item["records"] for name, item in summary["sft"].items()} == counts
+    for name, item in summary["sft"].items():
+        path = tmp_path / "generated" / f"{name}.jsonl"
+        records = read_jsonl(path)
+        assert item["path"] == str(path) and len(records) == counts[name]
+        assert {r["kind"] for r in records} == {name.rsplit("-", 1)[1]}
+        images = [tmp_path / "generated" / image for r in records for image in r.get("images", [])]
+        assert len(images) == (counts[name] if "-vl-" in name else 0)
+        assert item["bytes"] == path.stat().st_size + sum(image.stat().st_size for image in images)
+    assert_samples_show_eval_records(summary["samples"], tmp_path, list(GP_EVAL_SPLITS), 5, "gp-vl",
+                                     lambda task: "-".join(task["hand"]))
+
+
+def test_virl_data_stage_names_sets_and_samples_by_route(tmp_path):
+    sizes = VirlDataSizes(eval_routes=2, visual_ood_routes=3, sft_text_routes=2, sft_image_routes=1, samples=4)
+    summary = generate_virl_data(tmp_path, sizes)
+    assert {name: item["records"] for name, item in summary["eval"].items()} == {
+        "virl-id": 2, "virl-rule-ood": 2, "virl-visual-ood": 3}
+    assert list(summary["sft"]) == ["virl-l-expert", "virl-l-suboptimal", "virl-vl-expert", "virl-vl-suboptimal"]
+    assert summary["sft"]["virl-vl-suboptimal"]["records"] == 0  # half of one route
+    assert_samples_show_eval_records(summary["samples"], tmp_path, list(VIRL_EVAL_SPLITS), 4, "virl-vl",
+                                     lambda task: task["route"]["route_id"])
+
+
+def assert_samples_show_eval_records(samples, root, split_names, count, env_id, name_of):
+    """Sample i is record i // len(splits) of split i % len(splits), as `env_id` shows it."""
+    assert len(samples) == count
+    for i, path in enumerate(samples):
+        name = split_names[i % len(split_names)]
+        record = read_jsonl(root / "eval" / f"{name}.jsonl")[i // len(split_names)]
+        observation, _ = make(env_id, **record["env_config"]).reset(options={"task": record["task"]})
+        assert Path(path).name == f"{name}-{name_of(record['task'])}.png"
+        assert Image.open(path).tobytes() == observation.images[0].tobytes()
