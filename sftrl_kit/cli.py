@@ -116,7 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .data import eval_set_path
     from .evaluation import compare_rates, evaluate_model
     from .models import SamplingConfig
-    from .runs import new_run_dir
+    from .run_folder import new_run_dir
 
     sets = {f"{args.env}-{name}": eval_set_path(name) for name in args.sets}
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
@@ -170,7 +170,7 @@ def _train(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
-    from .runs import NotebookFailure, run_batch, run_summary
+    from .batch import NotebookFailure, run_batch, run_summary
 
     if not args.notebooks and not args.resume:
         raise ValueError("name a preset (quickstart, smoke, study) or notebooks, or give --resume RUN_FOLDER")

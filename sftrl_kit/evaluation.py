@@ -22,15 +22,15 @@ a cluster-robust two-proportion z-test for independent per-answer rates, and the
 pooled two-proportion z-test (with a Newcombe interval) for independent per-episode
 rates.
 
-Each evaluation is stored under run_dir/eval/<set>/<digest of its key>/, where the key
-holds every setting that changes the numbers (set, limit, budget, sampling, engine):
-evaluations with different settings live side by side and are never mixed or
-overwritten (see `evaluation_key`).
+Each evaluation is stored under run_dir/eval/<set>/<digest of its key>/
+(run_folder.evaluation_folder), where the key holds every setting that changes the
+numbers (set, limit, budget, sampling, engine): evaluations with different settings live
+side by side and are never mixed or overwritten (see `evaluation_key`).
+`evaluate_checkpoints` evaluates every checkpoint of training runs, reusing what is there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -39,9 +39,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import run_folder
 from .data import load_eval_set
 from .envs import make
-from .episodes import Episode, write_episodes
+from .episodes import Episode
 from .models import SamplingConfig
 from .rollout import Responder, rollout
 
@@ -51,6 +52,8 @@ ENGINE = "hf"  # the generation engine of the kit's policies; a responder may na
 # The settings in an evaluation's key besides the set itself: rows that gather evaluations
 # carry them as columns, and tables and figures refuse rows that differ in any of them.
 KEY_FIELDS = ("env_id", "limit", "max_attempts", *(f.name for f in fields(SamplingConfig)), "engine", "env_overrides")
+# The metrics that are rates (each a rate_by_task dict: value, interval, counts).
+RATES = ("success_rate", "first_attempt_success", "per_step_accuracy", "recognition_accuracy")
 
 
 # --- rates and their intervals ---------------------------------------------------------
@@ -335,25 +338,6 @@ def evaluation_key(name: str, records: Sequence[dict[str, Any]], env_id: str, sa
             "engine": engine, "env_overrides": {k: v for k, v in sorted(env_overrides.items()) if k != "max_attempts"}}
 
 
-def key_digest(key: Mapping[str, Any]) -> str:
-    """A short stable name for a key: the first 12 hex digits of the SHA-256 of its
-    canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(dict(key), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def evaluation_folder(run_dir: str | Path, key: Mapping[str, Any]) -> Path:
-    """run_dir/eval/<set>/<key digest>/: one folder per set and settings."""
-    return Path(run_dir) / "eval" / key["eval_set"] / key_digest(key)
-
-
-def _refuse_old_layout(run_dir: Path, eval_set: str | None = None) -> None:
-    for path in sorted((run_dir / "eval").glob(f"{eval_set or '*'}/metrics.json")):
-        raise ValueError(f"{path} is an evaluation in the old layout (eval/<set>/metrics.json), not keyed by its "
-                         f"settings: its budget and sampling cannot be told apart from others'. Delete "
-                         f"{path.parent} and evaluate again")
-
-
 def evaluate(
     policy: Responder,
     eval_set: str | Path | Sequence[dict[str, Any]],
@@ -368,8 +352,8 @@ def evaluate(
     **env_overrides: Any,
 ) -> dict[str, Any]:
     """Play every task of a frozen eval set once; metrics, and with run_dir, files in
-    `evaluation_folder(run_dir, key)`. An evaluation is never overwritten: one with the
-    same key already there is an error (`evaluate_model` reuses it instead).
+    `run_folder.evaluation_folder(run_dir, key)`. An evaluation is never overwritten:
+    one with the same key already there is an error (`evaluate_model` reuses it instead).
 
     env_overrides change settings for the whole set (e.g. max_attempts=1 for an
     ablation); the rule and colours come from each record.
@@ -378,13 +362,9 @@ def evaluate(
     split_names = sorted({r["split"] for r in records})
     name = name or f"{env_id}-{split_names[0] if len(split_names) == 1 else 'mixed'}"
     key = evaluation_key(name, records, env_id, sampling, limit, getattr(policy, "engine", ENGINE), **env_overrides)
-    folder = None
-    if run_dir is not None:
-        _refuse_old_layout(Path(run_dir), name)
-        folder = evaluation_folder(run_dir, key)
-        if (folder / "metrics.json").is_file():
-            raise FileExistsError(f"{folder} already holds this evaluation ({_describe(key)}); read it with "
-                                  "load_evaluations, or call evaluate_model, which reuses it")
+    if run_dir is not None and (stored := run_folder.read_evaluation(run_dir, key)) is not None:
+        raise FileExistsError(f"{stored['folder']} already holds this evaluation ({_describe(key)}); read it with "
+                              "load_evaluations, or call evaluate_model, which reuses it")
     records = records[:key["limit"]]
     envs = [make(env_id, **{**r["env_config"], **env_overrides}) for r in records]
     started = time.perf_counter()
@@ -402,12 +382,8 @@ def evaluate(
         **episode_metrics(episodes),
         "failure_modes": failure_modes(episodes),
     }
-    if folder is not None:
-        write_episodes(folder / "episodes.jsonl", episodes)
-        partial = folder / "metrics.json.partial"
-        partial.write_text(json.dumps(metrics, indent=2) + "\n")
-        partial.replace(folder / "metrics.json")  # written last: a folder with metrics.json is complete
-        metrics["folder"] = str(folder)
+    if run_dir is not None:
+        metrics["folder"] = str(run_folder.write_evaluation(run_dir, metrics, episodes))
     return metrics
 
 
@@ -430,9 +406,9 @@ def evaluate_model(
     for name, path in eval_sets.items():
         key = evaluation_key(name, load_eval_set(path), env_id, sampling, limit,
                              getattr(model, "engine", ENGINE), **env_overrides)
-        _refuse_old_layout(Path(run_dir), name)
-        if (evaluation_folder(run_dir, key) / "metrics.json").is_file():
-            results[name] = load_evaluations(run_dir, name, key)[0]
+        stored = run_folder.read_evaluation(run_dir, key)
+        if stored is not None:
+            results[name] = stored
         else:
             todo.append(name)
     if todo:
@@ -450,17 +426,8 @@ def load_evaluations(run_dir: str | Path, eval_set: str | None = None,
     """The stored evaluations of a model folder (on one set, or all), each metrics dict
     with its `folder`; `where` keeps those whose key has these values (a full key, or
     some fields of one, e.g. {"max_attempts": 5})."""
-    run_dir = Path(run_dir)
-    _refuse_old_layout(run_dir, eval_set)
-    found = []
-    for path in sorted((run_dir / "eval").glob(f"{eval_set or '*'}/*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        if "key" not in metrics or key_digest(metrics["key"]) != path.parent.name:
-            raise ValueError(f"{path} does not hold the key its folder is named after; delete {path.parent} "
-                             "and evaluate again")
-        if all(metrics["key"].get(field) == value for field, value in (where or {}).items()):
-            found.append({**metrics, "folder": str(path.parent)})
-    return found
+    return [metrics for metrics in run_folder.read_evaluations(run_dir, eval_set)
+            if all(metrics["key"].get(field) == value for field, value in (where or {}).items())]
 
 
 def select_evaluation(run_dir: str | Path, eval_set: str, where: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -509,8 +476,8 @@ def key_columns(key: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_checkpoints(
-    run_dir: str | Path,
-    eval_sets: dict[str, str | Path],
+    runs: str | Path | Sequence[str | Path],
+    eval_sets: Mapping[str, str | Path],
     env_id: str = "gp-l",
     sampling: SamplingConfig = EVAL_SAMPLING,
     *,
@@ -519,45 +486,44 @@ def evaluate_checkpoints(
     progress: bool = True,
     **env_overrides: Any,
 ) -> list[dict[str, Any]]:
-    """Every checkpoint in run_dir/checkpoints/ on every eval set (`evaluate_model`, so
-    evaluations already there are reused): one row each, with the settings as columns.
-
-    A checkpoint is a folder with the model and a checkpoint.json of counters (step,
-    tokens, flops). Rows are flat dicts, ready for pandas.DataFrame(rows).
+    """Every checkpoint of a training run (or of several) on every eval set {name: path},
+    through `evaluate_model`: an evaluation with the same settings already in a
+    checkpoint's folder is read back, not run again. One `evaluation_row` per (run,
+    checkpoint, set), ready for pandas.DataFrame(rows).
     """
-    folders = sorted(p for p in (Path(run_dir) / "checkpoints").glob("*") if (p / "config.json").is_file())
-    if not folders:
-        raise FileNotFoundError(f"no checkpoints under {Path(run_dir) / 'checkpoints'}")
     rows = []
-    for folder in folders:
-        counters = _read_counters(folder)
-        evaluated = evaluate_model(folder, folder, eval_sets, env_id, sampling, limit=limit, batch_size=batch_size,
-                                   progress=progress, **env_overrides)
-        for set_name, metrics in evaluated.items():
-            rows.append({"checkpoint": folder.name, "eval_set": set_name, **counters,
-                         **key_columns(metrics["key"]), **flatten_metrics(metrics)})
+    for run in [runs] if isinstance(runs, (str, Path)) else runs:
+        checkpoints = run_folder.list_checkpoints(run)
+        if not checkpoints:
+            raise FileNotFoundError(f"no checkpoints under {Path(run) / run_folder.CHECKPOINTS}")
+        for checkpoint in checkpoints:
+            counters = run_folder.read_counters(checkpoint)
+            evaluated = evaluate_model(checkpoint, checkpoint, eval_sets, env_id, sampling, limit=limit,
+                                       batch_size=batch_size, progress=progress, **env_overrides)
+            rows += [evaluation_row(Path(run).name, checkpoint, counters, metrics) for metrics in evaluated.values()]
     return rows
 
 
-def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """{"success_rate": {"value", "low", ...}} -> {"success_rate", "success_rate_low", ...}."""
+def evaluation_row(run: str, checkpoint: Path, counters: Mapping[str, Any],
+                   metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row: the run, the checkpoint and its counters (step, tokens, gflops, ...),
+    the set and the evaluation's settings (KEY_FIELDS), and the metrics (flatten_metrics)."""
+    return {"run": run, "checkpoint": checkpoint.name, "eval_set": metrics["key"]["eval_set"], **counters,
+            **key_columns(metrics["key"]), **flatten_metrics(metrics)}
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """{"success_rate": {"value", "low", ...}} -> {"success_rate", "success_rate_low", ...};
+    `_effective_trials` is the number of answers the interval counts (rate_by_task)."""
     flat = {}
-    for key in ("success_rate", "first_attempt_success", "per_step_accuracy", "recognition_accuracy"):
+    for key in RATES:
         entry = metrics.get(key)
         flat[key] = entry["value"] if entry else None
         flat[f"{key}_low"] = entry["low"] if entry else None
         flat[f"{key}_high"] = entry["high"] if entry else None
+        flat[f"{key}_successes"] = entry["successes"] if entry else 0
         flat[f"{key}_trials"] = entry["trials"] if entry else 0
-    flat.update(episodes=metrics["episodes"], mean_attempts=metrics["mean_attempts"], mean_return=metrics["mean_return"])
+        flat[f"{key}_effective_trials"] = entry.get("effective_trials", entry["trials"]) if entry else 0
+    flat.update(episodes=metrics["episodes"], mean_attempts=metrics["mean_attempts"],
+                mean_return=metrics["mean_return"], eval_seconds=metrics.get("seconds"))
     return flat
-
-
-def _read_counters(folder: Path) -> dict[str, Any]:
-    path = folder / "checkpoint.json"
-    if not path.is_file():
-        return {}
-    try:
-        counters = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg})") from error
-    return {k: v for k, v in counters.items() if isinstance(v, (int, float, str))}

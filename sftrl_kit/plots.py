@@ -2,7 +2,8 @@
 
 A run folder holds checkpoints/<name>/checkpoint.json (step, tokens, GFLOPs) and, after
 evaluation, checkpoints/<name>/eval/<set>/<key digest>/metrics.json, one per set and
-settings. `checkpoint_rows` flattens them, with each evaluation's settings as columns
+settings (the layout: run_folder). `checkpoint_rows` flattens them
+(evaluation.evaluation_row), with each evaluation's settings as columns
 (evaluation.KEY_FIELDS); the plots take those rows, so every figure can be redrawn from
 the folders. A figure refuses rows whose settings differ (a ValueError names them): pick
 them with `checkpoint_rows(..., keys=settings.eval_keys())`.
@@ -17,16 +18,14 @@ them with `checkpoint_rows(..., keys=settings.eval_keys())`.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluation import KEY_FIELDS, compare_rates, key_columns, load_evaluations, require_same_settings
-
-METRICS = ("success_rate", "per_step_accuracy", "first_attempt_success", "recognition_accuracy")
+from .evaluation import KEY_FIELDS, RATES, compare_rates, evaluation_row, load_evaluations, require_same_settings
+from .run_folder import list_checkpoints, read_counters
 
 
 def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
@@ -37,35 +36,17 @@ def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
     evaluations of those sets with those settings; without it, every evaluation.
     `<metric>_rate` holds the full rate (with its per-task counts, for compare_rates).
     """
+    wanted = list(keys.items()) if keys is not None else [(None, None)]
     rows = []
     for index, run_dir in enumerate(run_dirs):
-        run_dir = Path(run_dir)
-        label = labels[index] if labels else run_dir.name
-        for folder in sorted((run_dir / "checkpoints").glob("*")):
-            counters_path = folder / "checkpoint.json"
-            if not counters_path.is_file():
-                continue
-            counters = json.loads(counters_path.read_text())
-            for metrics in load_evaluations(folder):
-                eval_set = metrics["key"]["eval_set"]
-                if keys is not None and not (eval_set in keys and _matches(metrics["key"], keys[eval_set])):
-                    continue
-                row = {"run": label, "checkpoint": folder.name, "eval_set": eval_set,
-                       "method": counters.get("method"), "step": counters.get("step", 0),
-                       "gflops": counters.get("gflops", 0.0), **key_columns(metrics["key"])}
-                for metric in METRICS:
-                    entry = metrics.get(metric)
-                    row[metric] = entry["value"] if entry else None
-                    row[f"{metric}_trials"] = entry["trials"] if entry else 0
-                    row[f"{metric}_effective_trials"] = entry.get("effective_trials", entry["trials"]) if entry else 0
-                    row[f"{metric}_successes"] = entry["successes"] if entry else 0
-                    row[f"{metric}_rate"] = entry
-                rows.append(row)
+        label = labels[index] if labels else Path(run_dir).name
+        for checkpoint in list_checkpoints(run_dir):
+            counters = read_counters(checkpoint)
+            for eval_set, where in wanted:
+                for metrics in load_evaluations(checkpoint, eval_set, where):
+                    row = evaluation_row(label, checkpoint, counters, metrics)
+                    rows.append({**row, **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
     return rows
-
-
-def _matches(key: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    return all(key.get(field) == value for field, value in wanted.items())
 
 
 def _one_setting(rows: Sequence[dict[str, Any]], what: str) -> None:

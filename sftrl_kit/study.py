@@ -4,8 +4,9 @@
     sft_start          the shared SFT initialisation
     ppo_branch         PPO from the start
     sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
-    evaluate_runs      every checkpoint of every run on the frozen sets (the shared start
-                       is evaluated once and its results copied to each branch's step 0)
+    evaluate_runs      every checkpoint of every run on the frozen sets
+                       (evaluation.evaluate_checkpoints; the shared start is evaluated
+                       once and its results copied to each branch's step 0)
     what_moved         per run and set: start -> end with intervals and a test; and the
                        branches against each other at the end
 
@@ -22,15 +23,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
-from .evaluation import (KEY_FIELDS, compare_rates, evaluate_model, evaluation_key, key_columns,
-                         require_same_settings, select_evaluation)
+from .evaluation import (KEY_FIELDS, compare_rates, evaluate_checkpoints, evaluate_model, evaluation_key,
+                         key_columns, require_same_settings, select_evaluation)
 from .models import SamplingConfig
+from .run_folder import (EVAL_EPISODES, copy_evaluation, last_checkpoint, list_checkpoints, read_evaluation,
+                         read_evaluations, runs_root)
+from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 
 
 @dataclass
@@ -84,31 +87,18 @@ def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: in
     return path
 
 
-def last_checkpoint(run_dir: str | Path) -> Path:
-    folders = sorted(p for p in (Path(run_dir) / "checkpoints").glob("*") if (p / "checkpoint.json").is_file())
-    if not folders:
-        raise FileNotFoundError(f"no checkpoints under {Path(run_dir) / 'checkpoints'}")
-    return max(folders, key=lambda p: json.loads((p / "checkpoint.json").read_text()).get("step", 0))
-
-
-def counters(checkpoint: str | Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / "checkpoint.json").read_text())
-
-
 def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[Path], Path | None]:
     """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
     under one of its subfolders, such as the quickstart's), and the shared start's last
     checkpoint if they include one. With none there, the newest folder under the runs
     root that has some is used, so a notebook opened on its own picks up the last study."""
-    from .runs import runs_root
-
     def with_subfolders(folder: Path) -> list[Path]:
         return [folder] + sorted(p for p in folder.glob("*") if p.is_dir())
 
     newest_first = sorted((p for p in runs_root().glob("*") if p.is_dir()), reverse=True)
     candidates = [f for top in [Path(run_dir)] + newest_first for f in with_subfolders(top)]
     for folder in candidates:
-        runs = sorted(p for p in folder.glob("*") if any((p / "checkpoints").glob("*/checkpoint.json")))
+        runs = sorted(p for p in folder.glob("*") if list_checkpoints(p))
         if runs:
             start = folder / start_name
             return [r for r in runs if r != start], last_checkpoint(start) if start in runs else None
@@ -121,7 +111,7 @@ def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | N
     settings.eval_keys()[eval_set]; without it, the only one there)."""
     from .episodes import read_episodes
 
-    return read_episodes(Path(select_evaluation(checkpoint, eval_set, key)["folder"]) / "episodes.jsonl")
+    return read_episodes(Path(select_evaluation(checkpoint, eval_set, key)["folder"]) / EVAL_EPISODES)
 
 
 def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:
@@ -199,49 +189,40 @@ def sft_branch(settings: StudySettings, run_dir: Path, start: Path, dataset: Pat
 
 def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | None = None,
                   progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint of every run not yet evaluated with these settings
-    (evaluations with other settings stay beside them, untouched).
+    """Every checkpoint of every run on settings.eval_sets (evaluation.evaluate_checkpoints:
+    evaluations with these settings already there are reused; those with other settings
+    stay beside them, untouched). One row per (run, checkpoint, set).
 
     `start`: the shared initialisation. It is evaluated once; each run's step-0
-    checkpoint (the same weights) gets a copy of those results, marked as such.
-    Returns one summary row per (run, checkpoint, set), with the settings as columns.
+    checkpoint (the same weights) gets a copy of those results, marked `copied_from`.
     """
     if start is not None:
         evaluate_checkpoint(settings, Path(start), progress)
-    summary = []
-    for run in runs:
-        for folder in sorted(p for p in (Path(run) / "checkpoints").glob("*") if (p / "checkpoint.json").is_file()):
-            if start is not None and counters(folder)["step"] == 0:
-                _copy_evaluations(Path(start), folder)
-                evaluated = {name: select_evaluation(folder, name, key) for name, key in settings.eval_keys().items()}
-            else:
-                evaluated = evaluate_checkpoint(settings, folder, progress)
-            for name, metrics in evaluated.items():
-                summary.append({"run": Path(run).name, "checkpoint": folder.name, "eval_set": name,
-                                "gflops": counters(folder)["gflops"], "success": _cell(metrics["success_rate"]),
-                                "seconds": metrics["seconds"], **key_columns(metrics["key"])})
-    return summary
+        for run in runs:
+            first = list_checkpoints(run)[:1]
+            if first and counters(first[0])["step"] == 0:
+                _copy_evaluations(Path(start), first[0])
+    return evaluate_checkpoints(runs, **_evaluation_settings(settings), progress=progress)
 
 
 def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = True) -> dict[str, dict[str, Any]]:
     """One checkpoint on settings.eval_sets (evaluation.evaluate_model: an evaluation with
     these exact settings already there is reused); {set: metrics}."""
-    return evaluate_model(folder, folder, {name: eval_set_path(name) for name in settings.eval_sets}, "gp-l",
-                          settings.eval_sampling(), limit=settings.eval_limit, batch_size=settings.eval_limit or 64,
-                          progress=progress, max_attempts=settings.eval_max_attempts)
+    return evaluate_model(folder, folder, **_evaluation_settings(settings), progress=progress)
+
+
+def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
+    """The study's evaluation as evaluate_model's and evaluate_checkpoints' arguments."""
+    return dict(eval_sets={name: eval_set_path(name) for name in settings.eval_sets}, env_id="gp-l",
+                sampling=settings.eval_sampling(), limit=settings.eval_limit, batch_size=settings.eval_limit or 64,
+                max_attempts=settings.eval_max_attempts)
 
 
 def _copy_evaluations(start: Path, step_zero: Path) -> None:
-    """The start's evaluations into step_zero/eval/ (those it lacks; none is overwritten)."""
-    for metrics_path in (start / "eval").glob("*/*/metrics.json"):
-        target = step_zero / metrics_path.parent.relative_to(start)
-        if (target / "metrics.json").is_file():
-            continue
-        shutil.rmtree(target, ignore_errors=True)  # an interrupted copy
-        shutil.copytree(metrics_path.parent, target)
-        metrics = json.loads((target / "metrics.json").read_text())
-        metrics["copied_from"] = str(start)
-        (target / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    """The start's evaluations into step_zero's folder (those it lacks; none is overwritten)."""
+    for evaluation in read_evaluations(start):
+        if read_evaluation(step_zero, evaluation["key"]) is None:
+            copy_evaluation(evaluation, step_zero, copied_from=str(start))
 
 
 def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate",
@@ -290,8 +271,8 @@ def _comparison(label: str, eval_set: str, pair: tuple[Path, Path], metric: str,
 
 
 def _evaluated(run: Path) -> list[Path]:
-    folders = [p for p in (run / "checkpoints").glob("*") if (p / "checkpoint.json").is_file() and (p / "eval").is_dir()]
-    return sorted(folders, key=lambda p: counters(p)["step"])
+    """The run's checkpoints with an evaluation, in the order of their steps."""
+    return [checkpoint for checkpoint in list_checkpoints(run) if read_evaluations(checkpoint)]
 
 
 def _rate(checkpoint: Path, eval_set: str, metric: str, key: dict[str, Any] | None) -> tuple[dict[str, Any], dict]:

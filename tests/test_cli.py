@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sftrl_kit import runs
+from sftrl_kit import batch
 from sftrl_kit.cli import build_parser, main
 
 
@@ -38,7 +38,7 @@ def no_kernel(monkeypatch):
     """Fail the test if a notebook would start: these runs must stop before."""
     def refuse(*args, **kwargs):
         raise AssertionError("a notebook started")
-    monkeypatch.setattr(runs, "_execute", refuse)
+    monkeypatch.setattr(batch, "_execute", refuse)
 
 
 def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
@@ -109,11 +109,11 @@ def test_sftrl_run_passes_each_notebook_its_parameters_and_ends_with_a_summary(t
     def execute(entry, folder, state, parameters, notebooks_dir, log_output):
         given[entry["name"]] = parameters
         entry.update(status="ok", seconds=90.0)
-        runs._write_state(folder, state)
+        batch._write_state(folder, state)
         (folder / "figures").mkdir(exist_ok=True)
         (folder / "figures" / f"{entry['name']}.png").write_bytes(b"")
 
-    monkeypatch.setattr(runs, "_execute", execute)
+    monkeypatch.setattr(batch, "_execute", execute)
     out = tmp_path / "run"
     assert main(["run", "01", "05", "--out", str(out), "-p", "episodes", "2", "-p", "eval_limit", "5"]) == 0
     assert given == {"01_environments": {"episodes": 2}, "05_evaluation": {"eval_limit": 5}}

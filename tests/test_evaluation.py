@@ -5,8 +5,9 @@ import pytest
 from scripted import ScriptedResponder
 
 from sftrl_kit.episodes import Episode, Turn, read_episodes
-from sftrl_kit.evaluation import (compare_rates, episode_metrics, evaluate, evaluate_checkpoints, evaluation_folder,
-                                  load_evaluations, wilson_interval)
+from sftrl_kit.evaluation import (compare_rates, episode_metrics, evaluate, evaluate_checkpoints, load_evaluations,
+                                  wilson_interval)
+from sftrl_kit.run_folder import evaluation_folder
 
 from conftest import REPO  # noqa: E402
 

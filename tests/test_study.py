@@ -4,9 +4,10 @@ import pytest
 from scripted import ScriptedResponder
 
 from sftrl_kit import plots, study
-from sftrl_kit.evaluation import (evaluate, evaluate_model, evaluation_folder, evaluation_key, key_digest,
-                                  load_evaluations, rate_by_task, select_evaluation)
+from sftrl_kit.evaluation import (evaluate, evaluate_model, evaluation_key, load_evaluations, rate_by_task,
+                                  select_evaluation)
 from sftrl_kit.models import SamplingConfig
+from sftrl_kit.run_folder import checkpoint_dir, evaluation_folder, key_digest, write_counters
 
 from conftest import REPO
 
@@ -26,7 +27,7 @@ def synthetic_run(root, name, method, successes, budget=5):
             target = evaluation_folder(folder, key)
             target.mkdir(parents=True)
             tasks = [f"{eval_set}:{i}" for i in range(50)]
-            metrics = {"key": key, "seconds": 1.0,
+            metrics = {"key": key, "seconds": 1.0, "episodes": 50, "mean_attempts": 1.0, "mean_return": 0.0,
                        "success_rate": rate_by_task({t: (int(i < k), 1) for i, t in enumerate(tasks)}),
                        "per_step_accuracy": rate_by_task({t: (min(2, max(0, k - 2 * i)), 2)
                                                           for i, t in enumerate(tasks)})}
@@ -160,6 +161,30 @@ def test_the_start_is_copied_to_step_zero_without_overwriting(tmp_path):
     assert kept[("id", 2)]["success_rate"]["successes"] == 9
 
 
+def test_evaluate_runs_copies_the_start_to_step_zero_and_reuses_what_is_there(tmp_path, tiny_policy, monkeypatch):
+    monkeypatch.chdir(REPO)
+    settings = study.StudySettings(eval_sets=["gp-id"], eval_limit=2, eval_max_attempts=1, max_new_tokens=8)
+    start = tiny_policy.save(tmp_path / "start" / "checkpoints" / "step-000004")
+    write_counters(start, {"method": "sft", "step": 4, "gflops": 1.0})
+    for step in (0, 2):
+        write_counters(tiny_policy.save(checkpoint_dir(tmp_path / "ppo", "ppo", step)),
+                       {"method": "ppo", "step": step, "gflops": 1.0 + step})
+    rows = study.evaluate_runs(settings, [tmp_path / "ppo"], start=start, progress=False)
+    assert [(r["run"], r["checkpoint"], r["step"], r["eval_set"]) for r in rows] == [
+        ("ppo", "update-0000", 0, "gp-id"), ("ppo", "update-0002", 2, "gp-id")]
+    assert (rows[0]["limit"], rows[0]["max_attempts"], rows[0]["success_rate_trials"]) == (2, 1, 2)
+    at_start = select_evaluation(start, "gp-id", settings.eval_keys()["gp-id"])
+    step_zero = select_evaluation(tmp_path / "ppo" / "checkpoints" / "update-0000", "gp-id")
+    assert step_zero["copied_from"] == str(start) and step_zero["success_rate"] == at_start["success_rate"]
+    assert "copied_from" not in select_evaluation(tmp_path / "ppo" / "checkpoints" / "update-0002", "gp-id")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded: an evaluation with the same settings was not reused")
+
+    monkeypatch.setattr("sftrl_kit.models.load_policy", no_model)
+    assert study.evaluate_runs(settings, [tmp_path / "ppo"], start=start, progress=False) == rows
+
+
 def test_sft_steps_match_a_flops_target(tmp_path):
     start = tmp_path / "start"
     start.mkdir()
@@ -194,7 +219,7 @@ def test_tables_are_written_as_csv_and_json(tmp_path):
 
 
 def test_smoke_settings_replace_the_sizing_fields():
-    from sftrl_kit.runs import settings_from
+    from sftrl_kit.batch import settings_from
 
     namespace = {"model": "default", "start_steps": 99, "eval_limit": 7, "unrelated": 1}
     settings = settings_from(study.StudySettings, namespace, smoke=False)

@@ -106,7 +106,7 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     interrupted = tmp_path / "interrupted"
     train_ppo(settings(interrupted, 2))
     with (interrupted / "metrics.jsonl").open("a") as out:  # logged, then killed before its checkpoint
-        out.write(json.dumps({"update": 3, "note": "lost with the crash"}) + "\n")
+        out.write(json.dumps({"update": 3, "step": 3, "note": "lost with the crash"}) + "\n")
     train_ppo(settings(interrupted, 3))
     straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_jsonl(interrupted / "metrics.jsonl")

@@ -28,8 +28,9 @@ turns of all processes in that step, so no turn is dropped and D_RL counts exact
 tokens that were trained.
 Each update appends one row to run_dir/metrics.jsonl; every `save_every` updates a
 checkpoint (weights, value head, checkpoint.json with tokens and FLOPs) and the trainer
-state (optimizer as safetensors + JSON, no pickles) land in run_dir/checkpoints/.
-A run resumes from its last checkpoint, dropping metric rows logged after it.
+state (optimizer as safetensors + JSON, no pickles) land in run_dir/checkpoints/ (the
+layout: run_folder). A run resumes from its last checkpoint, dropping metric rows
+logged after it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
+from .. import run_folder
 from ..compute import buffer_lambda, gflops, rl_flops
 from ..config import save_yaml
 from ..data import training_deal_seed
@@ -64,11 +66,6 @@ from ..models import (
     response_window,
 )
 from ..rollout import rollout
-
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-ADAPTER_FOLDER = "adapter"  # LoRA runs: the adapters alone, to resume on the initial base
 
 
 @dataclass
@@ -278,12 +275,12 @@ def train_ppo(settings: PPOSettings) -> Path:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
     answer_field = probe.answer_field
     lam = buffer_lambda(settings.env_id)
-    counters = _read_counters(resume_folder) if resume_folder else {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+    counters = _running_totals(resume_folder)
 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(settings, run_dir / "ppo.yaml")
-        _drop_metrics_after(run_dir / "metrics.jsonl", start_update)
+        run_folder.drop_metrics_after(run_dir, start_update)
         if start_update == 0:
             _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, lam))
     accelerator.wait_for_everyone()
@@ -303,8 +300,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         counters["seconds"] += time.perf_counter() - started
         row = {**_counter_row(update, counters, policy, settings, lam), **_episode_stats(episodes, accelerator), **stats}
         if accelerator.is_main_process:
-            with (run_dir / "metrics.jsonl").open("a") as out:
-                out.write(json.dumps(row) + "\n")
+            run_folder.append_metrics(run_dir, row)
             write_episodes(run_dir / "episodes" / f"update-{update:04d}.jsonl", episodes)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['mean_return']:.2f}")
             if update % settings.save_every == 0 or update == settings.updates:
@@ -563,6 +559,11 @@ def _episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:
             "mean_episode_length": turns / count}
 
 
+# The counters a checkpoint's checkpoint.json holds (of the update's metrics row).
+COUNTERS = ("method", "update", "step", "tokens", "generated_tokens", "init_tokens", "num_parameters",
+            "buffer_lambda", "flops", "gflops", "seconds")
+
+
 def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSettings, lam: float) -> dict[str, Any]:
     flops = rl_flops(policy.num_parameters, settings.init_tokens, counters["tokens"], lam)
     return {"method": "ppo", "update": update, "step": update, "tokens": counters["tokens"],
@@ -572,18 +573,12 @@ def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSetti
 
 
 def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
-
-    folder = run_dir / CHECKPOINTS / f"update-{update:04d}"
+    folder = run_folder.checkpoint_dir(run_dir, "ppo", update)
     mergeable_copy(policy).save(folder)
     if _is_peft(policy.model):
-        policy.model.save_pretrained(folder / ADAPTER_FOLDER)
-    tensors, meta = _optimizer_tensors(optimizer)
-    save_file(tensors, folder / OPTIMIZER_FILE)
-    (folder / STATE_FILE).write_text(json.dumps({"optimizer": meta}) + "\n")
-    counters = {k: row[k] for k in ("method", "update", "step", "tokens", "generated_tokens", "init_tokens",
-                                    "num_parameters", "buffer_lambda", "flops", "gflops", "seconds")}
-    (folder / "checkpoint.json").write_text(json.dumps(counters, indent=2) + "\n")
+        policy.model.save_pretrained(folder / run_folder.ADAPTER)
+    run_folder.write_trainer_state(folder, *_optimizer_tensors(optimizer))
+    run_folder.write_counters(folder, {k: row[k] for k in COUNTERS})  # last: the checkpoint is complete
     return folder
 
 
@@ -603,7 +598,7 @@ def _load_learner(settings: PPOSettings, resume_folder: Path | None, device) -> 
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    adapter = resume_folder / ADAPTER_FOLDER / "adapter_model.safetensors"
+    adapter = resume_folder / run_folder.ADAPTER / "adapter_model.safetensors"
     if not adapter.is_file():
         raise ValueError(f"{resume_folder} holds no LoRA adapters ({adapter}); it cannot resume a LoRA run. "
                          "Start a new run folder, or resume with the settings it was trained with.")
@@ -630,13 +625,7 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _load_optimizer(optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        meta = json.loads((folder / STATE_FILE).read_text())["optimizer"]
-        tensors = load_file(folder / OPTIMIZER_FILE)
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{folder}: unreadable trainer state ({error})") from error
+    tensors, meta = run_folder.read_trainer_state(folder)
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         index, key = name.split(".", 1)
@@ -648,24 +637,19 @@ def _load_optimizer(optimizer, folder: Path) -> None:
 
 
 def _resume_point(run_dir: Path) -> tuple[int, Path | None]:
-    folders = sorted(p for p in (run_dir / CHECKPOINTS).glob("update-*") if (p / "checkpoint.json").is_file()
-                     and (p / STATE_FILE).is_file())
-    if not folders:
+    """The update to continue after and its checkpoint: the run's last, or (0, None)."""
+    checkpoints = run_folder.list_checkpoints(run_dir)
+    if not checkpoints:
         return 0, None
-    latest = folders[-1]
-    return int(latest.name.split("-")[1]), latest
+    return run_folder.read_counters(checkpoints[-1])["step"], checkpoints[-1]
 
 
-def _read_counters(folder: Path) -> dict[str, Any]:
-    saved = json.loads((folder / "checkpoint.json").read_text())
-    return {"tokens": saved["tokens"], "generated_tokens": saved["generated_tokens"], "seconds": saved["seconds"]}
-
-
-def _drop_metrics_after(path: Path, update: int) -> None:
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["update"] <= update]
-    path.write_text("".join(line + "\n" for line in kept))
+def _running_totals(checkpoint: Path | None) -> dict[str, Any]:
+    """The totals a run adds to: those of the checkpoint it resumes from, or zeros."""
+    if checkpoint is None:
+        return {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+    saved = run_folder.read_counters(checkpoint)
+    return {k: saved[k] for k in ("tokens", "generated_tokens", "seconds")}
 
 
 def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:

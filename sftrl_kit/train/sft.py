@@ -7,12 +7,12 @@ in run_dir/checkpoints/step-NNNNNN/: safetensors weights, tokenizer or processor
 checkpoint.json with the step, the tokens trained on and the paper's training FLOPs
 X_SFT = 6 N (D_init + D_SFT). Step 0 is the starting model, so a series always starts
 at the shared initialisation. Trainer state (optimizer, scheduler) lives in
-run_dir/trainer/ for resuming; metrics stream to run_dir/metrics.jsonl.
+run_dir/trainer/ for resuming; metrics stream to run_dir/metrics.jsonl (the layout:
+run_folder).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 import torch
 
+from .. import run_folder
 from ..compute import gflops, sft_flops
 from ..config import save_yaml
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
-
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -81,10 +80,10 @@ def train_sft(settings: SFTSettings) -> Path:
         dataset = dataset.select(range(min(settings.max_records, len(dataset))))
     num_parameters = policy.num_parameters
 
-    trainer_dir = run_dir / "trainer"
-    resume = any(trainer_dir.glob("checkpoint-*"))
+    resume_step = run_folder.last_trainer_step(run_dir)
+    resume = resume_step is not None
     config = SFTConfig(
-        output_dir=str(trainer_dir),
+        output_dir=str(run_folder.trainer_dir(run_dir)),
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=settings.warmup_steps,
@@ -132,8 +131,7 @@ def train_sft(settings: SFTSettings) -> Path:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 row = {**self.counters(state), "seconds": round(time.perf_counter() - self.started, 2), **logs}
-                with (run_dir / "metrics.jsonl").open("a") as out:
-                    out.write(json.dumps(row) + "\n")
+                run_folder.append_metrics(run_dir, row)
 
     trainer = SFTTrainer(
         model=policy.model,
@@ -142,8 +140,7 @@ def train_sft(settings: SFTSettings) -> Path:
         processing_class=policy.processor or policy.tokenizer,
         callbacks=[Series()],
     )
-    if resume:
-        _drop_metrics_after(run_dir / "metrics.jsonl", _last_trainer_step(trainer_dir))
+    run_folder.drop_metrics_after(run_dir, resume_step or 0)  # rows logged after the point we start from
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.state.global_step % settings.save_steps != 0:  # the last, partial interval
         _export(trainer.model, policy, run_dir, Series().counters(trainer.state))
@@ -152,22 +149,8 @@ def train_sft(settings: SFTSettings) -> Path:
 
 def _export(model, policy, run_dir: Path, counters: dict[str, Any]) -> Path:
     """A self-contained checkpoint folder: (merged) weights, tokenizer/processor, counters."""
-    folder = run_dir / CHECKPOINTS / f"step-{counters['step']:06d}"
+    folder = run_folder.checkpoint_dir(run_dir, "sft", counters["step"])
     trained = Policy(model, policy.tokenizer, policy.processor, name=policy.name)
     mergeable_copy(trained).save(folder)
-    (folder / "checkpoint.json").write_text(json.dumps(counters, indent=2) + "\n")
+    run_folder.write_counters(folder, counters)
     return folder
-
-
-def _last_trainer_step(trainer_dir: Path) -> int:
-    steps = [int(p.name.split("-")[1]) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return max(steps, default=0)
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """On resume, metrics logged after the checkpoint we return to are logged again."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-

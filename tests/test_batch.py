@@ -10,8 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from sftrl_kit import study
-from sftrl_kit.runs import (KIT_ROOT, NotebookFailure, notebook_parameters, resolve_notebooks, run_batch,
-                            run_summary, split_parameters)
+from sftrl_kit.batch import (KIT_ROOT, NotebookFailure, notebook_parameters, resolve_notebooks, run_batch,
+                             run_summary, split_parameters)
 
 
 def notebook(path, *sources, parameters="run_dir = None"):
@@ -72,7 +72,7 @@ def test_what_a_notebook_prints_reaches_the_terminal_progress_bars_included(tmp_
     folder = tmp_path / "notebooks"
     folder.mkdir()
     notebook(folder / "01_talk.ipynb",
-             "import sys\nfrom sftrl_kit.runs import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir, False)\n"
+             "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir, False)\n"
              "print('hello from cell', 3)\nprint('a warning', file=sys.stderr)\n"
              "from tqdm.auto import tqdm\nfor _ in tqdm(range(4), desc='steps'):\n    pass")
     run_batch(["01"], run_dir=tmp_path / "run", notebooks_dir=folder)
@@ -88,7 +88,7 @@ def test_text_progress_switches_tqdm_and_the_trainer_to_their_console_versions(m
     import tqdm.std
     import transformers.utils
 
-    from sftrl_kit.runs import text_progress
+    from sftrl_kit.batch import text_progress
 
     monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm)  # restored after the test
     monkeypatch.setattr(tqdm.auto, "trange", tqdm.auto.trange)
@@ -153,9 +153,9 @@ def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path):
 
 
 def test_a_bad_parameter_stops_the_batch_before_it_starts_or_resumes(notebooks, tmp_path, monkeypatch):
-    from sftrl_kit import runs
+    from sftrl_kit import batch
 
-    monkeypatch.setattr(runs, "_execute", lambda *args: pytest.fail("a notebook started"))
+    monkeypatch.setattr(batch, "_execute", lambda *args: pytest.fail("a notebook started"))
     with pytest.raises(ValueError, match="parameter flag expects str"):
         run_batch(["01", "02"], {"flag": 3}, run_dir=tmp_path / "new", notebooks_dir=notebooks)
     assert not (tmp_path / "new").exists()

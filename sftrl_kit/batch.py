@@ -1,8 +1,8 @@
-"""Run folders and batch runs of the ordered notebooks.
+"""Batch runs of the ordered notebooks with papermill (`sftrl run`).
 
 Every run's artefacts (executed notebooks, configs, checkpoints, episodes, tables,
-figures) live in one folder, papermill_runs/<YYYYmmdd-HHMMSS>-<name>/ (the root can be
-moved with $SFTRL_RUNS). A batch executes notebooks in order with papermill, passing
+figures) live in one folder, papermill_runs/<YYYYmmdd-HHMMSS>-<name>/
+(run_folder.new_run_dir; the root can be moved with $SFTRL_RUNS). A batch executes notebooks in order with papermill, passing
 each the same `run_dir`, so a later notebook finds what an earlier one wrote there.
 The batch's state is kept in run_dir/batch.json: a failed batch stops at the failing
 notebook, reports the cell and error, and `run_batch(..., resume=run_dir)` starts again
@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .run_folder import new_run_dir
+
 KIT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = KIT_ROOT / "notebooks"
 BATCH_FILE = "batch.json"
@@ -38,23 +40,6 @@ PRESETS: dict[str, list[str] | None] = {
     "study": ["02_data_generation", "03_sft", "04_ppo_launch", "05_evaluation", "07_failure_cases", "08_ablations"],
 }
 PRESET_PARAMETERS: dict[str, dict[str, Any]] = {"smoke": {"smoke": True}}
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("SFTRL_RUNS", "papermill_runs"))
-
-
-def new_run_dir(name: str, root: str | Path | None = None) -> Path:
-    """<root>/<YYYYmmdd-HHMMSS>-<name>/, made unique if two start in one second."""
-    root = Path(root) if root is not None else runs_root()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = root / f"{stamp}-{name}"
-    suffix = 1
-    while folder.exists():
-        suffix += 1
-        folder = root / f"{stamp}-{name}-{suffix}"
-    folder.mkdir(parents=True)
-    return folder
 
 
 # --- inside a notebook ---------------------------------------------------------------

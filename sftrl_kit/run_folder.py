@@ -1,0 +1,267 @@
+"""Where things lie in a run folder: the one module that knows the layout.
+
+    papermill_runs/<YYYYmmdd-HHMMSS>-<name>/  a batch or notebook run (new_run_dir; the root
+                                              is $SFTRL_RUNS, else papermill_runs): executed
+                                              notebooks, batch.json, figures/, tables/ and
+      <run>/ (sft-start, ppo, sft, ...)       its training runs (train/sft.py, train/ppo.py)
+        sft.yaml | ppo.yaml                   the settings the run ran with
+        metrics.jsonl                         one JSON row per log (SFT) or update (PPO),
+                                              each with its "step"
+        episodes/update-NNNN.jsonl            PPO: every update's episodes
+        processes.json                        PPO: each process's checksum of the weights
+        trainer/checkpoint-N/                 SFT: TRL's own state (optimizer, scheduler)
+        checkpoints/
+          step-NNNNNN/ (SFT), update-NNNN/ (PPO): a model folder that load_policy reads
+            config.json, *.safetensors, ...   the weights (LoRA merged), the tokenizer
+            adapter/                          PPO with LoRA: the adapters alone
+            optimizer.safetensors             PPO: AdamW's tensors, and the rest of its
+            trainer_state.json                state as JSON (no pickles)
+            checkpoint.json                   counters: method, step, tokens, flops, gflops,
+                                              ... Written last: a folder without it is
+                                              not (yet) a checkpoint
+            eval/<set>/<key digest>/          one evaluation per set and settings (any
+                                              model folder can hold these, `sftrl eval`'s too)
+              episodes.jsonl                  the episodes played
+              metrics.json                    the rates and their key; written last
+
+A resumed run goes back to its last checkpoint and drops the metric rows logged after
+it (`drop_metrics_after`). What an evaluation key holds (everything that changes the
+numbers) is evaluation.evaluation_key's business; here a key only names a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .episodes import Episode, read_jsonl, write_episodes
+
+CHECKPOINTS = "checkpoints"
+COUNTERS = "checkpoint.json"
+ADAPTER = "adapter"  # PPO with LoRA: the adapters alone, to resume on the initial base
+OPTIMIZER = "optimizer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+TRAINER = "trainer"  # SFT: TRL's checkpoint-N folders
+METRICS = "metrics.jsonl"
+EVAL = "eval"
+EVAL_METRICS = "metrics.json"
+EVAL_EPISODES = "episodes.jsonl"
+_CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
+
+
+# --- run folders ----------------------------------------------------------------------
+
+def runs_root() -> Path:
+    return Path(os.environ.get("SFTRL_RUNS", "papermill_runs"))
+
+
+def new_run_dir(name: str, root: str | Path | None = None) -> Path:
+    """<root>/<YYYYmmdd-HHMMSS>-<name>/, made unique if two start in one second."""
+    root = Path(root) if root is not None else runs_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = root / f"{stamp}-{name}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = root / f"{stamp}-{name}-{suffix}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+# --- checkpoints and their counters ---------------------------------------------------
+
+def checkpoint_dir(run_dir: str | Path, method: str, step: int) -> Path:
+    """Where a trainer writes its checkpoint at `step`: checkpoints/step-NNNNNN (SFT) or
+    checkpoints/update-NNNN (PPO)."""
+    if method not in _CHECKPOINT_NAMES:
+        raise ValueError(f"method must be one of {', '.join(_CHECKPOINT_NAMES)}, got {method!r}")
+    return Path(run_dir) / CHECKPOINTS / _CHECKPOINT_NAMES[method].format(step)
+
+
+def write_counters(checkpoint: str | Path, counters: Mapping[str, Any]) -> None:
+    """checkpoint.json, the last file a checkpoint gets: it makes the folder complete."""
+    _write_json(Path(checkpoint) / COUNTERS, dict(counters), indent=2)
+
+
+def read_counters(checkpoint: str | Path) -> dict[str, Any]:
+    """A checkpoint's counters (step, tokens, flops, ...); a clear error naming the file
+    when it is missing, not JSON, or holds no integer step."""
+    path = Path(checkpoint) / COUNTERS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {checkpoint} is not a complete checkpoint")
+    try:
+        counters = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg}); delete {path.parent} or write it again") from error
+    step = counters.get("step") if isinstance(counters, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ValueError(f"{path} holds no checkpoint counters: expected a JSON object with an integer 'step', "
+                         f"found {json.dumps(counters)[:80]}")
+    return counters
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's complete checkpoints (folders under checkpoints/ with a checkpoint.json),
+    in the order of their steps; [] when there are none."""
+    folders = [p for p in (Path(run_dir) / CHECKPOINTS).glob("*") if (p / COUNTERS).is_file()]
+    return sorted(folders, key=lambda p: (read_counters(p)["step"], p.name))
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f"no checkpoints under {Path(run_dir) / CHECKPOINTS}")
+    return checkpoints[-1]
+
+
+# --- trainer state, to resume ---------------------------------------------------------
+
+def write_trainer_state(checkpoint: str | Path, tensors: dict, optimizer: dict[str, Any]) -> None:
+    """PPO's optimizer state: its tensors as safetensors, the rest as JSON (no pickle)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, Path(checkpoint) / OPTIMIZER)
+    (Path(checkpoint) / TRAINER_STATE).write_text(json.dumps({"optimizer": optimizer}) + "\n")
+
+
+def read_trainer_state(checkpoint: str | Path) -> tuple[dict, dict[str, Any]]:
+    """(tensors, the rest) as write_trainer_state left them."""
+    from safetensors.torch import load_file
+
+    folder = Path(checkpoint)
+    try:
+        optimizer = json.loads((folder / TRAINER_STATE).read_text())["optimizer"]
+        tensors = load_file(folder / OPTIMIZER)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder}: unreadable trainer state ({error})") from error
+    return tensors, optimizer
+
+
+def trainer_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TRAINER
+
+
+def last_trainer_step(run_dir: str | Path) -> int | None:
+    """The step of TRL's last checkpoint-N under trainer/ (what SFT resumes from), or
+    None when there is none."""
+    steps = [int(p.name.split("-", 1)[1]) for p in trainer_dir(run_dir).glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return max(steps, default=None)
+
+
+# --- metrics.jsonl --------------------------------------------------------------------
+
+def append_metrics(run_dir: str | Path, row: Mapping[str, Any]) -> None:
+    with (Path(run_dir) / METRICS).open("a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / METRICS)
+
+
+def drop_metrics_after(run_dir: str | Path, step: int) -> None:
+    """On resume: keep the rows logged at or before `step` (the checkpoint the run goes
+    back to) byte for byte; the later ones are logged again. A last line without its
+    newline was being written when the run stopped, and goes too."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    *lines, _unfinished = path.read_text().split("\n")
+    kept = [line + "\n" for number, line in enumerate(lines, 1)
+            if line.strip() and _row_step(path, number, line) <= step]
+    _replace(path, "".join(kept))
+
+
+def _row_step(path: Path, number: int, line: str) -> int:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise ValueError(f"{path}:{number}: a metrics row without an integer 'step'")
+    return row["step"]
+
+
+# --- evaluations, one folder per set and settings -------------------------------------
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A short stable name for a key: the first 12 hex digits of the SHA-256 of its
+    canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(dict(key), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def evaluation_folder(model_dir: str | Path, key: Mapping[str, Any]) -> Path:
+    """model_dir/eval/<set>/<key digest>/: one folder per set and settings."""
+    return Path(model_dir) / EVAL / key["eval_set"] / key_digest(key)
+
+
+def read_evaluation(model_dir: str | Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stored evaluation with exactly this key (its metrics, with `folder`), or None."""
+    _refuse_old_layout(Path(model_dir), key["eval_set"])
+    path = evaluation_folder(model_dir, key) / EVAL_METRICS
+    return _read_evaluation(path) if path.is_file() else None
+
+
+def read_evaluations(model_dir: str | Path, eval_set: str | None = None) -> list[dict[str, Any]]:
+    """Every complete evaluation of a model folder (on one set, or all), each its metrics
+    with `folder`, in the order of their folders."""
+    model_dir = Path(model_dir)
+    _refuse_old_layout(model_dir, eval_set)
+    return [_read_evaluation(path) for path in sorted((model_dir / EVAL).glob(f"{eval_set or '*'}/*/{EVAL_METRICS}"))]
+
+
+def write_evaluation(model_dir: str | Path, metrics: Mapping[str, Any], episodes: Iterable[Episode]) -> Path:
+    """The episodes, then the metrics (which make the folder complete), into the
+    evaluation folder of metrics["key"]; returns the folder."""
+    folder = evaluation_folder(model_dir, metrics["key"])
+    write_episodes(folder / EVAL_EPISODES, episodes)
+    _write_json(folder / EVAL_METRICS, dict(metrics), indent=2)
+    return folder
+
+
+def copy_evaluation(evaluation: Mapping[str, Any], model_dir: str | Path, **notes: Any) -> Path:
+    """A stored evaluation (as read_evaluations returns it) into another model folder,
+    its metrics extended by `notes`; returns the new folder."""
+    source = Path(evaluation["folder"])
+    metrics = {**{k: v for k, v in evaluation.items() if k != "folder"}, **notes}
+    target = evaluation_folder(model_dir, metrics["key"])
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(EVAL_METRICS, "*.partial"), dirs_exist_ok=True)
+    _write_json(target / EVAL_METRICS, metrics, indent=2)
+    return target
+
+
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    metrics = json.loads(path.read_text())
+    if "key" not in metrics or key_digest(metrics["key"]) != path.parent.name:
+        raise ValueError(f"{path} does not hold the key its folder is named after; delete {path.parent} "
+                         "and evaluate again")
+    return {**metrics, "folder": str(path.parent)}
+
+
+def _refuse_old_layout(model_dir: Path, eval_set: str | None = None) -> None:
+    for path in sorted((model_dir / EVAL).glob(f"{eval_set or '*'}/{EVAL_METRICS}")):
+        raise ValueError(f"{path} is an evaluation in the old layout (eval/<set>/metrics.json), not keyed by its "
+                         f"settings: its budget and sampling cannot be told apart from others'. Delete "
+                         f"{path.parent} and evaluate again")
+
+
+# --- files written whole --------------------------------------------------------------
+
+def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(path, json.dumps(data, indent=indent) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write to a .partial file, then rename it over `path`: a crash leaves the old file
+    or the new one, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
