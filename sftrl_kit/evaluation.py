@@ -151,8 +151,10 @@ RAMBLING_CHARS = 600  # an unreadable answer this long is rambling, not a slip o
 def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     """How answers failed, with the memorisation signature counted on its own:
 
-    trained_rule_used   the answer applied the other rule: GP numbers valued under the
-                        other face-card rule, or a V-IRL action of the other action space
+    other_rule_used     the answer followed the rule not in force (the verdict's flag):
+                        GP numbers valued under the other face-card rule, or a V-IRL
+                        action of the other action space. On a rule-OOD set the other
+                        rule is the trained one: the memorisation signature
     unparseable         no answer object could be read
     rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
                         without an SFT start)
@@ -161,7 +163,7 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     episode indices.
     """
     checks = {
-        "trained_rule_used": lambda t: bool(t.verdict.get("other_rule_used") or t.verdict.get("other_space_used")),
+        "other_rule_used": lambda t: bool(t.verdict.get("other_rule_used")),
         "unparseable": lambda t: t.outcome == "unparseable",
         "rambling": lambda t: t.outcome == "unparseable" and len(t.response) >= RAMBLING_CHARS,
     }
@@ -177,7 +179,7 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     return out
 
 
-def failure_examples(episodes: Sequence[Episode], modes: Sequence[str] = ("trained_rule_used", "unparseable"),
+def failure_examples(episodes: Sequence[Episode], modes: Sequence[str] = ("other_rule_used", "unparseable"),
                      ) -> list[Episode]:
     """The example episodes failure_modes found for the given modes, in their order."""
     found = failure_modes(episodes)

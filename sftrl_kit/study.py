@@ -228,8 +228,8 @@ def _copy_evaluations(start: Path, step_zero: Path) -> None:
 def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate",
                keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Did anything move? `metric`: a rate of evaluation's metrics (success_rate,
-    per_step_accuracy, ...) or a failure mode (trained_rule_used: the share of answers
-    that valued the cards by the trained rule). Rows of A - B with A's and B's rates and
+    per_step_accuracy, ...) or a failure mode (other_rule_used: the share of answers
+    that followed the rule not in force; on rule-OOD sets, the trained rule). Rows of A - B with A's and B's rates and
     95% intervals, the difference with its 95% interval, a p-value, and the test used
     (evaluation.compare_rates: McNemar's for checkpoints on the same tasks, cluster-robust
     tests for rates over answers): per run and set, its last checkpoint (A) against its

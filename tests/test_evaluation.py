@@ -102,15 +102,15 @@ def test_failure_modes_count_the_trained_rule_leaking_into_the_new_one():
     episodes = [
         Episode("gp-l", {}, {}, "p", [Turn("x" * 700, -3.0, "unparseable", "f"),
                                       Turn("a", -2.0, "numbers_mismatch", "f", {"other_rule_used": True})]),
-        Episode("virl-l", {}, {}, "p", [Turn("b", -1.0, "invalid_action", "f", {"other_space_used": True}),
+        Episode("virl-l", {}, {}, "p", [Turn("b", -1.0, "invalid_action", "f", {"other_rule_used": True}),
                                         Turn("c", -3.0, "unparseable", "f")]),
     ]
     modes = failure_modes(episodes)
     assert modes["answers"] == 4
-    assert modes["trained_rule_used"]["count"] == 2 and modes["trained_rule_used"]["examples"] == [0, 1]
+    assert modes["other_rule_used"]["count"] == 2 and modes["other_rule_used"]["examples"] == [0, 1]
     assert modes["unparseable"]["count"] == 2 and modes["rambling"]["count"] == 1
     assert failure_modes([])["unparseable"]["share"] is None
-    assert modes["trained_rule_used"]["rate"]["successes"] == 2 and modes["trained_rule_used"]["rate"]["trials"] == 4
+    assert modes["other_rule_used"]["rate"]["successes"] == 2 and modes["other_rule_used"]["rate"]["trials"] == 4
 
 
 def test_failure_examples_pick_the_episodes_of_the_asked_modes():
@@ -121,4 +121,4 @@ def test_failure_examples_pick_the_episodes_of_the_asked_modes():
     garbled = Episode("gp-l", {}, {}, "p", [Turn("zzz", -3.0, "unparseable", "f")])
     episodes = [clean, leaked, garbled]
     assert failure_examples(episodes) == [leaked, garbled]
-    assert failure_examples(episodes, modes=["trained_rule_used"]) == [leaked]
+    assert failure_examples(episodes, modes=["other_rule_used"]) == [leaked]
