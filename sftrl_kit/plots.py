@@ -9,48 +9,120 @@ the folders. A figure refuses rows whose settings differ (a ValueError names the
 them with `checkpoint_rows(..., keys=settings.eval_keys())`.
 
   plot_curves      a metric against training GFLOPs, one panel per eval set (ID, OOD),
-                   points with binomial error bars sqrt(P(1-P)/N) (N: the effective
-                   number of answers, for rates over answers), and a
+                   points with the 95% intervals the evaluation stored (Wilson's, on the
+                   effective number of answers for rates over answers), and a
                    Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
   plot_change      change of a metric from each run's first checkpoint to its last,
                    in points, with the difference's 95% interval (the paper's OOD bars)
+  training_curves  a run's own log (metrics.jsonl): PPO's success, return, KL, clip
+                   fraction and explained variance per update; SFT's loss per step
+
+Every figure names runs and sets the same way: `run_label` ("RL (PPO)", "SFT") and
+`set_label` (the split registry's description, data.GP_EVAL_SPLITS / VIRL_EVAL_SPLITS).
 """
 
 from __future__ import annotations
 
-import math
+import textwrap
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .evaluation import KEY_FIELDS, RATES, compare_rates, evaluation_row, load_evaluations, require_same_settings
-from .run_folder import list_checkpoints, read_counters
+from .data import GP_EVAL_SPLITS, VIRL_EVAL_SPLITS
+from .evaluation import (KEY_FIELDS, RATES, compare_rates, evaluation_row, load_evaluations, require_same_settings,
+                         wilson_interval)
+from .run_folder import METRICS, list_checkpoints, read_counters, read_metrics
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# --- names, defined once --------------------------------------------------------------
+
+METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
+# What the kind of a split is called, from the end of its id (gp-rule-ood -> rule OOD).
+_SET_KINDS = {"id": "ID", "rule-ood": "rule OOD", "visual-ood": "visual OOD", "ood": "OOD"}
+# One look per run, in the order runs come: colour, marker and line style all differ,
+# so two runs stay apart in greyscale and where their lines coincide.
+_STYLES = [("tab:blue", "o", "-"), ("tab:orange", "s", "--"), ("tab:green", "^", "-."), ("tab:red", "D", ":"),
+           ("tab:purple", "v", "-"), ("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:gray", "*", ":")]
+
+
+def run_label(name: str, method: str | None = None) -> str:
+    """How figures name a run: "RL (PPO)" or "SFT" for a folder named after its method
+    (the study's branches), else the method's label and the folder ("RL (PPO), budget-3")."""
+    if name in METHOD_LABELS:
+        return METHOD_LABELS[name]
+    return f"{METHOD_LABELS[method]}, {name}" if method in METHOD_LABELS else name
+
+
+def set_label(eval_set: str) -> str:
+    """How figures name an eval set: its kind and the split registry's description,
+    'gp-rule-ood' -> 'rule OOD: new rule (J, Q, K = 11, 12, 13), at least one face card,
+    black suits'. Sets outside the registry keep their kind or their id."""
+    kind = next((label for suffix, label in _SET_KINDS.items()
+                 if eval_set == suffix or eval_set.endswith(f"-{suffix}")), eval_set)
+    split = {**GP_EVAL_SPLITS, **VIRL_EVAL_SPLITS}.get(eval_set)
+    return f"{kind}: {split.description}" if split else kind
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+# --- rows from run folders ------------------------------------------------------------
 
 def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
                     keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per (run, checkpoint, evaluation) with counters, settings and rates.
 
-    `keys` ({set: key or some of its fields}, e.g. settings.eval_keys()) keeps the
-    evaluations of those sets with those settings; without it, every evaluation.
-    `<metric>_rate` holds the full rate (with its per-task counts, for compare_rates).
+    `run` is labels[i] or the folder's name; `label`, what figures show, is labels[i] or
+    run_label(folder name, method). `keys` ({set: key or some of its fields}, e.g.
+    settings.eval_keys()) keeps the evaluations of those sets with those settings;
+    without it, every evaluation. `<metric>_rate` holds the full rate (with its per-task
+    counts, for compare_rates).
     """
     wanted = list(keys.items()) if keys is not None else [(None, None)]
     rows = []
     for index, run_dir in enumerate(run_dirs):
-        label = labels[index] if labels else Path(run_dir).name
+        run = labels[index] if labels else Path(run_dir).name
         for checkpoint in list_checkpoints(run_dir):
             counters = read_counters(checkpoint)
+            label = labels[index] if labels else run_label(run, counters.get("method"))
             for eval_set, where in wanted:
                 for metrics in load_evaluations(checkpoint, eval_set, where):
-                    row = evaluation_row(label, checkpoint, counters, metrics)
-                    rows.append({**row, **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
+                    row = evaluation_row(run, checkpoint, counters, metrics)
+                    rows.append({**row, "label": label,
+                                 **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
     return rows
 
 
 def _one_setting(rows: Sequence[dict[str, Any]], what: str) -> None:
     require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], what)
+
+
+def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """{run: its label}, in the order the rows bring them."""
+    return {r["run"]: r.get("label", r["run"]) for r in rows}
+
+
+def _series(rows: Sequence[dict[str, Any]], run: str, eval_set: str, metric: str) -> list[dict[str, Any]]:
+    return sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
+                  key=lambda r: r["gflops"])
+
+
+def _episodes_text(rows: Sequence[dict[str, Any]], what: str = "per point") -> str:
+    counts = sorted({r["episodes"] for r in rows})
+    if not counts:
+        return ""
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f"n = {n} episodes {what}"
+
+
+def _below_above(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[np.ndarray]:
+    """An interval as errorbar's asymmetric yerr (rounding never makes a side negative)."""
+    return [np.maximum(0.0, values - low), np.maximum(0.0, high - values)]
 
 
 def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarray:
@@ -64,82 +136,197 @@ def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarr
     return savgol_filter(values, window, order)
 
 
-def binomial_error(p: float | None, n: int) -> float:
-    return 0.0 if p is None or n == 0 else math.sqrt(p * (1 - p) / n)
-
+# --- evaluations against compute ------------------------------------------------------
 
 def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
-                eval_sets: Sequence[str] | None = None, smooth_window: int = 5):
-    """Metric (%) against training GFLOPs; one panel per eval set, one line per run."""
+                eval_sets: Sequence[str] | None = None, smooth_window: int = 5) -> Figure:
+    """Metric (%) against training GFLOPs; one panel per eval set, one line per run.
+
+    Points carry the 95% interval each evaluation stored (`<metric>_low`/`_high`, Wilson's:
+    wide at 0/n, where a binomial standard error would be zero). Runs' points are moved
+    apart by 1% of the GFLOPs range each, so that runs sharing a start (the same
+    checkpoint at 0 GFLOPs) do not hide one another; the lines keep the true GFLOPs.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
     _one_setting([r for r in rows if r["eval_set"] in sets], f"the {metric} curves")
-    figure, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+    runs = _runs(r for r in rows if r["eval_set"] in sets)
+    gflops = [r["gflops"] for r in rows] or [0.0]
+    dodge = 0.01 * ((max(gflops) - min(gflops)) or 1.0)
+    figure, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4.2), squeeze=False)
+    handles = []
     for ax, eval_set in zip(axes[0], sets):
-        top = 5.0
-        for run in sorted({r["run"] for r in rows}):
-            series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
-                            key=lambda r: r["gflops"])
+        top = 10.0
+        shown = []
+        for index, (run, label) in enumerate(runs.items()):
+            series = _series(rows, run, eval_set, metric)
             if not series:
                 continue
-            x = [r["gflops"] for r in series]
+            shown += series
+            colour, marker, linestyle = _STYLES[index % len(_STYLES)]
+            x = np.array([r["gflops"] for r in series])
             y = np.array([100 * r[metric] for r in series])
-            errors = [100 * binomial_error(r[metric], r[f"{metric}_effective_trials"]) for r in series]
-            points = ax.errorbar(x, y, yerr=errors, fmt="o", ms=3, capsize=2, alpha=0.6)
-            ax.plot(x, smooth(y, smooth_window), color=points[0].get_color(), label=run)
-            top = max(top, float(np.max(y + np.array(errors))) * 1.1)
-        ax.set_ylim(-0.03 * top, min(100, top))  # points at 0 stay visible above the axis
-        ax.set_title(eval_set)
+            low = np.array([100 * r[f"{metric}_low"] for r in series])
+            high = np.array([100 * r[f"{metric}_high"] for r in series])
+            offset = (index - (len(runs) - 1) / 2) * dodge
+            ax.errorbar(x + offset, y, yerr=_below_above(y, low, high), fmt=marker, color=colour, ms=5, capsize=3,
+                        elinewidth=1, alpha=0.85, zorder=3 + index)
+            # a rate's smoothed line stays within 0..100 (Savitzky-Golay overshoots at jumps)
+            ax.plot(x, np.clip(smooth(y, smooth_window), 0, 100), color=colour, linestyle=linestyle, linewidth=1.6,
+                    zorder=2 + index)
+            handles.append(Line2D([], [], color=colour, marker=marker, linestyle=linestyle, label=label))
+            top = max(top, float(high.max()) * 1.1)
+        ax.set_ylim(-0.03 * top, min(100.0, top) + 0.03 * top)  # points at 0 and 100 stay off the frame
+        ax.set_title(_wrap(f"{set_label(eval_set)}\n{_episodes_text(shown)}, 95% intervals", 52), fontsize=10)
         ax.set_xlabel("training GFLOPs")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    unique = list({h.get_label(): h for h in handles}.values())
+    axes[0][0].legend(handles=unique, fontsize=8, loc="best")
     figure.tight_layout()
     return figure
 
 
-def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate") -> list[dict[str, Any]]:
-    """Per run: last checkpoint minus first on one eval set, in points, with its error,
-    the 95% interval and p-value of evaluation.compare_rates, and the test it used."""
+def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str,
+                      metric: str = "success_rate") -> list[dict[str, Any]]:
+    """Per run: last checkpoint minus first on one eval set, in points, with the 95%
+    interval and p-value of evaluation.compare_rates, the test it used, and the episodes
+    of each end."""
     _one_setting([r for r in rows if r["eval_set"] == eval_set], f"the change in {metric} on {eval_set}")
     out = []
-    for run in sorted({r["run"] for r in rows}):
-        series = sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
-                        key=lambda r: r["gflops"])
+    for run, label in _runs(rows).items():
+        series = _series(rows, run, eval_set, metric)
         if len(series) < 2:
             continue
         first, last = series[0], series[-1]
-        error = math.hypot(binomial_error(first[metric], first[f"{metric}_effective_trials"]),
-                           binomial_error(last[metric], last[f"{metric}_effective_trials"]))
         interval = compare_rates(last[f"{metric}_rate"], first[f"{metric}_rate"])
-        out.append({"run": run, "start": 100 * first[metric], "end": 100 * last[metric],
-                    "change": 100 * (last[metric] - first[metric]), "error": 100 * error,
+        out.append({"run": run, "label": label, "start": 100 * first[metric], "end": 100 * last[metric],
+                    "change": 100 * (last[metric] - first[metric]),
                     "low": 100 * interval["low"], "high": 100 * interval["high"], "p_value": interval["p_value"],
-                    "test": interval["test"]})
+                    "test": interval["test"], "episodes": (first["episodes"], last["episodes"])})
     return out
 
 
-def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"):
+def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate") -> Figure:
     """Bars of each run's change (points) from its first checkpoint, with the 95%
-    interval of the difference from compare_rates (not zero when both rates are 0/n)."""
+    interval of the difference from compare_rates (not zero when both rates are 0/n).
+    Each value is written beyond its interval's end, clear of the cap; the p-value
+    under the run's name."""
     import matplotlib.pyplot as plt
 
     changes = change_from_start(rows, eval_set, metric)
-    figure, ax = plt.subplots(figsize=(1.6 + 1.2 * max(1, len(changes)), 3.4))
-    below = [c["change"] - c["low"] for c in changes]
-    above = [c["high"] - c["change"] for c in changes]
-    bars = ax.bar([c["run"] for c in changes], [c["change"] for c in changes], yerr=[below, above],
-                  capsize=4, color=["tab:green" if c["change"] >= 0 else "tab:red" for c in changes])
-    ax.bar_label(bars, labels=[f"{c['change']:+.1f}" for c in changes], padding=2, fontsize=8)
+    runs = list(_runs(rows))
+    figure, ax = plt.subplots(figsize=(max(5.5, 1.5 + 1.6 * len(changes)), 4.4))
+    positions = np.arange(len(changes))
+    for position, change in zip(positions, changes):
+        colour, _, _ = _STYLES[runs.index(change["run"]) % len(_STYLES)]
+        ax.bar(position, change["change"], width=0.6, color=colour, alpha=0.8,
+               yerr=[[change["change"] - change["low"]], [change["high"] - change["change"]]], capsize=5)
+        above = change["change"] >= 0
+        ax.annotate(f"{change['change']:+.1f}", (position, change["high"] if above else change["low"]),
+                    xytext=(0, 6 if above else -6), textcoords="offset points", ha="center",
+                    va="bottom" if above else "top", fontsize=9)
+    ax.set_xticks(positions, [f"{c['label']}\np = {c['p_value']:.2g}" for c in changes], fontsize=9)
+    ax.margins(y=0.15)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")
-    ax.set_title(f"{eval_set}: from the shared start")
+    tests = ", ".join(dict.fromkeys(c["test"] for c in changes))
+    ends = [r for r in rows if r["eval_set"] == eval_set and r[metric] is not None]
+    ax.set_title(_wrap(f"{set_label(eval_set)}\nfirst checkpoint to last, {_episodes_text(ends, 'each')}\n"
+                       f"95% interval of the difference: {tests}", 62), fontsize=9)
     figure.tight_layout()
     return figure
 
 
-def save_figure(figure, run_dir: str | Path, name: str) -> Path:
+# --- a run's own log ------------------------------------------------------------------
+
+def training_curves(run_dir: str | Path) -> Figure:
+    """A training run's curves from run_dir/metrics.jsonl (run_folder.read_metrics).
+
+    PPO (rows with "update"): success rate with its 95% Wilson interval over the
+    update's episodes, mean return, KL (approx_kl between the policy before and after
+    the update; kl_to_initial, to the reference, when the run has a KL penalty), clip
+    fraction and explained variance (runs with a critic), against the update. SFT: the
+    training loss against the step.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file():
+        raise FileNotFoundError(f"{run_dir / METRICS} not found: {run_dir} is not a training run folder, or its "
+                                "trainer has logged nothing yet (train/sft.py and train/ppo.py write metrics.jsonl)")
+    rows = read_metrics(run_dir)
+    updates = [r for r in rows if "update" in r]
+    if updates:
+        return _ppo_curves(run_dir, updates)
+    losses = [r for r in rows if "loss" in r]
+    if losses:
+        return _sft_curves(run_dir, losses)
+    raise ValueError(f"{run_dir / METRICS} holds no PPO updates (rows with 'update') and no SFT losses "
+                     "(rows with 'loss')")
+
+
+def _ppo_curves(run_dir: Path, rows: list[dict[str, Any]]) -> Figure:
+    import matplotlib.pyplot as plt
+
+    figure, grid = plt.subplots(2, 3, figsize=(13, 6.4))
+    success, ret, kl, clip, variance, unused = grid.flat
+    figure.delaxes(unused)
+    x = [r["update"] for r in rows]
+    rates = [wilson_interval(round(r["success_rate"] * r["episodes"]), r["episodes"]) for r in rows]
+    y = np.array([100 * r["value"] for r in rates])
+    low, high = (np.array([100 * r[end] for r in rates]) for end in ("low", "high"))
+    success.errorbar(x, y, yerr=_below_above(y, low, high), fmt="o-", ms=4, capsize=3)
+    success.set_ylim(-3, 103)
+    _panel(success, f"success rate (%)\n{_episodes_text(rows, 'per update')}, 95% intervals")
+    ret.plot(x, [r["mean_return"] for r in rows], "o-", ms=4)
+    _panel(ret, "mean return per episode")
+    kl.plot(x, [r.get("approx_kl") for r in rows], "o-", ms=4, label="approx. KL, before → after the update")
+    if any("kl_to_initial" in r for r in rows):
+        kl.plot(x, [r.get("kl_to_initial") for r in rows], "s--", ms=4, color="tab:orange",
+                label="KL to the initial policy")
+    kl.legend(fontsize=8)
+    _panel(kl, "KL (nats)")
+    clip.plot(x, [r.get("clip_fraction") for r in rows], "o-", ms=4)
+    _panel(clip, "clip fraction")
+    if any("explained_variance" in r for r in rows):
+        variance.plot(x, [r.get("explained_variance") for r in rows], "o-", ms=4)
+        variance.axhline(0, color="black", linewidth=0.8)
+    else:
+        variance.text(0.5, 0.5, "not logged: this run has no critic", ha="center", va="center",
+                      transform=variance.transAxes, color="gray")
+        variance.set_yticks([])
+    _panel(variance, "explained variance (critic)")
+    if not variance.get_lines():
+        variance.set_xticks([])
+    figure.suptitle(f"{run_label(run_dir.name, 'ppo')} training (run folder {run_dir.name})")
+    figure.tight_layout()
+    return figure
+
+
+def _sft_curves(run_dir: Path, rows: list[dict[str, Any]]) -> Figure:
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "o-", ms=3)
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_xlabel("SFT step")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{run_label(run_dir.name, 'sft')} training (run folder {run_dir.name})")
+    figure.tight_layout()
+    return figure
+
+
+def _panel(ax: Axes, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("PPO update")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def save_figure(figure: Figure, run_dir: str | Path, name: str) -> Path:
     """run_dir/figures/<name>.png (150 dpi) and .svg; returns the PNG's path."""
     folder = Path(run_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
