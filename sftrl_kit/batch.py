@@ -23,7 +23,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -34,28 +35,43 @@ NOTEBOOKS = KIT_ROOT / "notebooks"
 BATCH_FILE = "batch.json"
 TEXT_PROGRESS = "SFTRL_TEXT_PROGRESS"
 
-PRESETS: dict[str, list[str] | None] = {
-    "quickstart": ["00_quickstart"],
-    "smoke": None,  # every notebook in the folder, with smoke=True
-    "study": ["02_data_generation", "03_sft", "04_ppo_launch", "05_evaluation", "07_failure_cases", "08_ablations"],
-}
-PRESET_PARAMETERS: dict[str, dict[str, Any]] = {"smoke": {"smoke": True}}
+# Deprecation notices of the libraries the kit calls, about their own APIs (transformers'
+# gradient_checkpointing, say): nothing a user of the kit can act on, and printed in every
+# notebook, so that the one warning that matters scrolls by unread.
+QUIET_MODULES = r"(transformers|trl|accelerate|peft|datasets|torch|huggingface_hub)(\.|$)"
 
 
 # --- inside a notebook ---------------------------------------------------------------
 
-def notebook_start(name: str, run_dir: str | None, smoke: bool) -> tuple[Path, bool]:
+def notebook_start(name: str, run_dir: str | None, preset: str = "study", overrides: Mapping[str, Any] | None = None,
+                   **parameters: Any):
     """The first call of every notebook: work from the kit's folder (so data/ and
-    configs/ resolve as in the README), open the run folder, and settle smoke mode
-    (the `smoke` parameter, or SFTRL_SMOKE=1 in the environment)."""
+    configs/ resolve as in the README), quiet the libraries' deprecation notices, open
+    the run folder, and settle the sizes: the preset named (`smoke` whenever
+    SFTRL_SMOKE=1), then `overrides` (the parameters cell's dict of preset fields), then
+    the notebook's own parameters that are not None (presets.choose). Returns the run
+    folder and the chosen presets.Preset."""
     if (KIT_ROOT / "pyproject.toml").is_file():
         os.chdir(KIT_ROOT)
-    smoke = bool(smoke) or _flag("SFTRL_SMOKE")
+    quiet_warnings()
     if _flag(TEXT_PROGRESS):
         text_progress()
+    # presets after text_progress: it imports the kit's training and evaluation modules
+    from .presets import choose
+
+
+    chosen = choose("smoke" if _flag("SFTRL_SMOKE") else preset, {**(overrides or {}), **parameters})
     folder = Path(run_dir) if run_dir else new_run_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    return folder.resolve(), smoke
+    print(f"run folder: {folder.resolve()} | preset: {chosen.name}", flush=True)
+    return folder.resolve(), chosen
+
+
+def quiet_warnings() -> None:
+    """Ignore FutureWarning and DeprecationWarning raised inside the libraries the kit
+    calls (QUIET_MODULES); every other warning, the kit's own included, still shows."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=QUIET_MODULES)
 
 
 def text_progress() -> None:
@@ -83,19 +99,6 @@ def text_progress() -> None:
 
 def _flag(variable: str) -> bool:
     return os.environ.get(variable, "") not in ("", "0")
-
-
-def settings_from(cls: type, namespace: Mapping[str, Any], smoke: bool = False, **overrides: Any):
-    """A settings dataclass from the notebook's parameters, which share its field names.
-
-    In smoke mode the class's SMOKE values replace the sizing fields (tiny model, a few
-    steps); `overrides` are applied last.
-    """
-    values = {f.name: namespace[f.name] for f in fields(cls) if f.name in namespace}
-    if smoke:
-        values.update(getattr(cls, "SMOKE", {}))
-    values.update(overrides)
-    return cls(**values)
 
 
 # --- notebook parameters --------------------------------------------------------------
@@ -217,31 +220,65 @@ def _type_name(node: ast.expr) -> str:
 def split_parameters(
     declared: Mapping[str, Mapping[str, NotebookParameter]], parameters: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
-    """Each notebook's share of the batch's parameters: those its parameters cell declares.
+    """Each notebook's share of the batch's parameters: those its parameters cell declares,
+    and, in its `overrides` dict if it declares one, every parameter that names a preset
+    field (presets.override_fields: a StudySettings field or a preset's own size), so that
+    `-p start_steps 128` reaches every notebook of the batch, whether or not its cell
+    lists start_steps.
 
     `declared`: notebook name -> its parameters (notebook_parameters). Raises ValueError
-    for a name no notebook of the batch declares (naming the closest one that exists),
-    for run_dir (the batch sets it), and for a value of another type than the declared one.
+    for a name that is neither declared nor a preset field (naming the closest one that
+    exists), for run_dir (the batch sets it), for a preset that does not exist, and for a
+    value of another type than the declared one or the preset field's.
     """
+    sizes = _preset_fields() if any("overrides" in names for names in declared.values()) else {}
+    routed = {}
     for name, value in parameters.items():
         if name == "run_dir":
             raise ValueError("run_dir is the batch's run folder: choose it with --out (run_dir= in run_batch)")
         owners = {notebook: names[name] for notebook, names in declared.items() if name in names}
-        if not owners:
-            raise ValueError(_unknown_parameter(name, declared))
+        if not owners and name not in sizes:
+            raise ValueError(_unknown_parameter(name, declared, sizes))
         for notebook, parameter in owners.items():
             if not parameter.admits(value):
                 raise ValueError(f"parameter {name} expects {parameter.expected} (default in {notebook}: "
                                  f"{parameter.default!r}), got {value!r} ({type(value).__name__})")
-    return {notebook: {k: v for k, v in parameters.items() if k in names} for notebook, names in declared.items()}
+        if name in sizes:
+            if not sizes[name].admits(value):
+                raise ValueError(f"parameter {name} expects {sizes[name].expected} (a preset field, see "
+                                 f"sftrl_kit/presets.py), got {value!r} ({type(value).__name__})")
+            routed[name] = value
+        if name == "preset":
+            _check_preset(value)
+    shares = {notebook: {k: v for k, v in parameters.items() if k in names} for notebook, names in declared.items()}
+    for notebook, names in declared.items():
+        if routed and "overrides" in names:
+            shares[notebook]["overrides"] = {**shares[notebook].get("overrides", {}), **routed}
+    return shares
 
 
-def _unknown_parameter(name: str, declared: Mapping[str, Mapping[str, NotebookParameter]]) -> str:
+def _preset_fields() -> dict[str, NotebookParameter]:
+    from .presets import override_fields
+
+    return {name: NotebookParameter(name, None, _annotation_types(ast.parse(kind, mode="eval").body), kind)
+            for name, kind in override_fields().items()}
+
+
+def _check_preset(name: Any) -> None:
+    from .presets import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+
+
+def _unknown_parameter(name: str, declared: Mapping[str, Mapping[str, NotebookParameter]],
+                       sizes: Mapping[str, NotebookParameter]) -> str:
     valid = sorted({n for names in declared.values() for n in names} - {"run_dir"})
-    closest = difflib.get_close_matches(name, valid, n=1)
+    closest = difflib.get_close_matches(name, valid + sorted(sizes), n=1)
     hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+    fields = f"; and the preset fields: {', '.join(sorted(sizes))}" if sizes else ""
     return (f"unknown parameter {name!r}{hint}: no notebook of this batch ({', '.join(declared)}) declares it. "
-            f"Their parameters: {', '.join(valid) or 'none'}")
+            f"Their parameters: {', '.join(valid) or 'none'}{fields}")
 
 
 # --- batches --------------------------------------------------------------------------
@@ -265,11 +302,13 @@ def available_notebooks(notebooks_dir: str | Path = NOTEBOOKS) -> list[str]:
 def resolve_notebooks(names: Sequence[str], notebooks_dir: str | Path = NOTEBOOKS) -> list[str]:
     """Preset names and notebook names (with or without .ipynb, or a prefix like 03) ->
     notebook names, in the order given."""
+    from .presets import PRESETS
+
     available = available_notebooks(notebooks_dir)
     out: list[str] = []
     for name in names:
         if name in PRESETS:
-            out.extend(PRESETS[name] or available)
+            out.extend(PRESETS[name].notebooks or available)
             continue
         stem = Path(name).stem
         matches = [n for n in available if n == stem or n.split("_")[0] == stem]
@@ -291,9 +330,10 @@ def run_batch(
 ) -> Path:
     """Execute notebooks in order into one run folder; returns the folder.
 
-    `names`: presets and/or notebooks. `parameters`: checked against the notebooks'
-    parameters cells before anything runs (split_parameters); each notebook gets those
-    it declares, and every notebook gets `run_dir`. `resume`: a batch folder whose
+    `names`: presets and/or notebooks; a preset's name is passed on as the `preset`
+    parameter (the last one named wins). `parameters`: checked against the notebooks'
+    parameters cells and the preset fields before anything runs (split_parameters); each
+    notebook gets those it declares, and every notebook gets `run_dir`. `resume`: a batch folder whose
     batch.json says which notebooks already succeeded; the batch starts again at the
     first that did not, with the parameters it was started with, updated by
     `parameters`. `log_output`: stream what the notebooks print to this process's
@@ -307,9 +347,11 @@ def run_batch(
         state["parameters"].update(parameters or {})
     else:
         notebooks = resolve_notebooks(names, notebooks_dir)
-        preset_parameters = {k: v for name in names for k, v in PRESET_PARAMETERS.get(name, {}).items()}
+        from .presets import PRESETS
+
+        named = [name for name in names if name in PRESETS]
         state = {"notebooks": [{"name": n, "status": "pending"} for n in notebooks],
-                 "parameters": {**preset_parameters, **(parameters or {})}}
+                 "parameters": {**({"preset": named[-1]} if named else {}), **(parameters or {})}}
     declared = {e["name"]: notebook_parameters(Path(notebooks_dir) / f"{e['name']}.ipynb") for e in state["notebooks"]}
     shares = split_parameters(declared, state["parameters"])
     if resume is None:
@@ -345,6 +387,7 @@ def _execute(entry: dict, folder: Path, state: dict, parameters: Mapping[str, An
              log_output: bool) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     source = notebooks_dir / f"{entry['name']}.ipynb"
     output = folder / f"{entry['name']}.ipynb"
@@ -357,12 +400,14 @@ def _execute(entry: dict, folder: Path, state: dict, parameters: Mapping[str, An
     try:
         # Cells' stdout and stderr go to ours as they arrive (papermill's own progress bar
         # would interleave with them); coalesce_streams keeps only the last state of a
-        # progress bar in the executed notebook.
+        # progress bar in the executed notebook. The kernel talks to us over local IPC
+        # sockets, not TCP, over which ipykernel warns in every notebook that the traffic
+        # is unencrypted.
         papermill.execute_notebook(
             str(source), str(output), parameters={**parameters, "run_dir": str(folder)},
             kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=False, log_output=False,
             stdout_file=sys.stdout if log_output else None, stderr_file=sys.stderr if log_output else None,
-            coalesce_streams=True,
+            coalesce_streams=True, config=Config({"KernelManager": {"transport": "ipc"}}),
         )
     except PapermillExecutionError as error:
         failure = NotebookFailure(entry["name"], output, error.exec_count, f"{error.ename}: {error.evalue}")

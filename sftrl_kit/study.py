@@ -2,7 +2,8 @@
 
     prepare_sft_data   expert (or sub-optimal) GP records into the run folder
     sft_start          the shared SFT initialisation
-    ppo_branch         PPO from the start
+    ppo_settings       the PPO branch's PPOSettings from the study's sizes (notebook 04 launches them)
+    ppo_branch         PPO from the start, with those settings
     sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
     evaluate_runs      every checkpoint of every run on the frozen sets
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
@@ -25,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
 from .evaluation import (KEY_FIELDS, compare_rates, evaluate_checkpoints, evaluate_model, evaluation_key,
@@ -35,17 +36,16 @@ from .run_folder import (EVAL_EPISODES, copy_evaluation, last_checkpoint, list_c
                          read_evaluations, runs_root)
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 
+if TYPE_CHECKING:
+    from .train.ppo import PPOSettings
+
 
 @dataclass
 class StudySettings:
-    """The GP-L study. Defaults are the quickstart: the embedded default model on a
-    2-core CPU in about half an hour. Scale the step counts, episodes and eval_limit up
-    on a GPU machine (the `study` preset does)."""
-
-    SMOKE: ClassVar[dict[str, Any]] = {
-        "model": "tiny", "sft_records": 32, "start_steps": 2, "sft_batch_size": 4, "ppo_updates": 2,
-        "episodes_per_update": 4, "max_new_tokens": 16, "eval_limit": 4, "checkpoints": 2,
-    }
+    """The GP-L study's sizes. Defaults are the quickstart: the embedded default model
+    on a 2-core CPU in about half an hour. The presets (presets.py: quickstart, study,
+    smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn them
+    into SFTSettings and PPOSettings."""
 
     model: str = "default"
     sft_records: int = 2000  # expert GP-L records generated into the run folder
@@ -149,9 +149,13 @@ def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str =
     return last_checkpoint(folder)
 
 
-def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = "ppo", **overrides: Any) -> Path:
-    """PPO on the trained rule from the start checkpoint; returns the run folder."""
-    from .train.ppo import PPOSettings, train_ppo
+def ppo_settings(settings: StudySettings, run_dir: Path, start: str | Path, name: str = "ppo",
+                 **overrides: Any) -> PPOSettings:
+    """The PPO branch's settings: PPO on the trained rule from `start` (a checkpoint
+    folder, whose tokens count as D_init, or a base model) into run_dir/name, one
+    minibatch per update's episodes, `settings.checkpoints` checkpoints; `overrides`
+    (PPOSettings fields) last."""
+    from .train.ppo import PPOSettings
 
     ppo = PPOSettings(
         model=str(start), run_dir=str(Path(run_dir) / name), max_attempts=settings.train_max_attempts,
@@ -159,9 +163,16 @@ def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = 
         updates=settings.ppo_updates, learning_rate=settings.ppo_learning_rate, ppo_epochs=settings.ppo_epochs,
         minibatch_size=settings.episodes_per_update, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, save_every=_every(settings.ppo_updates, settings.checkpoints),
-        seed=settings.seed, init_tokens=counters(start)["tokens"],
+        seed=settings.seed, init_tokens=counters(start)["tokens"] if Path(start).is_dir() else 0,
     )
-    return train_ppo(replace(ppo, **overrides))
+    return replace(ppo, **overrides)
+
+
+def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = "ppo", **overrides: Any) -> Path:
+    """PPO on the trained rule from the start checkpoint (ppo_settings); returns the run folder."""
+    from .train.ppo import train_ppo
+
+    return train_ppo(ppo_settings(settings, run_dir, start, name, **overrides))
 
 
 def sft_steps_for(target_gflops: float, start: Path) -> int:

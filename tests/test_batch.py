@@ -72,7 +72,7 @@ def test_what_a_notebook_prints_reaches_the_terminal_progress_bars_included(tmp_
     folder = tmp_path / "notebooks"
     folder.mkdir()
     notebook(folder / "01_talk.ipynb",
-             "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir, False)\n"
+             "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir)\n"
              "print('hello from cell', 3)\nprint('a warning', file=sys.stderr)\n"
              "from tqdm.auto import tqdm\nfor _ in tqdm(range(4), desc='steps'):\n    pass")
     run_batch(["01"], run_dir=tmp_path / "run", notebooks_dir=folder)
@@ -227,3 +227,37 @@ def test_a_launched_job_streams_progress_bars_in_place_and_fails_with_what_the_t
     with pytest.raises(RuntimeError, match="exited with status 3") as failure:
         stream([sys.executable, "-c", bar + "sys.exit(3)"], tmp_path / "job.log", echo=False, tail=2)
     assert str(failure.value).splitlines()[-2:] == ["steps 3/3", "done"]
+
+
+def test_a_preset_field_reaches_every_notebook_through_overrides(tmp_path):
+    """-p start_steps 128 reaches every notebook that takes overrides, whether or not its
+    cell lists start_steps; it is type-checked against the StudySettings field."""
+    notebook(tmp_path / "00_a.ipynb", parameters="preset = 'quickstart'\nrun_dir = None\noverrides = {}\neval_limit = None")
+    notebook(tmp_path / "03_b.ipynb", parameters="preset = 'study'\nrun_dir = None\noverrides = {}")
+    notebook(tmp_path / "09_c.ipynb", parameters="run_dir = None")
+    declared = {name: notebook_parameters(tmp_path / f"{name}.ipynb") for name in ("00_a", "03_b", "09_c")}
+    shares = split_parameters(declared, {"preset": "smoke", "start_steps": 128, "eval_limit": 5,
+                                         "overrides": {"ppo_epochs": 2}})
+    assert shares == {
+        "00_a": {"preset": "smoke", "eval_limit": 5, "overrides": {"ppo_epochs": 2, "start_steps": 128, "eval_limit": 5}},
+        "03_b": {"preset": "smoke", "overrides": {"ppo_epochs": 2, "start_steps": 128, "eval_limit": 5}},
+        "09_c": {},
+    }
+    with pytest.raises(ValueError, match=r"parameter eval_limit expects int \| None \(a preset field.*got 'abc'"):
+        split_parameters(declared, {"eval_limit": "abc"})
+    with pytest.raises(ValueError, match=r"parameter start_steps expects int .*got 1.5 \(float\)"):
+        split_parameters(declared, {"start_steps": 1.5})
+    with pytest.raises(ValueError, match="unknown preset 'huge'; presets: quickstart, study, smoke"):
+        split_parameters(declared, {"preset": "huge"})
+    with pytest.raises(ValueError, match=r"unknown parameter 'start_step' \(did you mean 'start_steps'\?\)"):
+        split_parameters(declared, {"start_step": 3})
+
+
+def test_sftrl_run_with_a_preset_passes_its_name_to_the_notebooks(tmp_path, monkeypatch):
+    from sftrl_kit import batch
+
+    started = []
+    monkeypatch.setattr(batch, "_execute", lambda entry, folder, state, parameters, *rest: started.append(
+        (entry["name"], dict(parameters))))
+    run_batch(["quickstart"], {"ppo_updates": 3}, run_dir=tmp_path / "run")
+    assert started == [("00_quickstart", {"preset": "quickstart", "ppo_updates": 3, "overrides": {"ppo_updates": 3}})]

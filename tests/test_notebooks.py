@@ -28,8 +28,27 @@ def test_committed_without_outputs_and_with_parseable_parameters(path):
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     parameters = inspect_notebook(str(path))
-    assert {"smoke", "run_dir"} <= set(parameters)
+    assert {"preset", "run_dir", "overrides"} <= set(parameters)
     assert len(parameters) == tagged[0].source.count("\n") + 1, "a parameter line papermill cannot parse"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_sizes_come_from_the_preset_and_every_figure_or_table_is_followed_by_a_reading(path):
+    """No notebook sets sizes by hand (smoke mode included): a parameter that names a
+    preset field defaults to None, the preset's value. And every code cell that ends in
+    a figure or a table is followed by a markdown cell saying how to read it."""
+    from sftrl_kit.presets import override_fields
+
+    book = nbformat.read(path, as_version=4)
+    sizes = {name: value for name, value in inspect_notebook(str(path)).items() if name in override_fields()}
+    assert {name: p["default"] for name, p in sizes.items()} == {name: "None" for name in sizes}
+    assert "if smoke" not in "".join(c.source for c in book.cells if c.cell_type == "code")
+    for cell, following in zip(book.cells, book.cells[1:] + [None]):
+        last = cell.source.strip().splitlines()[-1] if cell.source.strip() else ""
+        shows = cell.cell_type == "code" and ("save_figure(" in cell.source or "training_curves(" in cell.source
+                                              or "EpisodeViewer(" in last or last.startswith(("pd.", "outcomes")))
+        if shows:
+            assert following is not None and following.cell_type == "markdown", f"no reading after: {last}"
 
 
 @pytest.mark.slow

@@ -218,11 +218,15 @@ def test_tables_are_written_as_csv_and_json(tmp_path):
     assert json.loads((tmp_path / "tables" / "t.json").read_text())[1] == {"a": 2, "c": True}
 
 
-def test_smoke_settings_replace_the_sizing_fields():
-    from sftrl_kit.batch import settings_from
-
-    namespace = {"model": "default", "start_steps": 99, "eval_limit": 7, "unrelated": 1}
-    settings = settings_from(study.StudySettings, namespace, smoke=False)
-    assert (settings.model, settings.start_steps, settings.eval_limit) == ("default", 99, 7)
-    smoke = settings_from(study.StudySettings, namespace, smoke=True, eval_sets=["gp-id"])
-    assert (smoke.model, smoke.start_steps, smoke.eval_sets) == ("tiny", 2, ["gp-id"])
+def test_ppo_settings_are_the_branchs_and_04s_one_source(tmp_path):
+    """ppo_branch and notebook 04 build PPOSettings through study.ppo_settings: the study's
+    sizes mapped onto PPO's fields, D_init from the start checkpoint, overrides last."""
+    start = tmp_path / "sft-start" / "checkpoints" / "step-000016"
+    start.mkdir(parents=True)
+    write_counters(start, {"method": "sft", "step": 16, "tokens": 12345, "gflops": 1.0})
+    settings = study.StudySettings(ppo_updates=7, episodes_per_update=12, checkpoints=3, train_max_attempts=4)
+    ppo = study.ppo_settings(settings, tmp_path, start, advantage="grpo", group_size=2)
+    assert (ppo.model, ppo.run_dir, ppo.init_tokens) == (str(start), str(tmp_path / "ppo"), 12345)
+    assert (ppo.updates, ppo.episodes_per_update, ppo.rollout_batch_size, ppo.minibatch_size) == (7, 12, 12, 12)
+    assert (ppo.save_every, ppo.max_attempts, ppo.advantage, ppo.group_size) == (3, 4, "grpo", 2)  # ceil(7 / 3)
+    assert study.ppo_settings(settings, tmp_path, "tiny").init_tokens == 0  # a base model has no D_init
