@@ -64,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("sft", "supervised fine-tuning on TRL (checkpoint series with FLOPs)"),
                             ("ppo", "multi-turn PPO against the verifier (runs under accelerate launch)")):
-        train = commands.add_parser(name, help=help_text)
+        train = commands.add_parser(name, help=help_text, description=help_text, add_help=False,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        train.add_argument("-h", "--help", action=_SettingsHelp, method=name,
+                           help="show this help message and exit (with every settings field)")
         train.add_argument("--config", default=None, help="YAML of settings (dataclass fields)")
-        train.add_argument("overrides", nargs="*", help="field=value pairs applied after the YAML")
+        train.add_argument("overrides", nargs="*", help="field=value pairs (value read as YAML) applied after the YAML")
         train.set_defaults(run=_train, method=name)
 
     run = commands.add_parser("run", help="execute notebooks in order with papermill into one run folder")
@@ -140,15 +143,42 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SettingsHelp(argparse.Action):
+    """--help of `sftrl sft` / `sftrl ppo`: the usage, then every settings field with its
+    default and meaning, generated from the settings dataclass (imported only when asked:
+    the trainers import torch)."""
+
+    def __init__(self, option_strings, method: str, dest=argparse.SUPPRESS, help=None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.method = method
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .config import settings_help
+
+        settings_class = _trainer(self.method)[0]
+        parser.epilog = (f"{settings_class.__name__} fields, as field=value overrides or YAML keys "
+                         f"(field = default  (type), then its meaning):\n{settings_help(settings_class)}")
+        parser.print_help()
+        parser.exit()
+
+
+def _trainer(method: str):
+    """(settings dataclass, train function) of `sftrl sft` or `sftrl ppo`."""
+    if method == "sft":
+        from .train.sft import SFTSettings, train_sft
+
+        return SFTSettings, train_sft
+    from .train.ppo import PPOSettings, train_ppo
+
+    return PPOSettings, train_ppo
+
+
 def _train(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import ConfigError, from_dict
 
-    if args.method == "sft":
-        from .train.sft import SFTSettings as settings_class, train_sft as train
-    else:
-        from .train.ppo import PPOSettings as settings_class, train_ppo as train
+    settings_class, train = _trainer(args.method)
     data = {}
     if args.config:
         from pathlib import Path

@@ -1,12 +1,13 @@
 """Training compute as the paper counts it (section 5 and appendix).
 
     X_SFT = 6 N (D_init + D_SFT)
-    X_RL  = 6 N (D_init + D_RL) + 2 N D_buffer,   D_buffer = lambda * D_RL
+    X_RL  = 6 N (D_init + D_RL) + 2 N D_buffer,   D_buffer = buffer_lambda * D_RL
 
 N is the number of parameters; D counts tokens: D_init those of the shared SFT
 initialisation, D_SFT / D_RL those trained on afterwards. 6N per token is a forward and
 backward pass; 2N per token is the inference that fills the RL buffer, whose size the
-paper puts at lambda = 6 (GeneralPoints) and 5.1 (V-IRL) times the trained tokens.
+paper puts at buffer_lambda = 6 (GeneralPoints) and 5.1 (V-IRL) times the trained tokens
+(the paper writes lambda; here it is buffer_lambda, never to be read as GAE's lambda).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def rl_flops(num_parameters: int, init_tokens: int, rl_tokens: int, buffer_lambd
     return 6.0 * num_parameters * (init_tokens + rl_tokens) + 2.0 * num_parameters * buffer_lambda * rl_tokens
 
 
-def buffer_lambda(env_id: str) -> float:
-    """lambda for an environment id: gp-* -> 6, virl-* -> 5.1."""
+def buffer_lambda_for(env_id: str) -> float:
+    """The buffer lambda of an environment id: gp-* -> 6, virl-* -> 5.1."""
     family = env_id.split("-")[0]
     if family not in BUFFER_LAMBDA:
         raise ValueError(f"no buffer lambda for {env_id!r}; known families: {sorted(BUFFER_LAMBDA)}")

@@ -78,3 +78,49 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 
 def save_yaml(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring: the string literal written right after it in the class
+    body (CleanRL's Args style), whitespace collapsed; '' for a field without one."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for statement, following in itertools.pairwise(body):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (built by its default_factory if it has one)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def settings_help(cls: type) -> str:
+    """Every field of a settings dataclass with its type, default and docstring, and the
+    fields of nested settings dataclasses under their field's name."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    lines, nested = [], []
+    for f in dataclasses.fields(cls):
+        lines.append(f"  {f.name} = {field_default(f)!r}  ({f.type})")
+        lines.append(f"      {docs[f.name]}")
+        inner = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if dataclasses.is_dataclass(t)]
+        nested += [(f.name, t) for t in inner]
+    for name, inner in nested:
+        lines.append(f"\n{name}: {inner.__doc__.strip()} ({name}={{key: value, ...}})")
+        inner_docs = field_docs(inner)
+        for f in dataclasses.fields(inner):
+            lines.append(f"  {name}.{f.name} = {field_default(f)!r}  ({f.type})")
+            lines.append(f"      {inner_docs[f.name]}")
+    return "\n".join(lines)

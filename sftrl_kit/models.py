@@ -12,9 +12,10 @@ weights are safetensors, the value head too.
 A Policy answers a batch of conversations with one `generate` call (left padding), with
 every sampling setting given explicitly (`generation_config`), never taken from the
 checkpoint's generation_config nor from transformers' global defaults (top_k=50).
-`response_logprobs` is the one place per-token log-probabilities are computed from
-logits: rollouts use it for the behaviour policy, trainers for the current and the
-reference policy.
+`response_token_logprobs` is the one function that computes per-token log-probabilities
+of responses (it runs the model it is given on a packed batch, then `response_logprobs`
+on the logits): rollouts call it for the behaviour policy, PPO for the learner (with
+entropies and the value head's input) and for the reference policy.
 
 Precision: weights load in fp32 unless a dtype is asked for; on a CUDA GPU with bf16
 support the forward passes run under bf16 autocast (`mixed_precision="auto"`), so that
@@ -24,8 +25,8 @@ almost every update (bf16 keeps 8 bits of mantissa).
 
 from __future__ import annotations
 
-import importlib.util
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -97,10 +98,16 @@ class SamplingConfig:
 
 @dataclass
 class LoraSettings:
+    """Low-rank adapters (peft's LoraConfig) trained instead of the full weights."""
+
     r: int = 16
+    """rank of each adapter"""
     alpha: int = 32
+    """scaling numerator: the adapter's update is scaled by alpha / r"""
     dropout: float = 0.0
+    """dropout on the adapters' input"""
     target_modules: str | list[str] = "all-linear"
+    """the modules that get adapters: 'all-linear' or a list of module names"""
 
 
 @dataclass
@@ -182,9 +189,7 @@ class Policy:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context every forward pass of this policy runs in (generation, log-probs,
         training): bf16 autocast over fp32 weights, or nothing."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def stop_token_ids(self) -> list[int]:
         """End-of-turn tokens: the tokenizer's EOS and the model's declared EOS ids."""
@@ -252,11 +257,9 @@ class Policy:
         is rebuilt left-padded as prompt + response.
         """
         batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
-        extra = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
-        keep = response_window(responses)
-        with self.autocast():
-            logits = self.model(**batch, **extra, logits_to_keep=keep).logits
-        return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, logit_scale, top_p)]
+        images = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
+        return response_token_logprobs(self.model, batch, responses, images, logit_scale, top_p,
+                                       autocast_dtype=self.autocast_dtype).logprobs
 
     def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         """Pixel tensors for rows' images, in row order (empty for text models)."""
@@ -346,7 +349,12 @@ def load_policy(
         dtype = getattr(torch, dtype)
     config = json.loads((folder / "config.json").read_text())
     is_vision = "vision_config" in config
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
 
     model_class = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
     try:
@@ -503,7 +511,13 @@ VISION_CHAT_TEMPLATE = (
 
 def build_tiny_vision_model(folder: str | Path, seed: int = 0, image_size: int = 64, patch_size: int = 16) -> Path:
     """A tiny LLaVA-style VLM from config: SigLIP-style tower -> projector -> Llama."""
-    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, SiglipVisionConfig
+    from transformers import (
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipVisionConfig,
+    )
     from transformers.models.siglip import SiglipImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
@@ -597,6 +611,54 @@ def pack_prompt_responses(prompts, responses, pad_id: int, device) -> dict[str, 
 def response_window(responses: Sequence[Sequence[int]]) -> int:
     """How many final logits a packed batch needs: one per response token, plus one."""
     return max((len(r) for r in responses), default=0) + 1
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on the device's type, or nothing when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ResponseScores:
+    """What `response_token_logprobs` returns, one entry per row of the batch."""
+
+    logprobs: list[torch.Tensor]  # log pi(token | context) of each response token
+    entropies: list[torch.Tensor] | None  # entropy of each step's distribution, if asked
+    last_hidden: torch.Tensor | None  # (batch, seq, hidden) final hidden states: the value head's input
+
+
+def response_token_logprobs(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    responses: Sequence[Sequence[int]],
+    images: dict[str, torch.Tensor] | None = None,
+    logit_scale: float = 1.0,
+    top_p: float = 1.0,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    entropies: bool = False,
+    last_hidden: bool = False,
+) -> ResponseScores:
+    """Per-token log-probs of each row's response under `model`, by one forward pass.
+
+    model: any causal LM taking the packed batch (the policy, the frozen reference, or the
+    policy with its adapters off); batch: `pack_prompt_responses(prompts, responses, ...)`;
+    images: the batch's image tensors (pixel_values ...). The forward pass runs under
+    autocast to `autocast_dtype`; the log-probs are computed in fp32 from the last
+    `response_window` logits (see `response_logprobs` for logit_scale and top_p).
+    Gradients flow when the caller has them enabled.
+    """
+    device = batch["input_ids"].device
+    with autocast(device, autocast_dtype):
+        out = model(**batch, **(images or {}), logits_to_keep=response_window(responses), output_hidden_states=last_hidden)
+    terms = response_logprobs(out.logits, batch["input_ids"], responses, logit_scale, top_p)
+    return ResponseScores(
+        logprobs=[logprobs for logprobs, _ in terms],
+        entropies=[entropy for _, entropy in terms] if entropies else None,
+        last_hidden=out.hidden_states[-1] if last_hidden else None,
+    )
 
 
 def response_logprobs(

@@ -140,3 +140,44 @@ def test_sftrl_eval_twice_reuses_the_evaluation_and_names_its_test(tmp_path, cap
     assert "(two-proportion z (independent samples))" in first  # two different sets: unpaired
     for folder in folders:
         assert str(folder) in first and str(folder) in second
+
+
+@pytest.mark.parametrize("command", ["sft", "ppo"])
+def test_training_help_lists_every_settings_field_with_its_default_and_meaning(command, capsys):
+    import dataclasses
+
+    from sftrl_kit.config import field_default, field_docs
+    from sftrl_kit.models import LoraSettings
+    from sftrl_kit.train.ppo import PPOSettings
+    from sftrl_kit.train.sft import SFTSettings
+
+    with pytest.raises(SystemExit) as leaving:
+        main([command, "--help"])
+    assert leaving.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    settings = {"sft": SFTSettings, "ppo": PPOSettings}[command]
+    for cls, prefix in ((settings, ""), (LoraSettings, "lora.")):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            assert docs[f.name], f"{cls.__name__}.{f.name} has no docstring"
+            entry = f"  {prefix}{f.name} = {field_default(f)!r}  ("
+            found = [i for i, line in enumerate(lines) if line.startswith(entry)]
+            assert found, f"{entry!r} missing from sftrl {command} --help"
+            assert lines[found[0] + 1].strip() == docs[f.name]
+
+
+def test_field_docs_reads_the_string_after_each_field():
+    import dataclasses
+
+    from sftrl_kit.config import field_docs
+
+    @dataclasses.dataclass
+    class Example:
+        plain: int = 1
+        """the first"""
+        undocumented: str = "x"
+        spread: float = 0.5
+        """over
+        two lines"""
+
+    assert field_docs(Example) == {"plain": "the first", "undocumented": "", "spread": "over two lines"}

@@ -1,6 +1,6 @@
 import pytest
 
-from sftrl_kit.compute import buffer_lambda, gflops, rl_flops, sft_flops
+from sftrl_kit.compute import buffer_lambda_for, gflops, rl_flops, sft_flops
 
 
 def test_paper_formulas():
@@ -11,9 +11,9 @@ def test_paper_formulas():
 
 
 def test_lambda_per_task_and_bad_input():
-    assert buffer_lambda("gp-l") == 6.0 and buffer_lambda("gp-vl") == 6.0 and buffer_lambda("virl-vl") == 5.1
+    assert buffer_lambda_for("gp-l") == 6.0 and buffer_lambda_for("gp-vl") == 6.0 and buffer_lambda_for("virl-vl") == 5.1
     with pytest.raises(ValueError, match="known families"):
-        buffer_lambda("chess")
+        buffer_lambda_for("chess")
     with pytest.raises(ValueError):
         sft_flops(0, 1, 1)
     with pytest.raises(ValueError):

@@ -159,3 +159,34 @@ def test_the_training_chat_template_renders_like_smollm2s_own(smollm2_tokenizer)
         masked = [t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
         expected = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
         assert smollm2_tokenizer.decode(masked) == expected
+
+
+def test_response_token_logprobs_scores_whichever_model_it_is_given(tiny_policy):
+    """The one log-prob function: the policy's log-probs match a plain forward pass, and
+    given a LoRA model with its adapters off it scores the base (PPO's KL reference)."""
+    from sftrl_kit.models import pack_prompt_responses, response_token_logprobs
+
+    turn = play(tiny_policy, "gp-l", 1, batch_size=1, max_attempts=1)[0].turns[0]
+    prompt, response = turn.prompt_token_ids, turn.response_token_ids
+    with torch.no_grad():
+        logits = tiny_policy.model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+    expected = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+    # Row 0 is left-padded to the width of a longer second row.
+    batch = pack_prompt_responses([prompt, prompt + prompt], [response, response], tiny_policy.tokenizer.pad_token_id,
+                                  tiny_policy.device)
+    with torch.no_grad():
+        scores = response_token_logprobs(tiny_policy.model, batch, [response, response], entropies=True, last_hidden=True)
+    assert torch.allclose(scores.logprobs[0], expected, atol=1e-4)
+    assert all(e.shape == (len(response),) and (e >= 0).all() for e in scores.entropies)
+    assert scores.last_hidden.shape[:2] == batch["input_ids"].shape
+
+    lora = load_policy("tiny", lora=LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, parameter in lora.model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)  # adapters that change the policy
+        adapted = response_token_logprobs(lora.model, batch, [response, response]).logprobs[0]
+        with lora.model.disable_adapter():
+            reference = response_token_logprobs(lora.model, batch, [response, response]).logprobs[0]
+    assert not torch.allclose(adapted, expected, atol=1e-3)
+    assert torch.allclose(reference, expected, atol=1e-4)

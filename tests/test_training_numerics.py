@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import REPO  # noqa: E402
 from safetensors.torch import load_file
 from transformers.generation.logits_process import TopPLogitsWarper
 
@@ -25,14 +26,10 @@ from sftrl_kit.models import (
     Conversation,
     SamplingConfig,
     load_policy,
-    pack_prompt_responses,
     resolve_autocast,
     response_logprobs,
-    response_window,
 )
 from sftrl_kit.train.ppo import PPOSettings, _split_evenly, train_ppo
-
-from conftest import REPO  # noqa: E402
 
 TINY_PPO = dict(model="tiny", episodes_per_update=4, max_new_tokens=8, max_attempts=2, minibatch_size=4,
                 micro_batch_size=2, ppo_epochs=1, save_every=1)
@@ -144,7 +141,7 @@ def test_micro_batches_accumulate_to_the_minibatch_mean_gradient():
     whole minibatch (plain SGD, so the step is the gradient itself)."""
     from accelerate import Accelerator
 
-    from sftrl_kit.train.ppo import ActorCritic, _optimise, _Turn
+    from sftrl_kit.train.ppo import ActorCritic, RolloutBatch, _optimise, _Turn
 
     def step(micro_batch_size):
         torch.manual_seed(0)
@@ -152,14 +149,16 @@ def test_micro_batches_accumulate_to_the_minibatch_mean_gradient():
         generator = torch.Generator().manual_seed(1)
         turns = [_Turn(torch.randint(5, 900, (6 + i,), generator=generator).tolist(),
                        torch.randint(5, 900, (3 + i % 2,), generator=generator).tolist(),
-                       old_logprob=-20.0, weights=[1.0] * (3 + i % 2), images=[], reward=1.0,
-                       value=0.1 * i, advantage=(-1.0) ** i, returns=0.5) for i in range(4)]
+                       images=[], weights=[1.0] * (3 + i % 2)) for i in range(4)]
+        batch = RolloutBatch(logprobs=torch.full((4,), -20.0),
+                             advantages=torch.tensor([(-1.0) ** i for i in range(4)], dtype=torch.float64),
+                             values=torch.tensor([0.1 * i for i in range(4)]), returns=torch.full((4,), 0.5))
         actor_critic = ActorCritic(policy.model, policy.value_head)
         before = [p.detach().clone() for p in actor_critic.parameters()]
         optimizer = torch.optim.SGD(actor_critic.parameters(), lr=1.0)
         settings = PPOSettings(model="tiny", ppo_epochs=1, minibatch_size=4, micro_batch_size=micro_batch_size,
                                max_grad_norm=1e9)
-        stats = _optimise(actor_critic, optimizer, policy, turns, settings, Accelerator(cpu=True), update=1)
+        stats = _optimise(actor_critic, optimizer, policy, turns, batch, settings, Accelerator(cpu=True), update=1)
         assert stats["trained_turns"] == 4
         return [b - p.detach() for b, p in zip(before, actor_critic.parameters())]
 

@@ -21,6 +21,16 @@ Both sides of the ratio are of the tempered, untruncated distribution (as TRL an
 do); with top_p < 1 the episode files still record the nucleus log-probs actually
 sampled from.
 
+One update (`_ppo_update`) reads top to bottom as CleanRL's does: (1) collect episodes
+with the current policy, each turn an action; (2) the learner's forward pass for the old
+log-probs and values (and the reference log-probs when kl_coef > 0); (3) advantages, by
+GAE over the turns of each episode or a group baseline per episode; (4) normalisation;
+(5) ppo_epochs x minibatches x micro-batches (`_optimise`). Steps 2-4 fill a frozen
+`RolloutBatch` of per-turn tensors (b_logprobs, b_advantages, b_values, b_returns,
+b_ref_logprobs); nothing about a turn changes after it is collected. Per-token
+log-probs, for rollouts, learner and reference alike, come from one function,
+`models.response_token_logprobs`.
+
 Every process plays its own episodes; advantages are normalised over all processes.
 Every turn is trained in every epoch: each epoch splits the turns into
 ceil(turns / minibatch_size) near-equal minibatches, each weighted as the mean over the
@@ -48,65 +58,103 @@ import torch
 from torch import nn
 
 from .. import run_folder
-from ..compute import buffer_lambda, gflops, rl_flops
+from ..compute import buffer_lambda_for, gflops, rl_flops
 from ..config import save_yaml
 from ..data import training_deal_seed
 from ..envs import make
 from ..episodes import Episode, write_episodes
 from ..models import (
+    VALUE_HEAD_FILE,
     LoraSettings,
     MixedPrecision,
     Policy,
-    VALUE_HEAD_FILE,
-    mergeable_copy,
     SamplingConfig,
+    autocast,
     load_policy,
+    mergeable_copy,
     pack_prompt_responses,
-    response_logprobs,
-    response_window,
+    response_token_logprobs,
 )
 from ..rollout import rollout
 
 
 @dataclass
 class PPOSettings:
+    """PPO settings; the defaults are the paper's recipe (section 5 and appendix). Counts
+    of episodes and turns are per process."""
+
     # what to train, on what
-    model: str = "default"  # the SFT initialisation (a checkpoint folder), or a base model
+    model: str = "default"
+    """the SFT initialisation (a checkpoint folder), or a base model ('default', 'tiny', 'tiny-vl')"""
     run_dir: str = "papermill_runs/ppo"
+    """the run folder: metrics.jsonl, episodes/, checkpoints/; a run resumes from its last checkpoint"""
     env_id: str = "gp-l"
+    """the environment trained on (gp-l, gp-vl, virl-l, virl-vl)"""
     env_config: dict[str, Any] = field(default_factory=lambda: {"face_rule": "ten", "colours": "black"})
-    max_attempts: int | None = None  # verification budget; None: the env's (GP 5, V-IRL 2 per point)
-    tasks: str | None = None  # a JSONL of tasks (eval-set format) to cycle through; default: fresh deals
+    """the environment's settings (its config dataclass's fields); the default is the GP training rule"""
+    max_attempts: int | None = None
+    """verification budget per episode; None: the environment's own (GP 5, V-IRL 2 per point)"""
+    tasks: str | None = None
+    """a JSONL of training tasks (eval-set format) to cycle through; None: fresh deals from the training seeds"""
     # rollouts, per process and update
     episodes_per_update: int = 16
-    group_size: int = 1  # episodes per deal; grpo / rloo need >= 2
+    """episodes each process plays per update"""
+    group_size: int = 1
+    """episodes per deal (the group of grpo / rloo, which need >= 2)"""
     temperature: float = 1.0
+    """sampling temperature of the rollouts (0: greedy); log-probs are of logits / temperature"""
     top_p: float = 1.0
+    """nucleus sampling of the rollouts (1: the full distribution)"""
     max_new_tokens: int = 128
+    """longest response, in tokens"""
     rollout_batch_size: int = 16
+    """conversations per generate call"""
     # optimisation
     updates: int = 20
-    learning_rate: float = 1e-6  # the paper's (GP; V-IRL: 1e-7). 1e-5 moved SmolLM2-135M by KL 7.8 in one update
+    """PPO updates (rollout, then ppo_epochs of optimisation) in the whole run"""
+    learning_rate: float = 1e-6
+    """AdamW learning rate: the paper's for GP (V-IRL: 1e-7); 1e-5 moved SmolLM2-135M by KL 7.8 in one update"""
     ppo_epochs: int = 4
-    minibatch_size: int = 8  # turns per optimizer step, per process
-    micro_batch_size: int = 4  # turns per forward pass (gradient accumulation within a minibatch)
+    """passes over every turn of the update"""
+    minibatch_size: int = 8
+    """turns per optimizer step, per process (the turns split into near-equal minibatches; none dropped)"""
+    micro_batch_size: int = 4
+    """turns per forward pass: gradients accumulate over the micro-batches of a minibatch"""
     clip_range: float = 0.1
+    """epsilon of the clipped surrogate: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps]"""
     value_clip_range: float = 0.2
+    """how far a new value may move from the old one in the clipped value loss"""
     value_coef: float = 0.5
+    """weight of the value loss in the total loss"""
     max_grad_norm: float = 1.0
+    """gradient clipping: the largest global gradient norm of an optimizer step"""
     gamma: float = 0.9
+    """discount per turn"""
     gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation over the turns of an episode"""
     advantage: Literal["gae", "grpo", "rloo"] = "gae"
+    """'gae' (value head and GAE: the paper's), or critic-free 'grpo' (return z-scored within its group) or
+    'rloo' (return minus the mean of the group's other episodes)"""
     normalize_advantages: bool = True
-    bootstrap_truncated: bool = False  # value of the state after a spent budget (else 0)
+    """normalise the advantages of an update to mean 0, std 1 over the turns of all processes"""
+    bootstrap_truncated: bool = False
+    """when a budget runs out, bootstrap from the value of the state after it (else 0); one-conversation envs only"""
     kl_coef: float = 0.0
+    """weight of a KL penalty to the initial policy (the paper has none; with LoRA the reference is adapters-off)"""
     entropy_coef: float = 0.0
-    thought_coef: float = 1.0  # weight of tokens before the answer field in the action log-prob
+    """weight of an entropy bonus"""
+    thought_coef: float = 1.0
+    """weight of the tokens before the answer field in the action log-prob (1: every token counts fully)"""
     lora: LoraSettings | None = None
-    mixed_precision: MixedPrecision = "auto"  # bf16 autocast over fp32 weights on CUDA ("auto"), or "fp32" / "bf16"
+    """train LoRA adapters instead of every weight (lora={r: 16, alpha: 32}); None: full fine-tuning"""
+    mixed_precision: MixedPrecision = "auto"
+    """'auto': bf16 autocast over fp32 weights on a CUDA GPU, fp32 elsewhere; or 'fp32' / 'bf16'"""
     save_every: int = 5
+    """a checkpoint (weights, value head, optimizer, FLOPs) every this many updates, and at the last"""
     seed: int = 0
-    init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation
+    """seeds the value head, the training deals (disjoint from evaluation seeds), sampling and minibatch order"""
+    init_tokens: int = 0
+    """D_init: tokens of the shared SFT initialisation, counted in the FLOPs"""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -130,6 +178,11 @@ class PPOSettings:
     @property
     def uses_critic(self) -> bool:
         return self.advantage == "gae"
+
+    @property
+    def logit_scale(self) -> float:
+        """Log-probs are of logits / temperature (of raw logits when greedy)."""
+        return 1.0 if self.temperature == 0 else self.temperature
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,19 +237,22 @@ def ppo_losses(
     returns: torch.Tensor | None = None,
     value_clip_range: float = 0.2,
 ) -> dict[str, torch.Tensor]:
-    """Clipped surrogate and clipped value loss over a batch of actions (turns)."""
-    log_ratio = new_logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-    out = {
-        "policy_loss": torch.max(unclipped, clipped).mean(),
-        "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean(),
-        "approx_kl": ((ratio - 1) - log_ratio).mean(),
-    }
+    """Clipped surrogate and clipped value loss over a batch of actions (turns), keyed as
+    in metrics.jsonl: policy_loss (pg_loss), clip_fraction (clipfrac), approx_kl (the
+    (ratio - 1) - log ratio estimator) and, given values, value_loss (v_loss)."""
+    logratio = new_logprobs - old_logprobs
+    ratio = logratio.exp()
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+    clipfrac = ((ratio - 1).abs() > clip_range).float().mean()
+    approx_kl = ((ratio - 1) - logratio).mean()
+    out = {"policy_loss": pg_loss, "clip_fraction": clipfrac, "approx_kl": approx_kl}
     if new_values is not None:
-        values_clipped = old_values + (new_values - old_values).clamp(-value_clip_range, value_clip_range)
-        out["value_loss"] = 0.5 * torch.max((new_values - returns) ** 2, (values_clipped - returns) ** 2).mean()
+        v_loss_unclipped = (new_values - returns) ** 2
+        v_clipped = old_values + (new_values - old_values).clamp(-value_clip_range, value_clip_range)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        out["value_loss"] = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
     return out
 
 
@@ -224,33 +280,47 @@ def answer_token_weights(tokenizer, response_ids: Sequence[int], answer_field: s
 class ActorCritic(nn.Module):
     """The policy network and its value head as one module, so DDP syncs both."""
 
-    def __init__(self, model: nn.Module, value_head: nn.Module | None) -> None:
+    def __init__(self, model: nn.Module, value_head: nn.Module | None, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
         self.value_head = value_head
+        self.autocast_dtype = autocast_dtype
 
-    def forward(self, batch: dict[str, torch.Tensor], keep: int, last_prompt_index: torch.Tensor, extra: dict):
-        out = self.model(**batch, **extra, logits_to_keep=keep, output_hidden_states=self.value_head is not None)
+    def forward(self, batch: dict[str, torch.Tensor], responses: list[list[int]], images: dict, logit_scale: float):
+        """Per-token log-probs and entropies of each row's response, and V of each row's
+        state (read at its last prompt token), or None without a critic."""
+        scores = response_token_logprobs(self.model, batch, responses, images, logit_scale,
+                                         autocast_dtype=self.autocast_dtype, entropies=True,
+                                         last_hidden=self.value_head is not None)
         values = None
         if self.value_head is not None:
-            values = self.value_head(out.hidden_states[-1], last_prompt_index)
-        return out.logits, values
+            input_ids = batch["input_ids"]
+            last_prompt_index = torch.tensor([input_ids.shape[1] - len(r) - 1 for r in responses], device=input_ids.device)
+            with autocast(input_ids.device, self.autocast_dtype):
+                values = self.value_head(scores.last_hidden, last_prompt_index).float()
+        return scores.logprobs, scores.entropies, values
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Turn:
-    """One action, flattened out of its episode for minibatching."""
+    """One action (a whole response) and its state, flattened out of its episode."""
 
     prompt_ids: list[int]
     response_ids: list[int]
-    old_logprob: float  # weighted sum of the behaviour token log-probs
-    weights: list[float]
     images: list
-    reward: float
-    value: float = 0.0
-    advantage: float = 0.0
-    returns: float = 0.0
-    ref_token_logprobs: list[float] | None = None
+    weights: list[float]  # per-token weights of the action log-prob (thought_coef)
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One update's per-turn tensors, in turn order (CleanRL's b_* arrays), fixed before
+    the first gradient step."""
+
+    logprobs: torch.Tensor  # log pi_old(a|s): the learner's weighted sum over the response tokens
+    advantages: torch.Tensor  # float64; normalised over all processes if normalize_advantages
+    values: torch.Tensor | None = None  # V_old(s); None without a critic
+    returns: torch.Tensor | None = None  # GAE returns, the value targets; None without a critic
+    ref_logprobs: list[torch.Tensor] | None = None  # per-token log pi_ref(a|s) for the KL term; None without one
 
 
 def train_ppo(settings: PPOSettings) -> Path:
@@ -263,18 +333,18 @@ def train_ppo(settings: PPOSettings) -> Path:
     start_update, resume_folder = _resume_point(run_dir)
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
     policy = _load_learner(settings, resume_folder, accelerator.device)
-    actor_critic = ActorCritic(policy.model, policy.value_head)
+    actor_critic = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)
     trainable = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
     if resume_folder is not None:
         _load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
-    reference = _reference_policy(settings, policy, accelerator.device)
+    reference = _reference_logprobs_fn(settings, policy, accelerator.device)
     probe = make(settings.env_id, **settings.env_config)
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
     answer_field = probe.answer_field
-    lam = buffer_lambda(settings.env_id)
+    buffer_lambda = buffer_lambda_for(settings.env_id)
     counters = _running_totals(resume_folder)
 
     if accelerator.is_main_process:
@@ -282,7 +352,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         save_yaml(settings, run_dir / "ppo.yaml")
         run_folder.drop_metrics_after(run_dir, start_update)
         if start_update == 0:
-            _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, lam))
+            _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, buffer_lambda))
     accelerator.wait_for_everyone()
 
     from tqdm.auto import tqdm
@@ -290,15 +360,13 @@ def train_ppo(settings: PPOSettings) -> Path:
     bar = tqdm(range(start_update + 1, settings.updates + 1), desc="ppo updates", disable=not accelerator.is_main_process)
     for update in bar:
         started = time.perf_counter()
-        episodes = _collect(policy, settings, update, accelerator, tasks)
-        turns = _turns(policy, episodes, settings, answer_field)
-        stats = _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference)
-        stats.update(_optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update))
-        generated = sum(len(t.response_ids) for t in turns)
+        episodes, turns, stats = _ppo_update(update, actor_critic, optimizer, policy, reference, settings,
+                                             accelerator, tasks, answer_field)
         counters["tokens"] += int(stats["trained_tokens"])
-        counters["generated_tokens"] += int(_global_sum(accelerator, generated))
+        counters["generated_tokens"] += int(_global_sum(accelerator, sum(len(t.response_ids) for t in turns)))
         counters["seconds"] += time.perf_counter() - started
-        row = {**_counter_row(update, counters, policy, settings, lam), **_episode_stats(episodes, accelerator), **stats}
+        row = {**_counter_row(update, counters, policy, settings, buffer_lambda),
+               **_episode_stats(episodes, accelerator), **stats}
         if accelerator.is_main_process:
             run_folder.append_metrics(run_dir, row)
             write_episodes(run_dir / "episodes" / f"update-{update:04d}.jsonl", episodes)
@@ -308,6 +376,38 @@ def train_ppo(settings: PPOSettings) -> Path:
         accelerator.wait_for_everyone()
     _record_process_agreement(run_dir, actor_critic, accelerator)
     return run_dir
+
+
+def _ppo_update(update: int, actor_critic, optimizer, policy: Policy, reference, settings: PPOSettings,
+                accelerator, tasks, answer_field) -> tuple[list[Episode], list[_Turn], dict[str, float]]:
+    """One PPO update, top to bottom: this update's episodes, their turns and its statistics."""
+    # 1. Rollout: every process plays its own episodes with the current policy.
+    episodes = _collect(policy, settings, update, accelerator, tasks)
+    turns = _turns(policy, episodes, settings, answer_field)
+
+    # 2. The learner's own forward pass: log pi_old(a|s) and V(s) of every turn (so the
+    #    first minibatch's ratio is 1 whatever the generation numerics), and log pi_ref.
+    b_logprobs, b_values = _old_logprobs_and_values(actor_critic, policy, turns, settings)
+    b_ref_logprobs = None
+    if reference is not None:
+        b_ref_logprobs = [lp for chunk in _chunks(turns, settings.micro_batch_size) for lp in reference(chunk)]
+
+    # 3. Advantages: GAE over the turns of each episode, or a group baseline per episode.
+    if settings.uses_critic:
+        b_advantages, b_returns = _episode_gae(actor_critic, policy, episodes, b_values, settings)
+    else:
+        b_advantages, b_returns = _episode_group_advantages(episodes, settings), None
+    stats = {"advantage_mean_raw": float(b_advantages.mean()) if len(b_advantages) else 0.0}
+
+    # 4. Normalisation over the turns of all processes.
+    if settings.normalize_advantages:
+        mean, std = _global_mean_std(accelerator, b_advantages)
+        b_advantages = (b_advantages - mean) / (std + 1e-8)
+
+    # 5. ppo_epochs x minibatches x micro-batches over every turn.
+    batch = RolloutBatch(b_logprobs, b_advantages, b_values, b_returns, b_ref_logprobs)
+    stats.update(_optimise(actor_critic, optimizer, policy, turns, batch, settings, accelerator, update))
+    return episodes, turns, stats
 
 
 def _record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
@@ -343,54 +443,51 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
 
 
 def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answer_field) -> list[_Turn]:
-    """Every turn of every episode, in order; old log-probs are filled in by the learner."""
-    turns = []
-    for episode in episodes:
-        for turn in episode.turns:
-            weights = answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef)
-            turns.append(_Turn(turn.prompt_token_ids, turn.response_token_ids, 0.0, weights, turn.images, turn.reward))
-    return turns
+    """Every turn of every episode, in order."""
+    return [
+        _Turn(turn.prompt_token_ids, turn.response_token_ids, turn.images,
+              answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef))
+        for episode in episodes for turn in episode.turns
+    ]
+
+
+def _actor_critic_pass(actor_critic, policy: Policy, turns: list[_Turn], settings: PPOSettings):
+    """The learner on turns: per-token log-probs and entropies of each response, and V of
+    each turn's state (None without a critic). Gradients flow if enabled."""
+    responses = [t.response_ids for t in turns]
+    batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
+    return actor_critic(batch, responses, policy.image_inputs([t.images for t in turns]), settings.logit_scale)
+
+
+def _action_logprobs(token_logprobs: list[torch.Tensor], turns: list[_Turn]) -> torch.Tensor:
+    """log pi(a|s) of each turn: its token log-probs summed with their weights."""
+    return torch.stack([(lp * torch.tensor(t.weights, device=lp.device)).sum() for lp, t in zip(token_logprobs, turns)])
 
 
 @torch.no_grad()
-def _estimate_advantages(actor_critic, policy, turns, episodes, settings, accelerator, reference) -> dict:
-    """Behaviour log-probs and values by the learner's forward pass, then advantages (GAE
-    or group returns), then global normalisation."""
+def _old_logprobs_and_values(actor_critic, policy, turns, settings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """b_logprobs and b_values (None without a critic), micro-batch by micro-batch."""
+    logprobs, values = [], []
     for chunk in _chunks(turns, settings.micro_batch_size):
-        token_terms, chunk_values, _ = _forward(actor_critic, policy, chunk, settings)
-        for index, (turn, (logprobs, _)) in enumerate(zip(chunk, token_terms)):
-            turn.old_logprob = float((logprobs * torch.tensor(turn.weights, device=logprobs.device)).sum())
-            if chunk_values is not None:
-                turn.value = float(chunk_values[index])
-    position = 0
-    episode_returns, groups = [], []
-    for index, episode in enumerate(episodes):
-        span = turns[position : position + len(episode.turns)]
-        position += len(episode.turns)
-        rewards = [t.reward for t in span]
-        if settings.uses_critic:
-            last_value = _bootstrap_value(actor_critic, policy, episode, settings) if _truncated(episode, settings) else 0.0
-            advantages, returns = gae(rewards, [t.value for t in span], last_value, settings.gamma, settings.gae_lambda)
-            for turn, advantage, ret in zip(span, advantages, returns):
-                turn.advantage, turn.returns = advantage, ret
-        episode_returns.append(sum(rewards))
-        groups.append(index // settings.group_size)
-    if not settings.uses_critic:
-        position = 0
-        for episode, advantage in zip(episodes, group_advantages(episode_returns, groups, settings.advantage)):
-            for turn in turns[position : position + len(episode.turns)]:
-                turn.advantage = advantage
-            position += len(episode.turns)
-    if reference is not None:
-        for chunk in _chunks(turns, settings.micro_batch_size):
-            for turn, logprobs in zip(chunk, reference(chunk)):
-                turn.ref_token_logprobs = logprobs.tolist()
-    raw = torch.tensor([t.advantage for t in turns], dtype=torch.float64)
-    if settings.normalize_advantages:
-        mean, std = _global_mean_std(accelerator, raw)
-        for turn in turns:
-            turn.advantage = (turn.advantage - mean) / (std + 1e-8)
-    return {"advantage_mean_raw": float(raw.mean()) if len(raw) else 0.0}
+        token_logprobs, _, chunk_values = _actor_critic_pass(actor_critic, policy, chunk, settings)
+        logprobs.append(_action_logprobs(token_logprobs, chunk))
+        if chunk_values is not None:
+            values.append(chunk_values)
+    return torch.cat(logprobs), (torch.cat(values) if values else None)
+
+
+def _episode_gae(actor_critic, policy, episodes, b_values, settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """b_advantages (float64) and b_returns: GAE over the turns of each episode."""
+    advantages, returns, start = [], [], 0
+    for episode in episodes:
+        values = b_values[start : start + len(episode.turns)].tolist()
+        start += len(episode.turns)
+        last_value = _bootstrap_value(actor_critic, policy, episode, settings) if _truncated(episode, settings) else 0.0
+        episode_advantages, episode_returns = gae([t.reward for t in episode.turns], values, last_value,
+                                                  settings.gamma, settings.gae_lambda)
+        advantages += episode_advantages
+        returns += episode_returns
+    return torch.tensor(advantages, dtype=torch.float64), torch.tensor(returns, dtype=torch.float32)
 
 
 def _truncated(episode: Episode, settings: PPOSettings) -> bool:
@@ -398,51 +495,84 @@ def _truncated(episode: Episode, settings: PPOSettings) -> bool:
     return settings.bootstrap_truncated and not episode.success
 
 
+@torch.no_grad()
 def _bootstrap_value(actor_critic, policy, episode: Episode, settings) -> float:
     """V(conversation after the last feedback), for bootstrap_truncated."""
-    from ..episodes import chat_messages
     from ..envs.base import Observation
+    from ..episodes import chat_messages
 
     exchanges = [(t.response, t.feedback) for t in episode.turns]
     text = policy.prompt_text(chat_messages(Observation(episode.prompt, episode.images), exchanges))
     prompt_ids = policy.encode([text], [episode.images])["input_ids"][0].tolist()
-    probe = _Turn(prompt_ids, [], 0.0, [], episode.images, 0.0)
-    _, values, _ = _forward(actor_critic, policy, [probe], settings)
+    _, _, values = _actor_critic_pass(actor_critic, policy, [_Turn(prompt_ids, [], episode.images, [])], settings)
     return float(values[0])
 
 
-def _optimise(actor_critic, optimizer, policy, turns, settings, accelerator, update: int) -> dict:
+def _episode_group_advantages(episodes: list[Episode], settings: PPOSettings) -> torch.Tensor:
+    """b_advantages (float64): each episode's group advantage, given to all its turns."""
+    episode_returns = [sum(t.reward for t in e.turns) for e in episodes]
+    groups = [index // settings.group_size for index in range(len(episodes))]
+    advantages = group_advantages(episode_returns, groups, settings.advantage)
+    return torch.tensor([a for e, a in zip(episodes, advantages) for _ in e.turns], dtype=torch.float64)
+
+
+def _optimise(actor_critic, optimizer, policy, turns: list[_Turn], batch: RolloutBatch, settings: PPOSettings,
+              accelerator, update: int) -> dict[str, float]:
     """ppo_epochs passes over every turn in shuffled minibatches. Every process takes the
     same number of optimizer steps (DDP needs it): ceil(largest turn count over processes
     / minibatch_size), each process splitting its turns into that many near-equal parts.
-    A step's loss is the mean over the turns of all processes in it."""
+    A step's loss is the mean over the turns of all processes in it; its micro-batches
+    accumulate gradients, synchronised at the last one."""
     rng = random.Random(settings.seed * 7919 + update)
     steps_per_epoch = max(1, math.ceil(_global_max(accelerator, len(turns)) / settings.minibatch_size))
     logs: dict[str, list[float]] = {}
     trained_turns = trained_tokens = 0
     for epoch in range(settings.ppo_epochs):
-        order = rng.sample(range(len(turns)), len(turns))
-        parts = _split_evenly(order, steps_per_epoch)
-        step_sizes = _global_sums(accelerator, [len(part) for part in parts])
-        for step, (part, step_size) in enumerate(zip(parts, step_sizes)):
-            minibatch = [turns[i] for i in part]
+        b_inds = rng.sample(range(len(turns)), len(turns))
+        minibatches = _split_evenly(b_inds, steps_per_epoch)
+        step_sizes = _global_sums(accelerator, [len(mb_inds) for mb_inds in minibatches])
+        for step, (mb_inds, step_size) in enumerate(zip(minibatches, step_sizes)):
             # Scaled so the processes' gradients, averaged by DDP, are the mean over the step's turns.
             scale = accelerator.num_processes / step_size
-            micro_batches = list(_chunks(minibatch, settings.micro_batch_size)) or [None]
-            for index, micro in enumerate(micro_batches):
+            micro_batches = list(_chunks(mb_inds, settings.micro_batch_size)) or [[]]
+            for index, micro_inds in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 accelerator.sync_gradients = last  # accumulation boundary (DeepSpeed steps only there)
+                # A process with no turn in this step still joins the gradient sync, with zero weight.
+                inds = micro_inds or [0]
+                micro = [turns[i] for i in inds]
                 with accelerator.no_sync(actor_critic) if not last else contextlib.nullcontext():
-                    # A process with no turn in this step still joins the gradient sync, with zero weight.
-                    losses = _micro_batch_loss(actor_critic, policy, micro or turns[:1], settings)
-                    accelerator.backward(losses["loss"] * (len(micro) * scale if micro else 0.0))
-                if micro:
+                    token_logprobs, entropies, newvalues = _actor_critic_pass(actor_critic, policy, micro, settings)
+                    newlogprobs = _action_logprobs(token_logprobs, micro)
+                    device = newlogprobs.device
+                    mb_logprobs = batch.logprobs[inds].to(device)
+                    losses = ppo_losses(
+                        newlogprobs, mb_logprobs, batch.advantages[inds].to(device, newlogprobs.dtype),
+                        settings.clip_range,
+                        new_values=newvalues,
+                        old_values=batch.values[inds].to(device) if newvalues is not None else None,
+                        returns=batch.returns[inds].to(device) if newvalues is not None else None,
+                        value_clip_range=settings.value_clip_range,
+                    )
+                    entropy = torch.stack([e.mean() for e in entropies]).mean()
+                    loss = losses["policy_loss"] - settings.entropy_coef * entropy
+                    if newvalues is not None:
+                        loss = loss + settings.value_coef * losses["value_loss"]
+                    if settings.kl_coef > 0:
+                        kl = torch.stack([_k3(lp, batch.ref_logprobs[i].to(device))
+                                          for lp, i in zip(token_logprobs, inds)]).mean()
+                        loss = loss + settings.kl_coef * kl
+                        losses["kl_to_initial"] = kl
+                    losses.update(entropy=entropy, loss=loss)
+                    accelerator.backward(loss * (len(micro_inds) * scale))
+                if micro_inds:
                     for key, value in losses.items():
                         logs.setdefault(key, []).append(float(value.detach()))
                     trained_turns += len(micro)
                     trained_tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in micro)
-                if epoch == 0 and step == 0 and index == 0 and micro:
-                    logs["ratio_deviation_first_minibatch"] = [float(losses["max_ratio_deviation"])]
+                    if epoch == 0 and step == 0 and index == 0:  # 0 up to numerics: the learner made b_logprobs
+                        deviation = (newlogprobs.detach() - mb_logprobs).exp().sub(1).abs().max()
+                        logs["ratio_deviation_first_minibatch"] = [float(deviation)]
             grad_norm = accelerator.clip_grad_norm_(actor_critic.parameters(), settings.max_grad_norm)
             if grad_norm is not None:
                 logs.setdefault("grad_norm", []).append(float(grad_norm))
@@ -450,11 +580,10 @@ def _optimise(actor_critic, optimizer, policy, turns, settings, accelerator, upd
             optimizer.zero_grad(set_to_none=True)
     accelerator.sync_gradients = True
     stats = {key: sum(values) / len(values) for key, values in logs.items()}
-    stats.pop("max_ratio_deviation", None)
     stats["trained_turns"] = int(_global_sum(accelerator, trained_turns))
     stats["trained_tokens"] = int(_global_sum(accelerator, trained_tokens))
-    if settings.uses_critic:
-        stats["explained_variance"] = _explained_variance([t.value for t in turns], [t.returns for t in turns])
+    if batch.values is not None:
+        stats["explained_variance"] = _explained_variance(batch.values.cpu(), batch.returns.cpu())
     return stats
 
 
@@ -470,72 +599,28 @@ def _split_evenly(items: list, parts: int) -> list[list]:
     return pieces
 
 
-def _micro_batch_loss(actor_critic, policy, micro: list[_Turn], settings) -> dict[str, torch.Tensor]:
-    token_terms, values, _ = _forward(actor_critic, policy, micro, settings, with_grad=True)
-    device = values.device if values is not None else token_terms[0][0].device
-    new_logprobs = torch.stack([(lp * torch.tensor(t.weights, device=device)).sum() for (lp, _), t in zip(token_terms, micro)])
-    old_logprobs = torch.tensor([t.old_logprob for t in micro], device=device)
-    advantages = torch.tensor([t.advantage for t in micro], device=device, dtype=new_logprobs.dtype)
-    losses = ppo_losses(
-        new_logprobs, old_logprobs, advantages, settings.clip_range,
-        new_values=values.float() if values is not None else None,
-        old_values=torch.tensor([t.value for t in micro], device=device),
-        returns=torch.tensor([t.returns for t in micro], device=device),
-        value_clip_range=settings.value_clip_range,
-    )
-    entropy = torch.stack([ent.mean() for _, ent in token_terms]).mean()
-    loss = losses["policy_loss"] - settings.entropy_coef * entropy
-    if values is not None:
-        loss = loss + settings.value_coef * losses["value_loss"]
-    if settings.kl_coef > 0:
-        kl = torch.stack([_k3(lp, torch.tensor(t.ref_token_logprobs, device=device)) for (lp, _), t in zip(token_terms, micro)]).mean()
-        loss = loss + settings.kl_coef * kl
-        losses["kl_to_initial"] = kl
-    losses["entropy"] = entropy
-    losses["max_ratio_deviation"] = (new_logprobs.detach() - old_logprobs).exp().sub(1).abs().max()
-    losses["loss"] = loss
-    return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}
-
-
-def _forward(actor_critic, policy: Policy, turns: list[_Turn], settings, with_grad: bool = False):
-    """Token log-probs and entropies of each turn's response, and V of each turn's state."""
-    prompts = [t.prompt_ids for t in turns]
-    responses = [t.response_ids for t in turns]
-    batch = pack_prompt_responses(prompts, responses, policy.tokenizer.pad_token_id, policy.device)
-    width = batch["input_ids"].shape[1]
-    last_prompt_index = torch.tensor([width - len(r) - 1 for r in responses], device=policy.device)
-    extra = policy.image_inputs([t.images for t in turns])
-    scale = 1.0 if settings.temperature == 0 else settings.temperature
-    with torch.set_grad_enabled(with_grad), policy.autocast():
-        logits, values = actor_critic(batch, response_window(responses), last_prompt_index, extra)
-    token_terms = response_logprobs(logits, batch["input_ids"], responses, scale)
-    return token_terms, (values.float() if values is not None else None), batch
-
-
-def _reference_policy(settings: PPOSettings, policy: Policy, device):
-    """A function turns -> reference token log-probs, or None without a KL term."""
+def _reference_logprobs_fn(settings: PPOSettings, policy: Policy, device):
+    """turns -> per-token log pi_ref of their responses (the initial policy: with LoRA
+    the base with adapters off, else a frozen copy), or None without a KL term."""
     if settings.kl_coef <= 0:
         return None
-    scale = 1.0 if settings.temperature == 0 else settings.temperature
     if settings.lora is not None:
         def reference(turns):
             with policy.model.disable_adapter():
-                return _reference_logprobs(policy.model, policy, turns, scale)
+                return _token_logprobs(policy.model, policy, turns, settings)
         return reference
     frozen = load_policy(settings.model, device=device, mixed_precision=settings.mixed_precision).model.eval()
     for parameter in frozen.parameters():
         parameter.requires_grad_(False)
-    return lambda turns: _reference_logprobs(frozen, policy, turns, scale)
+    return lambda turns: _token_logprobs(frozen, policy, turns, settings)
 
 
 @torch.no_grad()
-def _reference_logprobs(model, policy: Policy, turns: list[_Turn], scale: float) -> list[torch.Tensor]:
+def _token_logprobs(model, policy: Policy, turns: list[_Turn], settings: PPOSettings) -> list[torch.Tensor]:
     responses = [t.response_ids for t in turns]
     batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
-    extra = policy.image_inputs([t.images for t in turns])
-    with policy.autocast():
-        logits = model(**batch, **extra, logits_to_keep=response_window(responses)).logits
-    return [lp for lp, _ in response_logprobs(logits, batch["input_ids"], responses, scale)]
+    return response_token_logprobs(model, batch, responses, policy.image_inputs([t.images for t in turns]),
+                                   settings.logit_scale, autocast_dtype=policy.autocast_dtype).logprobs
 
 
 def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -564,11 +649,12 @@ COUNTERS = ("method", "update", "step", "tokens", "generated_tokens", "init_toke
             "buffer_lambda", "flops", "gflops", "seconds")
 
 
-def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSettings, lam: float) -> dict[str, Any]:
-    flops = rl_flops(policy.num_parameters, settings.init_tokens, counters["tokens"], lam)
+def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSettings,
+                 buffer_lambda: float) -> dict[str, Any]:
+    flops = rl_flops(policy.num_parameters, settings.init_tokens, counters["tokens"], buffer_lambda)
     return {"method": "ppo", "update": update, "step": update, "tokens": counters["tokens"],
             "generated_tokens": counters["generated_tokens"], "init_tokens": settings.init_tokens,
-            "num_parameters": policy.num_parameters, "buffer_lambda": lam, "flops": flops, "gflops": gflops(flops),
+            "num_parameters": policy.num_parameters, "buffer_lambda": buffer_lambda, "flops": flops, "gflops": gflops(flops),
             "seconds": round(counters["seconds"], 2)}
 
 
@@ -667,12 +753,12 @@ def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:
     return records
 
 
-def _explained_variance(predicted: Sequence[float], target: Sequence[float]) -> float:
+def _explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns): how much of the returns the critic explains."""
     if len(target) < 2:
         return float("nan")
-    target_t, predicted_t = torch.tensor(target), torch.tensor(predicted)
-    variance = target_t.var()
-    return float("nan") if variance == 0 else float(1 - (target_t - predicted_t).var() / variance)
+    variance = target.var()
+    return float("nan") if variance == 0 else float(1 - (target - predicted).var() / variance)
 
 
 def _global_sum(accelerator, value: float) -> float:

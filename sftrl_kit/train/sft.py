@@ -32,25 +32,45 @@ class SFTSettings:
     sized for the 135M default model rather than an 11B one (paper: 1e-6 L / 5e-7 VL)."""
 
     model: str = "default"
+    """the model to fine-tune: 'default', 'tiny', 'tiny-vl' or a checkpoint folder"""
     dataset: str = "data/generated/gp-l-expert.jsonl"
+    """a conversational JSONL (TRL's messages format, with images for VL)"""
     run_dir: str = "papermill_runs/sft"
+    """the run folder: checkpoints/step-NNNNNN/, trainer/, metrics.jsonl; a run resumes from its trainer state"""
     learning_rate: float = 2e-5
+    """peak learning rate (the paper's for 11B: 1e-6 L / 5e-7 VL)"""
     lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.03  # below 1: a fraction of the training steps
+    """transformers' learning-rate schedule name"""
+    warmup_steps: float = 0.03
+    """warm-up: below 1 a fraction of the training steps, else a number of steps"""
     num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
+    """passes over the dataset (unless max_steps > 0)"""
+    max_steps: int = -1
+    """optimizer steps; > 0 overrides num_train_epochs"""
     batch_size: int = 8
+    """examples per device per forward pass"""
     gradient_accumulation_steps: int = 1
+    """forward passes per optimizer step"""
     max_length: int = 1024
-    max_records: int | None = None  # train on the first N records only
+    """longest example in tokens (longer ones are truncated)"""
+    max_records: int | None = None
+    """train on the first N records only; None: all"""
     save_steps: int = 25
+    """a checkpoint with its tokens and FLOPs every this many optimizer steps, and at the last"""
     logging_steps: int = 5
+    """a metrics row every this many optimizer steps"""
     loss_on: Literal["assistant", "all"] = "assistant"
+    """'assistant': loss on assistant tokens only (TRL's assistant_only_loss); 'all': every token"""
     lora: LoraSettings | None = None
-    mixed_precision: MixedPrecision = "auto"  # bf16 autocast over fp32 weights on CUDA ("auto"), or "fp32" / "bf16"
+    """train LoRA adapters instead of every weight (lora={r: 16, alpha: 32}); None: full fine-tuning"""
+    mixed_precision: MixedPrecision = "auto"
+    """'auto': bf16 autocast over fp32 weights on a CUDA GPU, fp32 elsewhere; or 'fp32' / 'bf16'"""
     gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory, more time"""
     seed: int = 0
-    init_tokens: int = 0  # D_init: tokens of the shared SFT initialisation, if this run continues one
+    """seeds the data order and any initialisation"""
+    init_tokens: int = 0
+    """D_init: tokens of the shared SFT initialisation, if this run continues one (counted in the FLOPs)"""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
