@@ -81,9 +81,11 @@ def test_sftrl_run_explains_what_it_needs(tmp_path, capsys):
 
 @pytest.mark.parametrize("parameter, message", [
     (["eval_limt", "3"], "unknown parameter 'eval_limt' (did you mean 'eval_limit'?)"),
-    (["eval_limit", "abc"], "parameter eval_limit expects int (default in 00_quickstart: 40), got 'abc' (str)"),
-    (["eval_limit", "true"], "parameter eval_limit expects int (default in 00_quickstart: 40), got True (bool)"),
-    (["smoke", "1"], "parameter smoke expects bool (default in 00_quickstart: False), got 1 (int)"),
+    (["eval_limit", "abc"], "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), "
+                            "got 'abc' (str)"),
+    (["eval_limit", "true"], "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), "
+                             "got True (bool)"),
+    (["preset", "1"], "parameter preset expects str (default in 00_quickstart: 'quickstart'), got 1 (int)"),
     (["eval_sets", "gp-id"], "parameter eval_sets expects list"),
     (["run_dir", "x"], "run_dir is the batch's run folder: choose it with --out"),
 ])
@@ -97,9 +99,9 @@ def test_sftrl_run_refuses_a_bad_parameter_before_any_notebook_runs(parameter, m
 
 def test_sftrl_run_reads_numbers_as_numbers_but_not_nan(tmp_path, capsys, no_kernel):
     with pytest.raises(AssertionError, match="a notebook started"):  # 1e-5 is a float: accepted
-        main(["run", "04", "--out", str(tmp_path / "a"), "-p", "learning_rate", "1e-5"])
-    assert json.loads((tmp_path / "a" / "batch.json").read_text())["parameters"] == {"learning_rate": 1e-5}
-    assert main(["run", "04", "--out", str(tmp_path / "b"), "-p", "learning_rate", "nan"]) == 2
+        main(["run", "04", "--out", str(tmp_path / "a"), "-p", "ppo_learning_rate", "1e-5"])
+    assert json.loads((tmp_path / "a" / "batch.json").read_text())["parameters"] == {"ppo_learning_rate": 1e-5}
+    assert main(["run", "04", "--out", str(tmp_path / "b"), "-p", "ppo_learning_rate", "nan"]) == 2
     assert "got 'nan' (str)" in capsys.readouterr().err
 
 
@@ -115,8 +117,10 @@ def test_sftrl_run_passes_each_notebook_its_parameters_and_ends_with_a_summary(t
 
     monkeypatch.setattr(batch, "_execute", execute)
     out = tmp_path / "run"
-    assert main(["run", "01", "05", "--out", str(out), "-p", "episodes", "2", "-p", "eval_limit", "5"]) == 0
-    assert given == {"01_environments": {"episodes": 2}, "05_evaluation": {"eval_limit": 5}}
+    assert main(["run", "01", "05", "--out", str(out), "-p", "played_episodes", "2", "-p", "eval_limit", "5"]) == 0
+    shared = {"played_episodes": 2, "eval_limit": 5}  # preset fields reach every notebook, as overrides
+    assert given == {"01_environments": {"played_episodes": 2, "overrides": shared},
+                     "05_evaluation": {"eval_limit": 5, "overrides": shared}}
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"[sftrl run] run folder {out.resolve()}"
     assert lines[1:] == ["sftrl run: done", f"run folder: {out.resolve()}",
