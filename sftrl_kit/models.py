@@ -300,9 +300,12 @@ def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_tok
     neutral value of each processor, then `sampling`."""
     from transformers import GenerationConfig
 
-    fields = dict(GenerationConfig._get_default_generation_params())
+    defaults = GenerationConfig._get_default_generation_params()
+    fields = dict(defaults)
     fields.update(
-        top_k=0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        # Sampling: top_k 0 turns top-k off. Greedy: the warpers are not applied, and a
+        # top_k other than transformers' default only draws a "flag ignored" warning.
+        top_k=defaults["top_k"] if sampling.greedy else 0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
         bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
         forced_bos_token_id=None, forced_eos_token_id=None, exponential_decay_length_penalty=None,
