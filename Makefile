@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 
-.PHONY: setup quickstart smoke test test-fast bench data clean
+.PHONY: setup quickstart smoke test test-fast lint format bench data clean
 
 setup: $(STAMP)
 
@@ -41,8 +41,16 @@ data: $(STAMP)
 	$(BIN)/sftrl data gp
 	$(BIN)/sftrl data virl
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

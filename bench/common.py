@@ -13,8 +13,12 @@ RESULTS = REPO / "bench" / "results"
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.machine(), "cpus": os.cpu_count()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def write_report(out: str | Path, report: dict[str, Any]) -> None:

@@ -31,8 +31,17 @@ from sftrl_kit.episodes import read_jsonl  # noqa: E402
 from sftrl_kit.models import load_policy  # noqa: E402
 from sftrl_kit.train.ppo import PPOSettings, train_ppo  # noqa: E402
 
-SETTINGS = dict(episodes_per_update=8, max_new_tokens=16, max_attempts=2, minibatch_size=4, micro_batch_size=2,
-                ppo_epochs=1, updates=1, learning_rate=1e-6, save_every=1)
+SETTINGS = dict(
+    episodes_per_update=8,
+    max_new_tokens=16,
+    max_attempts=2,
+    minibatch_size=4,
+    micro_batch_size=2,
+    ppo_epochs=1,
+    updates=1,
+    learning_rate=1e-6,
+    save_every=1,
+)
 
 
 def shares_changed(before: dict, after: dict) -> dict[str, float]:
@@ -56,20 +65,23 @@ def main() -> None:
     start.save(work / "start")
     report = {"machine": machine(), "settings": SETTINGS, "configurations": {}}
     for name in ("fp32", "bf16"):
-        run = train_ppo(PPOSettings(model=str(work / "start"), run_dir=str(work / name), mixed_precision=name,
-                                    **SETTINGS))
+        run = train_ppo(
+            PPOSettings(model=str(work / "start"), run_dir=str(work / name), mixed_precision=name, **SETTINGS)
+        )
         before = load_file(run / "checkpoints" / "update-0000" / "model.safetensors")
         after = load_file(run / "checkpoints" / "update-0001" / "model.safetensors")
         row = read_jsonl(run / "metrics.jsonl")[-1]
         report["configurations"]["fp32" if name == "fp32" else "bf16-autocast"] = {
             "weights_changed": shares_changed(before, after),
             "ratio_deviation_first_minibatch": row["ratio_deviation_first_minibatch"],
-            "trained_turns": row["trained_turns"], "tokens": row["tokens"],
+            "trained_turns": row["trained_turns"],
+            "tokens": row["tokens"],
         }
         if name == "fp32":  # the same update applied to bf16 weights, as a pure-bf16 AdamW step would
             rounded = {k: (before[k].bfloat16().float() + (after[k] - before[k])).bfloat16() for k in before}
             report["configurations"]["bf16-weights"] = {
-                "weights_changed": shares_changed({k: v.bfloat16() for k, v in before.items()}, rounded)}
+                "weights_changed": shares_changed({k: v.bfloat16() for k, v in before.items()}, rounded)
+            }
     write_report(args.out, report)
 
 

@@ -37,9 +37,15 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int,
     """(new tokens, episodes) for the one-at-a-time baseline."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None,
-                              max_new_tokens=sampling.max_new_tokens, pad_token_id=policy.tokenizer.pad_token_id,
-                              eos_token_id=policy.stop_token_ids())
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=None,
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=policy.tokenizer.pad_token_id,
+        eos_token_id=policy.stop_token_ids(),
+    )
     torch.manual_seed(sampling.seed)
     new_tokens = 0
     for seed in seeds:
@@ -51,7 +57,7 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int,
             inputs = policy.tokenizer(text, return_tensors="pt", add_special_tokens=False)
             with torch.no_grad():
                 output = policy.model.generate(**inputs, generation_config=config)
-            response = output[0, inputs["input_ids"].shape[1]:]
+            response = output[0, inputs["input_ids"].shape[1] :]
             new_tokens += int((response != policy.tokenizer.pad_token_id).sum())
             answer = policy.tokenizer.decode(response, skip_special_tokens=True)
             feedback, _, terminated, truncated, _ = env.step(answer)
@@ -60,10 +66,13 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int,
     return new_tokens, len(seeds)
 
 
-def batched(policy, seeds: list[int], sampling: SamplingConfig, batch_size: int, with_logprobs: bool) -> tuple[int, int]:
+def batched(
+    policy, seeds: list[int], sampling: SamplingConfig, batch_size: int, with_logprobs: bool
+) -> tuple[int, int]:
     envs = [make("gp-l", **ENV_CONFIG) for _ in seeds]
-    episodes = rollout(policy, envs, sampling, seeds=seeds, batch_size=batch_size,
-                       with_logprobs=with_logprobs, progress=False)
+    episodes = rollout(
+        policy, envs, sampling, seeds=seeds, batch_size=batch_size, with_logprobs=with_logprobs, progress=False
+    )
     return sum(len(t.response_token_ids) for e in episodes for t in e.turns), len(episodes)
 
 
@@ -75,8 +84,11 @@ def measure(run, repeats: int) -> dict:
         seconds = time.perf_counter() - start
         rates.append(tokens / seconds)
         hours.append(episodes / seconds * 3600)
-    return {"new_tokens_per_second": round(statistics.median(rates), 1),
-            "episodes_per_hour": round(statistics.median(hours)), "repeats": repeats}
+    return {
+        "new_tokens_per_second": round(statistics.median(rates), 1),
+        "episodes_per_hour": round(statistics.median(hours)),
+        "repeats": repeats,
+    }
 
 
 def main() -> None:
@@ -94,11 +106,13 @@ def main() -> None:
     results = {"plain_loop": measure(lambda: plain_loop(policy, list(range(args.episodes)), sampling), args.repeats)}
     for size in args.batch_sizes:
         seeds = list(range(max(args.episodes, size)))
-        results[f"rollout_batch_{size}"] = measure(lambda: batched(policy, seeds, sampling, size, False), args.repeats)
+        results[f"rollout_batch_{size}"] = measure(
+            lambda seeds=seeds, size=size: batched(policy, seeds, sampling, size, False), args.repeats
+        )
     seeds = list(range(max(args.episodes, 8)))
     results["rollout_batch_8_with_logprobs"] = measure(lambda: batched(policy, seeds, sampling, 8, True), args.repeats)
     base = results["plain_loop"]["new_tokens_per_second"]
-    for name, row in results.items():
+    for _name, row in results.items():
         row["tokens_per_second_vs_plain_loop"] = round(row["new_tokens_per_second"] / base, 2)
 
     report = {

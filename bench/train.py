@@ -35,26 +35,55 @@ def bench_sft(model: str, work: Path, steps: int) -> dict:
 
     data = work / "sft.jsonl"
     write_sft_dataset(data, expert_records("gp-l", 8 * steps))
-    run = train_sft(SFTSettings(model=model, dataset=str(data), run_dir=str(work / "sft"), max_steps=steps,
-                                batch_size=8, save_steps=10_000, logging_steps=1))
+    run = train_sft(
+        SFTSettings(
+            model=model,
+            dataset=str(data),
+            run_dir=str(work / "sft"),
+            max_steps=steps,
+            batch_size=8,
+            save_steps=10_000,
+            logging_steps=1,
+        )
+    )
     final = [r for r in read_jsonl(run / "metrics.jsonl") if "train_runtime" in r][-1]
     seconds = float(final["train_runtime"])
-    return {"steps": steps, "batch_size": 8, "seconds": round(seconds, 1),
-            "sequences_per_hour": round(8 * steps / seconds * 3600), "tokens": final["tokens"],
-            "seconds_per_step": round(seconds / steps, 2)}
+    return {
+        "steps": steps,
+        "batch_size": 8,
+        "seconds": round(seconds, 1),
+        "sequences_per_hour": round(8 * steps / seconds * 3600),
+        "tokens": final["tokens"],
+        "seconds_per_step": round(seconds / steps, 2),
+    }
 
 
 def bench_ppo(model: str, work: Path, episodes: int, max_new_tokens: int, max_attempts: int) -> dict:
     from sftrl_kit.train.ppo import PPOSettings, train_ppo
 
-    run = train_ppo(PPOSettings(model=model, run_dir=str(work / f"ppo-{max_attempts}"), updates=1,
-                                episodes_per_update=episodes, max_attempts=max_attempts,
-                                max_new_tokens=max_new_tokens, ppo_epochs=1, minibatch_size=8, micro_batch_size=4,
-                                env_config=dict(GP_TRAIN_CONFIG), save_every=10_000))
+    run = train_ppo(
+        PPOSettings(
+            model=model,
+            run_dir=str(work / f"ppo-{max_attempts}"),
+            updates=1,
+            episodes_per_update=episodes,
+            max_attempts=max_attempts,
+            max_new_tokens=max_new_tokens,
+            ppo_epochs=1,
+            minibatch_size=8,
+            micro_batch_size=4,
+            env_config=dict(GP_TRAIN_CONFIG),
+            save_every=10_000,
+        )
+    )
     row = read_jsonl(run / "metrics.jsonl")[-1]
-    return {"episodes": row["episodes"], "turns_per_episode": row["mean_episode_length"], "seconds": row["seconds"],
-            "episodes_per_hour": round(row["episodes"] / row["seconds"] * 3600),
-            "generated_tokens": row["generated_tokens"]}
+    return {
+        "episodes": row["episodes"],
+        "turns_per_episode": row["mean_episode_length"],
+        "seconds": row["seconds"],
+        "episodes_per_hour": round(row["episodes"] / row["seconds"] * 3600),
+        "generated_tokens": row["generated_tokens"],
+    }
 
 
 def bench_grpo(model: str, work: Path, episodes: int, max_new_tokens: int) -> dict:
@@ -71,17 +100,38 @@ def bench_grpo(model: str, work: Path, episodes: int, max_new_tokens: int) -> di
         prompt, info = env.reset(seed=seed)
         rows.append({"prompt": [{"role": "user", "content": prompt.text}], "task": info["task"]})
     policy = load_policy(model)
-    config = GRPOConfig(output_dir=str(work / "grpo"), max_steps=1, per_device_train_batch_size=episodes,
-                        num_generations=episodes // 2, max_completion_length=max_new_tokens, temperature=1.0,
-                        learning_rate=1e-6, beta=0.0, num_iterations=1, logging_steps=1, report_to=[],
-                        use_cpu=True, bf16=False, save_strategy="no", seed=0)
-    trainer = GRPOTrainer(model=policy.model, processing_class=policy.tokenizer,
-                          reward_funcs=[verifier_reward("gp-l", **GP_TRAIN_CONFIG)],
-                          args=config, train_dataset=datasets.Dataset.from_list(rows))
+    config = GRPOConfig(
+        output_dir=str(work / "grpo"),
+        max_steps=1,
+        per_device_train_batch_size=episodes,
+        num_generations=episodes // 2,
+        max_completion_length=max_new_tokens,
+        temperature=1.0,
+        learning_rate=1e-6,
+        beta=0.0,
+        num_iterations=1,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=policy.model,
+        processing_class=policy.tokenizer,
+        reward_funcs=[verifier_reward("gp-l", **GP_TRAIN_CONFIG)],
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rows),
+    )
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    return {"completions": episodes, "seconds": round(seconds, 1), "episodes_per_hour": round(episodes / seconds * 3600)}
+    return {
+        "completions": episodes,
+        "seconds": round(seconds, 1),
+        "episodes_per_hour": round(episodes / seconds * 3600),
+    }
 
 
 def main() -> None:

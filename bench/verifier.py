@@ -85,7 +85,7 @@ def main() -> None:
     hand = [Card.from_code(code) for code in records[0]["task"]["hand"]]
     hostile_ms = {}
     for name, text in HOSTILE.items():
-        worst = max(timed(lambda: verify(text, hand, config), args.repeats))
+        worst = max(timed(lambda text=text: verify(text, hand, config), args.repeats))
         hostile_ms[name] = {"worst_ms": round(worst * 1e3, 3), "outcome": verify(text, hand, config).outcome}
 
     steps = 2000
@@ -113,7 +113,10 @@ def main() -> None:
         "machine": machine(),
         "repeats": args.repeats,
         "verifications_per_second": round(len(mix) / statistics.median(verify_seconds)),
-        "answer_mix": {"answers": len(mix), "kinds": ["correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable"]},
+        "answer_mix": {
+            "answers": len(mix),
+            "kinds": ["correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable"],
+        },
         "hostile_answers": hostile_ms,
         "gp_l_env_steps_per_second": round(steps / statistics.median(env_seconds)),
         "gp_vl_resets_per_second": round(vl_resets / statistics.median(vl_seconds), 1),

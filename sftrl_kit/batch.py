@@ -24,9 +24,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from .run_folder import new_run_dir
 
@@ -43,8 +44,10 @@ QUIET_MODULES = r"(transformers|trl|accelerate|peft|datasets|torch|huggingface_h
 
 # --- inside a notebook ---------------------------------------------------------------
 
-def notebook_start(name: str, run_dir: str | None, preset: str = "study", overrides: Mapping[str, Any] | None = None,
-                   **parameters: Any):
+
+def notebook_start(
+    name: str, run_dir: str | None, preset: str = "study", overrides: Mapping[str, Any] | None = None, **parameters: Any
+):
     """The first call of every notebook: work from the kit's folder (so data/ and
     configs/ resolve as in the README), quiet the libraries' deprecation notices, open
     the run folder, and settle the sizes: the preset named (`smoke` whenever
@@ -58,7 +61,6 @@ def notebook_start(name: str, run_dir: str | None, preset: str = "study", overri
         text_progress()
     # presets after text_progress: it imports the kit's training and evaluation modules
     from .presets import choose
-
 
     chosen = choose("smoke" if _flag("SFTRL_SMOKE") else preset, {**(overrides or {}), **parameters})
     folder = Path(run_dir) if run_dir else new_run_dir(name)
@@ -103,6 +105,7 @@ def _flag(variable: str) -> bool:
 
 # --- notebook parameters --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NotebookParameter:
     """One assignment of a notebook's `parameters` cell.
@@ -127,9 +130,17 @@ class NotebookParameter:
 
 
 _NAMED_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "list": (list,),
-    "dict": (dict,), "tuple": (tuple, list), "None": (type(None),),
-    "List": (list,), "Dict": (dict,), "Tuple": (tuple, list),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "str": (str,),
+    "list": (list,),
+    "dict": (dict,),
+    "tuple": (tuple, list),
+    "None": (type(None),),
+    "List": (list,),
+    "Dict": (dict,),
+    "Tuple": (tuple, list),
 }
 
 
@@ -145,8 +156,9 @@ def notebook_parameters(path: str | Path) -> dict[str, NotebookParameter]:
     try:
         tree = ast.parse(cell.source)
     except SyntaxError as error:
-        raise ValueError(f"the parameters cell of {path} is not plain Python: "
-                         f"{error.msg} (line {error.lineno})") from error
+        raise ValueError(
+            f"the parameters cell of {path} is not plain Python: {error.msg} (line {error.lineno})"
+        ) from error
     declared = {}
     for statement in tree.body:
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
@@ -241,12 +253,16 @@ def split_parameters(
             raise ValueError(_unknown_parameter(name, declared, sizes))
         for notebook, parameter in owners.items():
             if not parameter.admits(value):
-                raise ValueError(f"parameter {name} expects {parameter.expected} (default in {notebook}: "
-                                 f"{parameter.default!r}), got {value!r} ({type(value).__name__})")
+                raise ValueError(
+                    f"parameter {name} expects {parameter.expected} (default in {notebook}: "
+                    f"{parameter.default!r}), got {value!r} ({type(value).__name__})"
+                )
         if name in sizes:
             if not sizes[name].admits(value):
-                raise ValueError(f"parameter {name} expects {sizes[name].expected} (a preset field, see "
-                                 f"sftrl_kit/presets.py), got {value!r} ({type(value).__name__})")
+                raise ValueError(
+                    f"parameter {name} expects {sizes[name].expected} (a preset field, see "
+                    f"sftrl_kit/presets.py), got {value!r} ({type(value).__name__})"
+                )
             routed[name] = value
         if name == "preset":
             _check_preset(value)
@@ -260,8 +276,10 @@ def split_parameters(
 def _preset_fields() -> dict[str, NotebookParameter]:
     from .presets import override_fields
 
-    return {name: NotebookParameter(name, None, _annotation_types(ast.parse(kind, mode="eval").body), kind)
-            for name, kind in override_fields().items()}
+    return {
+        name: NotebookParameter(name, None, _annotation_types(ast.parse(kind, mode="eval").body), kind)
+        for name, kind in override_fields().items()
+    }
 
 
 def _check_preset(name: Any) -> None:
@@ -271,17 +289,21 @@ def _check_preset(name: Any) -> None:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
 
 
-def _unknown_parameter(name: str, declared: Mapping[str, Mapping[str, NotebookParameter]],
-                       sizes: Mapping[str, NotebookParameter]) -> str:
+def _unknown_parameter(
+    name: str, declared: Mapping[str, Mapping[str, NotebookParameter]], sizes: Mapping[str, NotebookParameter]
+) -> str:
     valid = sorted({n for names in declared.values() for n in names} - {"run_dir"})
     closest = difflib.get_close_matches(name, valid + sorted(sizes), n=1)
     hint = f" (did you mean {closest[0]!r}?)" if closest else ""
     fields = f"; and the preset fields: {', '.join(sorted(sizes))}" if sizes else ""
-    return (f"unknown parameter {name!r}{hint}: no notebook of this batch ({', '.join(declared)}) declares it. "
-            f"Their parameters: {', '.join(valid) or 'none'}{fields}")
+    return (
+        f"unknown parameter {name!r}{hint}: no notebook of this batch ({', '.join(declared)}) declares it. "
+        f"Their parameters: {', '.join(valid) or 'none'}{fields}"
+    )
 
 
 # --- batches --------------------------------------------------------------------------
+
 
 @dataclass
 class NotebookFailure(RuntimeError):
@@ -313,8 +335,10 @@ def resolve_notebooks(names: Sequence[str], notebooks_dir: str | Path = NOTEBOOK
         stem = Path(name).stem
         matches = [n for n in available if n == stem or n.split("_")[0] == stem]
         if len(matches) != 1:
-            raise ValueError(f"unknown notebook or preset {name!r}; presets: {', '.join(PRESETS)}; "
-                             f"notebooks in {notebooks_dir}: {', '.join(available) or 'none'}")
+            raise ValueError(
+                f"unknown notebook or preset {name!r}; presets: {', '.join(PRESETS)}; "
+                f"notebooks in {notebooks_dir}: {', '.join(available) or 'none'}"
+            )
         out.extend(matches)
     return out
 
@@ -350,8 +374,10 @@ def run_batch(
         from .presets import PRESETS
 
         named = [name for name in names if name in PRESETS]
-        state = {"notebooks": [{"name": n, "status": "pending"} for n in notebooks],
-                 "parameters": {**({"preset": named[-1]} if named else {}), **(parameters or {})}}
+        state = {
+            "notebooks": [{"name": n, "status": "pending"} for n in notebooks],
+            "parameters": {**({"preset": named[-1]} if named else {}), **(parameters or {})},
+        }
     declared = {e["name"]: notebook_parameters(Path(notebooks_dir) / f"{e['name']}.ipynb") for e in state["notebooks"]}
     shares = split_parameters(declared, state["parameters"])
     if resume is None:
@@ -360,8 +386,9 @@ def run_batch(
     folder = folder.resolve()
     _write_state(folder, state)
     todo = [e for e in state["notebooks"] if e["status"] != "ok"]
-    print(f"[sftrl run] run folder {folder}" + (f", resuming at {todo[0]['name']}" if resume and todo else ""),
-          flush=True)
+    print(
+        f"[sftrl run] run folder {folder}" + (f", resuming at {todo[0]['name']}" if resume and todo else ""), flush=True
+    )
     with _environment({TEXT_PROGRESS: "1"}):
         for entry in todo:
             _execute(entry, folder, state, shares[entry["name"]], Path(notebooks_dir), log_output)
@@ -383,8 +410,9 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _execute(entry: dict, folder: Path, state: dict, parameters: Mapping[str, Any], notebooks_dir: Path,
-             log_output: bool) -> None:
+def _execute(
+    entry: dict, folder: Path, state: dict, parameters: Mapping[str, Any], notebooks_dir: Path, log_output: bool
+) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
@@ -404,10 +432,17 @@ def _execute(entry: dict, folder: Path, state: dict, parameters: Mapping[str, An
         # sockets, not TCP, over which ipykernel warns in every notebook that the traffic
         # is unencrypted.
         papermill.execute_notebook(
-            str(source), str(output), parameters={**parameters, "run_dir": str(folder)},
-            kernel_name="python3", cwd=str(KIT_ROOT), progress_bar=False, log_output=False,
-            stdout_file=sys.stdout if log_output else None, stderr_file=sys.stderr if log_output else None,
-            coalesce_streams=True, config=Config({"KernelManager": {"transport": "ipc"}}),
+            str(source),
+            str(output),
+            parameters={**parameters, "run_dir": str(folder)},
+            kernel_name="python3",
+            cwd=str(KIT_ROOT),
+            progress_bar=False,
+            log_output=False,
+            stdout_file=sys.stdout if log_output else None,
+            stderr_file=sys.stderr if log_output else None,
+            coalesce_streams=True,
+            config=Config({"KernelManager": {"transport": "ipc"}}),
         )
     except PapermillExecutionError as error:
         failure = NotebookFailure(entry["name"], output, error.exec_count, f"{error.ename}: {error.evalue}")
@@ -443,8 +478,10 @@ def run_summary(folder: str | Path, most: int = 12) -> str:
     lines = [f"run folder: {folder}"]
     if (folder / BATCH_FILE).is_file():
         lines.append(f"executed notebooks in {folder}:")
-        lines += [f"  {e['name']}.ipynb  {e['status']}" + (f", {e['seconds'] / 60:.1f} min" if "seconds" in e else "")
-                  for e in _read_state(folder)["notebooks"]]
+        lines += [
+            f"  {e['name']}.ipynb  {e['status']}" + (f", {e['seconds'] / 60:.1f} min" if "seconds" in e else "")
+            for e in _read_state(folder)["notebooks"]
+        ]
     lines += _listing("figures", folder, _files(folder, FIGURES), most)
     lines += _listing("tables", folder, _files(folder, TABLES), most)
     for table in _files(folder, ("tables/*.csv",)):
@@ -472,8 +509,10 @@ def _listing(kind: str, folder: Path, paths: list[Path], most: int) -> list[str]
         if parent.name != kind:
             others.append(f"{parent.relative_to(folder)} ({sum(map(len, names.values()))})")
             continue
-        shown = [stem + suffixes[0] + (f" ({' '.join(suffixes[1:])})" if len(suffixes) > 1 else "")
-                 for stem, suffixes in names.items()]
+        shown = [
+            stem + suffixes[0] + (f" ({' '.join(suffixes[1:])})" if len(suffixes) > 1 else "")
+            for stem, suffixes in names.items()
+        ]
         lines.append(f"{kind} in {parent}:")
         lines += [f"  {name}" for name in shown[:most]]
         lines += [f"  ... and {len(shown) - most} more"] if len(shown) > most else []
@@ -510,7 +549,8 @@ def _read_state(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: {folder} is not a batch run folder")
     try:
         state = json.loads(path.read_text())
-        names = [e["name"] for e in state["notebooks"]]
+        if not all(isinstance(entry["name"], str) for entry in state["notebooks"]):
+            raise TypeError("a notebook entry's name is not text")
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a valid batch state ({error})") from error
     state.setdefault("parameters", {})

@@ -1,11 +1,11 @@
 """The `sftrl` command.
 
-    sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
-    sftrl data virl [--root data] [--eval-routes N] [--visual-ood-routes N] ...
-    sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
-    sftrl sft [--config sft.yaml] [field=value ...]
-    sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
-    sftrl run <preset | notebook ...> [-p key value ...] [--resume RUN_FOLDER]
+sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
+sftrl data virl [--root data] [--eval-routes N] [--visual-ood-routes N] ...
+sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
+sftrl sft [--config sft.yaml] [field=value ...]
+sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
+sftrl run <preset | notebook ...> [-p key value ...] [--resume RUN_FOLDER]
 """
 
 from __future__ import annotations
@@ -43,15 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub = tasks.add_parser(task, help=help_text)
         sub.add_argument("--root", default="data", help="data folder (default: data)")
         for f in fields(sizes):
-            sub.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"(default: {f.default})")
+            sub.add_argument(
+                f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"(default: {f.default})"
+            )
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
         sub.set_defaults(run=_data, sizes_class=sizes)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95%% CIs)")
     evaluate.add_argument("--model", default="default", help="'default', 'tiny', 'tiny-vl' or a checkpoint folder")
     evaluate.add_argument("--env", default="gp-l", help="environment id (gp-l, gp-vl)")
-    evaluate.add_argument("--sets", nargs="+", default=["gp-id", "gp-rule-ood"],
-                          help="eval set names under data/eval/ or JSONL paths")
+    evaluate.add_argument(
+        "--sets", nargs="+", default=["gp-id", "gp-rule-ood"], help="eval set names under data/eval/ or JSONL paths"
+    )
     evaluate.add_argument("--limit", type=int, default=None, help="first N tasks of each set")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--max-new-tokens", type=int, default=256)
@@ -62,23 +65,46 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-eval)")
     evaluate.set_defaults(run=_eval)
 
-    for name, help_text in (("sft", "supervised fine-tuning on TRL (checkpoint series with FLOPs)"),
-                            ("ppo", "multi-turn PPO against the verifier (runs under accelerate launch)")):
-        train = commands.add_parser(name, help=help_text, description=help_text, add_help=False,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-        train.add_argument("-h", "--help", action=_SettingsHelp, method=name,
-                           help="show this help message and exit (with every settings field)")
+    for name, help_text in (
+        ("sft", "supervised fine-tuning on TRL (checkpoint series with FLOPs)"),
+        ("ppo", "multi-turn PPO against the verifier (runs under accelerate launch)"),
+    ):
+        train = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            add_help=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        train.add_argument(
+            "-h",
+            "--help",
+            action=_SettingsHelp,
+            method=name,
+            help="show this help message and exit (with every settings field)",
+        )
         train.add_argument("--config", default=None, help="YAML of settings (dataclass fields)")
         train.add_argument("overrides", nargs="*", help="field=value pairs (value read as YAML) applied after the YAML")
         train.set_defaults(run=_train, method=name)
 
     run = commands.add_parser("run", help="execute notebooks in order with papermill into one run folder")
     run.add_argument("notebooks", nargs="*", help="presets (quickstart, smoke, study) and/or notebooks (03, 03_sft)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                     help="a notebook parameter (VALUE read as YAML: 3, 1e-5, true, [a, b]), checked against "
-                          "the notebooks' parameters cells before any runs; repeatable")
-    run.add_argument("--resume", default=None, metavar="RUN_FOLDER",
-                     help="continue a batch from the notebook that failed (or was interrupted)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a notebook parameter (VALUE read as YAML: 3, 1e-5, true, [a, b]), checked against "
+        "the notebooks' parameters cells before any runs; repeatable",
+    )
+    run.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_FOLDER",
+        help="continue a batch from the notebook that failed (or was interrupted)",
+    )
     run.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-<names>)")
     run.set_defaults(run=_run)
     return parser
@@ -102,7 +128,9 @@ def _data(args: argparse.Namespace) -> int:
     print("GeneralPoints data" if args.task == "gp" else "V-IRL data")
     print("  frozen evaluation sets (commit these):")
     for name, item in summary["eval"].items():
-        print(f"    {name:<16} {item['records']:>5} tasks  {item['bytes'] / 1e3:8.1f} kB  {item['path']}  ({item['description']})")
+        print(
+            f"    {name:<16} {item['records']:>5} tasks  {item['bytes'] / 1e3:8.1f} kB  {item['path']}  ({item['description']})"
+        )
     print("  SFT datasets (TRL conversational format):")
     for name, item in summary["sft"].items():
         print(f"    {name:<19} {item['records']:>5} records {item['bytes'] / 1e6:7.2f} MB  {item['path']}")
@@ -122,22 +150,28 @@ def _eval(args: argparse.Namespace) -> int:
     from .run_folder import new_run_dir
 
     sets = {f"{args.env}-{name}": eval_set_path(name) for name in args.sets}
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    sampling = SamplingConfig(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
     run_dir = Path(args.out) if args.out else new_run_dir("eval")
     print(f"model {args.model} on {args.env}; sampling {sampling}; run folder {run_dir}")
-    results = evaluate_model(args.model, run_dir, sets, args.env, sampling, limit=args.limit,
-                             batch_size=args.batch_size, **overrides)
+    results = evaluate_model(
+        args.model, run_dir, sets, args.env, sampling, limit=args.limit, batch_size=args.batch_size, **overrides
+    )
     print(f"{'set':<15}{'n':>5}  {'success [95% CI]':<22}{'first attempt':<22}{'per-step accuracy':<22}{'attempts':>8}")
     for name, m in results.items():
-        print(f"{name:<15}{m['episodes']:>5}  {_rate(m['success_rate']):<22}{_rate(m['first_attempt_success']):<22}"
-              f"{_rate(m['per_step_accuracy']):<22}{m['mean_attempts']:>8.2f}")
+        print(
+            f"{name:<15}{m['episodes']:>5}  {_rate(m['success_rate']):<22}{_rate(m['first_attempt_success']):<22}"
+            f"{_rate(m['per_step_accuracy']):<22}{m['mean_attempts']:>8.2f}"
+        )
     names = list(results)
     for other in names[1:]:
         c = compare_rates(results[names[0]]["success_rate"], results[other]["success_rate"])
-        print(f"success {names[0]} - {other}: {100 * c['difference']:+.1f} points "
-              f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g} ({c['test']})")
+        print(
+            f"success {names[0]} - {other}: {100 * c['difference']:+.1f} points "
+            f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}], p = {c['p_value']:.3g} ({c['test']})"
+        )
     for name, m in results.items():
         print(f"{name}: {m['folder']}")
     return 0
@@ -156,8 +190,10 @@ class _SettingsHelp(argparse.Action):
         from .config import settings_help
 
         settings_class = _trainer(self.method)[0]
-        parser.epilog = (f"{settings_class.__name__} fields, as field=value overrides or YAML keys "
-                         f"(field = default  (type), then its meaning):\n{settings_help(settings_class)}")
+        parser.epilog = (
+            f"{settings_class.__name__} fields, as field=value overrides or YAML keys "
+            f"(field = default  (type), then its meaning):\n{settings_help(settings_class)}"
+        )
         parser.print_help()
         parser.exit()
 

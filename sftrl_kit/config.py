@@ -51,7 +51,7 @@ def _coerce_number(value: Any, field_type: Any, where: str) -> Any:
         return value
     options = typing.get_args(field_type) or (field_type,)
     for number_type in (int, float):
-        if number_type in options and not (str in options):
+        if number_type in options and str not in options:
             try:
                 return number_type(value)
             except ValueError:
@@ -92,9 +92,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for statement, following in itertools.pairwise(body):
-        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[statement.target.id] = " ".join(following.value.value.split())
     return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
 

@@ -15,9 +15,10 @@ picks their training seeds and settings and turns them into records.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .envs import Observation, make
 from .envs.general_points import sft_data as gp_sft
@@ -39,12 +40,24 @@ class EvalSplit:
 GP_EVAL_SPLITS = {
     split.name: split
     for split in (
-        EvalSplit("gp-id", {"face_rule": "ten", "colours": "black", "sampling": "uniform"}, 10_000,
-                  "trained rule (J, Q, K = 10), black suits"),
-        EvalSplit("gp-rule-ood", {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"}, 20_000,
-                  "new rule (J, Q, K = 11, 12, 13), at least one face card, black suits"),
-        EvalSplit("gp-visual-ood", {"face_rule": "ten", "colours": "red", "sampling": "uniform"}, 30_000,
-                  "trained rule, red suits (GP-VL visual shift)"),
+        EvalSplit(
+            "gp-id",
+            {"face_rule": "ten", "colours": "black", "sampling": "uniform"},
+            10_000,
+            "trained rule (J, Q, K = 10), black suits",
+        ),
+        EvalSplit(
+            "gp-rule-ood",
+            {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
+            20_000,
+            "new rule (J, Q, K = 11, 12, 13), at least one face card, black suits",
+        ),
+        EvalSplit(
+            "gp-visual-ood",
+            {"face_rule": "ten", "colours": "red", "sampling": "uniform"},
+            30_000,
+            "trained rule, red suits (GP-VL visual shift)",
+        ),
     )
 }
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
@@ -53,13 +66,28 @@ EVAL_SET_SIZE = 300
 VIRL_EVAL_SPLITS = {
     split.name: split
     for split in (
-        EvalSplit("virl-id", {"action_space": "absolute", "city": TRAIN_CITY.name}, 40_000,
-                  f"absolute actions, routes in {TRAIN_CITY.name} (the training city)", "virl-l"),
-        EvalSplit("virl-rule-ood", {"action_space": "relative", "city": TRAIN_CITY.name}, 40_000,
-                  "relative actions on the same routes as virl-id", "virl-l"),
-        EvalSplit("virl-visual-ood", {"action_space": "absolute"}, 60_000,
-                  f"absolute actions, routes in the {len(OOD_CITIES)} other cities", "virl-l",
-                  cities=tuple(c.name for c in OOD_CITIES)),
+        EvalSplit(
+            "virl-id",
+            {"action_space": "absolute", "city": TRAIN_CITY.name},
+            40_000,
+            f"absolute actions, routes in {TRAIN_CITY.name} (the training city)",
+            "virl-l",
+        ),
+        EvalSplit(
+            "virl-rule-ood",
+            {"action_space": "relative", "city": TRAIN_CITY.name},
+            40_000,
+            "relative actions on the same routes as virl-id",
+            "virl-l",
+        ),
+        EvalSplit(
+            "virl-visual-ood",
+            {"action_space": "absolute"},
+            60_000,
+            f"absolute actions, routes in the {len(OOD_CITIES)} other cities",
+            "virl-l",
+            cities=tuple(c.name for c in OOD_CITIES),
+        ),
     )
 }
 VIRL_TRAIN_CONFIG = {"action_space": "absolute", "city": TRAIN_CITY.name}
@@ -89,8 +117,10 @@ def _check_training_seed(seed: int) -> None:
 
 def make_eval_set(split: EvalSplit, size: int = EVAL_SET_SIZE) -> list[dict[str, Any]]:
     if not 0 <= split.base_seed < EVAL_SEED_LIMIT or not 0 < size <= MAX_EVAL_SET_SIZE:
-        raise ValueError(f"{split.name}: eval sets hold 1 to {MAX_EVAL_SET_SIZE:,} records dealt from a base seed "
-                         f"below {EVAL_SEED_LIMIT:,}; got {size} records from {split.base_seed}")
+        raise ValueError(
+            f"{split.name}: eval sets hold 1 to {MAX_EVAL_SET_SIZE:,} records dealt from a base seed "
+            f"below {EVAL_SEED_LIMIT:,}; got {size} records from {split.base_seed}"
+        )
     return [_eval_record(split, index) for index in range(size)]
 
 
@@ -119,8 +149,12 @@ def write_eval_sets(root: Path, splits: Iterable[EvalSplit], size_of: Callable[[
         path = root / "eval" / f"{split.name}.jsonl"
         records = make_eval_set(split, size_of(split))
         write_jsonl(path, records)
-        summary[split.name] = {"path": str(path), "records": len(records), "bytes": path.stat().st_size,
-                               "description": split.description}
+        summary[split.name] = {
+            "path": str(path),
+            "records": len(records),
+            "bytes": path.stat().st_size,
+            "description": split.description,
+        }
     return summary
 
 
@@ -150,9 +184,7 @@ def expert_records(env_id: str, size: int, seed: int | None = None, **env_config
     return _sft_records("expert", env_id, size, seed, env_config)
 
 
-def suboptimal_records(
-    env_id: str, size: int, seed: int | None = None, **env_config: Any
-) -> Iterator[dict[str, Any]]:
+def suboptimal_records(env_id: str, size: int, seed: int | None = None, **env_config: Any) -> Iterator[dict[str, Any]]:
     """Multi-turn SFT records: verified wrong answers with the verifier's messages, then
     a correct answer (GP: 1 to budget-1 per deal; V-IRL: one per decision point)."""
     return _sft_records("suboptimal", env_id, size, seed, env_config)
@@ -169,10 +201,15 @@ def _sft_records(kind: str, env_id: str, size: int, seed: int | None, env_config
     return (_record(kind, **demonstration) for demonstration in demonstrations(env, size, seed))
 
 
-def _record(kind: str, prompt: Observation, exchanges: list[tuple[str, str]], answer: str, seed: int,
-            task: dict[str, Any]) -> dict[str, Any]:
-    record = {"messages": chat_messages(prompt, exchanges, final_response=answer),
-              "seed": seed, "kind": kind, "task": task}
+def _record(
+    kind: str, prompt: Observation, exchanges: list[tuple[str, str]], answer: str, seed: int, task: dict[str, Any]
+) -> dict[str, Any]:
+    record = {
+        "messages": chat_messages(prompt, exchanges, final_response=answer),
+        "seed": seed,
+        "kind": kind,
+        "task": task,
+    }
     if prompt.images:
         record["images"] = prompt.images  # PIL images; write_sft_dataset stores files
     return record
@@ -207,8 +244,10 @@ def write_sft_sets(folder: Path, sizes: dict[str, int]) -> dict[str, dict[str, A
     folder/<env id>-<kind>.jsonl; a summary entry per set (sizes include images)."""
     written = {}
     for env_id, size in sizes.items():
-        for kind, make_records, records in (("expert", expert_records, size),
-                                            ("suboptimal", suboptimal_records, size // 2)):
+        for kind, make_records, records in (
+            ("expert", expert_records, size),
+            ("suboptimal", suboptimal_records, size // 2),
+        ):
             path = folder / f"{env_id}-{kind}.jsonl"
             count = write_sft_dataset(path, make_records(env_id, records))
             image_dir = path.with_suffix("")
@@ -244,10 +283,17 @@ def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes
     """The data stage of the study: frozen eval sets (root/eval/, committed) and SFT
     datasets plus sample images (root/generated/, ignored). Returns a summary."""
     root = Path(root)
-    return {"eval": write_eval_sets(root, GP_EVAL_SPLITS.values(), lambda _: sizes.eval_size),
-            "sft": write_sft_sets(root / "generated", {"gp-l": sizes.sft_text, "gp-vl": sizes.sft_image}),
-            "samples": _write_samples(root / "generated" / "samples", GP_EVAL_SPLITS.values(), sizes.samples,
-                                      "gp-vl", lambda info: "-".join(info["task"]["hand"]))}
+    return {
+        "eval": write_eval_sets(root, GP_EVAL_SPLITS.values(), lambda _: sizes.eval_size),
+        "sft": write_sft_sets(root / "generated", {"gp-l": sizes.sft_text, "gp-vl": sizes.sft_image}),
+        "samples": _write_samples(
+            root / "generated" / "samples",
+            GP_EVAL_SPLITS.values(),
+            sizes.samples,
+            "gp-vl",
+            lambda info: "-".join(info["task"]["hand"]),
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -267,15 +313,22 @@ def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDat
     def size_of(split: EvalSplit) -> int:
         return sizes.visual_ood_routes if split.cities else sizes.eval_routes
 
-    return {"eval": write_eval_sets(root, VIRL_EVAL_SPLITS.values(), size_of),
-            "sft": write_sft_sets(root / "generated", {"virl-l": sizes.sft_text_routes,
-                                                       "virl-vl": sizes.sft_image_routes}),
-            "samples": _write_samples(root / "generated" / "samples", VIRL_EVAL_SPLITS.values(), sizes.samples,
-                                      "virl-vl", lambda info: info["route_id"])}
+    return {
+        "eval": write_eval_sets(root, VIRL_EVAL_SPLITS.values(), size_of),
+        "sft": write_sft_sets(root / "generated", {"virl-l": sizes.sft_text_routes, "virl-vl": sizes.sft_image_routes}),
+        "samples": _write_samples(
+            root / "generated" / "samples",
+            VIRL_EVAL_SPLITS.values(),
+            sizes.samples,
+            "virl-vl",
+            lambda info: info["route_id"],
+        ),
+    }
 
 
-def _write_samples(folder: Path, splits: Iterable[EvalSplit], count: int, env_id: str,
-                   name_of: Callable[[dict[str, Any]], str]) -> list[str]:
+def _write_samples(
+    folder: Path, splits: Iterable[EvalSplit], count: int, env_id: str, name_of: Callable[[dict[str, Any]], str]
+) -> list[str]:
     """`count` images to look at: eval records drawn in `env_id`, taking the splits in
     turn; each file named after its split and `name_of(info)`."""
     folder.mkdir(parents=True, exist_ok=True)

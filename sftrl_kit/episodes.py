@@ -13,9 +13,10 @@ environment needs to redraw the observation (`env.reset(options={"task": task})`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .envs.base import Observation
 
@@ -62,7 +63,7 @@ class Episode:
         return record
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "Episode":
+    def from_json(cls, record: dict[str, Any]) -> Episode:
         known = {f.name for f in fields(cls)} - {"images"}
         unknown = set(record) - known
         if unknown:

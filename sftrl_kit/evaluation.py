@@ -35,9 +35,10 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import run_folder
 from .data import load_eval_set
@@ -57,6 +58,7 @@ RATES = ("success_rate", "first_attempt_success", "per_step_accuracy", "recognit
 
 
 # --- rates and their intervals ---------------------------------------------------------
+
 
 def _wilson_limits(p: float, n: float, z: float) -> tuple[float, float]:
     denominator = 1 + z * z / n
@@ -97,8 +99,13 @@ def rate_by_task(per_task: Mapping[str, Sequence[int]], z: float = Z_95) -> dict
     counts = [(int(k), int(n)) for k, n in per_task.values()]
     hits, trials = sum(k for k, _ in counts), sum(n for _, n in counts)
     episodes = sum(n > 0 for _, n in counts)
-    out = {**wilson_interval(hits, trials, z), "episodes": episodes, "design_effect": 1.0,
-           "effective_trials": trials, "per_task": {task: [int(k), int(n)] for task, (k, n) in per_task.items()}}
+    out = {
+        **wilson_interval(hits, trials, z),
+        "episodes": episodes,
+        "design_effect": 1.0,
+        "effective_trials": trials,
+        "per_task": {task: [int(k), int(n)] for task, (k, n) in per_task.items()},
+    }
     if trials == 0 or max(n for _, n in counts) <= 1:
         return out
     p = hits / trials
@@ -174,19 +181,26 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
         per_task = {task: (sum(map(check, e.turns)), len(e.turns)) for task, e in zip(ids, episodes)}
         hits = [i for i, e in enumerate(episodes) if any(map(check, e.turns))]
         count = sum(k for k, _ in per_task.values())
-        out[name] = {"count": count, "share": count / answers if answers else None,
-                     "rate": rate_by_task(per_task), "examples": hits[:10]}
+        out[name] = {
+            "count": count,
+            "share": count / answers if answers else None,
+            "rate": rate_by_task(per_task),
+            "examples": hits[:10],
+        }
     return out
 
 
-def failure_examples(episodes: Sequence[Episode], modes: Sequence[str] = ("other_rule_used", "unparseable"),
-                     ) -> list[Episode]:
+def failure_examples(
+    episodes: Sequence[Episode],
+    modes: Sequence[str] = ("other_rule_used", "unparseable"),
+) -> list[Episode]:
     """The example episodes failure_modes found for the given modes, in their order."""
     found = failure_modes(episodes)
     return [episodes[i] for i in sorted({i for mode in modes for i in found[mode]["examples"]})]
 
 
 # --- comparing two rates ---------------------------------------------------------------
+
 
 def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict[str, Any]:
     """Is rate a different from rate b? Returns the difference a - b, its 95% interval,
@@ -214,8 +228,15 @@ def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict
 
 
 def _result(difference: float, low: float, high: float, p_value: float, test: str, **extra: Any) -> dict[str, Any]:
-    return {"difference": difference, "low": max(-1.0, low), "high": min(1.0, high), "p_value": p_value,
-            "significant": p_value < 0.05, "test": test, **extra}
+    return {
+        "difference": difference,
+        "low": max(-1.0, low),
+        "high": min(1.0, high),
+        "p_value": p_value,
+        "significant": p_value < 0.05,
+        "test": test,
+        **extra,
+    }
 
 
 def _two_sided_normal(z_score: float) -> float:
@@ -244,12 +265,15 @@ def _independent(a: dict[str, Any], b: dict[str, Any], z: float, clustered: bool
     return _result(difference, low, high, _two_sided_normal(z_score), test, z=z_score)
 
 
-def _square_and_add(difference: float, p1: float, limits_1: tuple[float, float], p2: float,
-                    limits_2: tuple[float, float]) -> tuple[float, float]:
+def _square_and_add(
+    difference: float, p1: float, limits_1: tuple[float, float], p2: float, limits_2: tuple[float, float]
+) -> tuple[float, float]:
     """Newcombe's hybrid interval for p1 - p2 from each rate's own interval."""
     (l1, u1), (l2, u2) = limits_1, limits_2
-    return (difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
-            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+    return (
+        difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+        difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+    )
 
 
 def _null_variance(rate: dict[str, Any], pooled: float) -> float:
@@ -279,8 +303,11 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
 def _mcnemar(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str, Any]:
     """Paired 0/1 outcomes per task: McNemar's exact test, and Newcombe's (1998) method 10
     interval (Wilson limits of each margin combined with the pairs' correlation phi)."""
-    pairs = [(a["per_task"][task][0], b["per_task"][task][0]) for task in a["per_task"]
-             if a["per_task"][task][1] == b["per_task"][task][1] == 1]  # tasks with nothing to score drop out
+    pairs = [
+        (a["per_task"][task][0], b["per_task"][task][0])
+        for task in a["per_task"]
+        if a["per_task"][task][1] == b["per_task"][task][1] == 1
+    ]  # tasks with nothing to score drop out
     if not pairs:
         raise ValueError("no task has an outcome in both evaluations")
     both = sum(x and y for x, y in pairs)
@@ -295,8 +322,14 @@ def _mcnemar(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str, Any]:
     difference = p1 - p2
     low = difference - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = difference + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return _result(difference, low, high, mcnemar_exact_p(only_a, only_b), "McNemar exact (paired by task)",
-                   discordant=[only_a, only_b])
+    return _result(
+        difference,
+        low,
+        high,
+        mcnemar_exact_p(only_a, only_b),
+        "McNemar exact (paired by task)",
+        discordant=[only_a, only_b],
+    )
 
 
 def _paired_clusters(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str, Any]:
@@ -318,14 +351,28 @@ def _paired_clusters(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str
     if se == 0:  # no task varies (e.g. 0/n against 0/n): each rate's own interval, combined as if independent
         low, high = _square_and_add(difference, p_a, _limits(a, z), p_b, _limits(b, z))
     z_score = 0.0 if se == 0 else difference / se
-    return _result(difference, low, high, _two_sided_normal(z_score),
-                   "paired z, cluster-robust (same tasks; answers grouped by episode)", z=z_score)
+    return _result(
+        difference,
+        low,
+        high,
+        _two_sided_normal(z_score),
+        "paired z, cluster-robust (same tasks; answers grouped by episode)",
+        z=z_score,
+    )
 
 
 # --- evaluations, keyed by their settings ----------------------------------------------
 
-def evaluation_key(name: str, records: Sequence[dict[str, Any]], env_id: str, sampling: SamplingConfig,
-                   limit: int | None = None, engine: str = ENGINE, **env_overrides: Any) -> dict[str, Any]:
+
+def evaluation_key(
+    name: str,
+    records: Sequence[dict[str, Any]],
+    env_id: str,
+    sampling: SamplingConfig,
+    limit: int | None = None,
+    engine: str = ENGINE,
+    **env_overrides: Any,
+) -> dict[str, Any]:
     """Everything that changes an evaluation's numbers, resolved to the values used:
     `limit` is the number of tasks played (the first `limit`, or the whole set), and
     `max_attempts` the budget in force (the override, or the environment's default), so
@@ -334,10 +381,19 @@ def evaluation_key(name: str, records: Sequence[dict[str, Any]], env_id: str, sa
         raise ValueError(f"the evaluation set {name!r} is empty")
     played = len(records) if limit is None else len(records[:limit])
     budget = make(env_id, **{**records[0]["env_config"], **env_overrides}).config.max_attempts
-    sampled = {f.name: float(getattr(sampling, f.name)) if f.type in ("float", float) else getattr(sampling, f.name)
-               for f in fields(sampling)}  # 0 and 0.0 give one key
-    return {"eval_set": name, "env_id": env_id, "limit": played, "max_attempts": budget, **sampled,
-            "engine": engine, "env_overrides": {k: v for k, v in sorted(env_overrides.items()) if k != "max_attempts"}}
+    sampled = {
+        f.name: float(getattr(sampling, f.name)) if f.type in ("float", float) else getattr(sampling, f.name)
+        for f in fields(sampling)
+    }  # 0 and 0.0 give one key
+    return {
+        "eval_set": name,
+        "env_id": env_id,
+        "limit": played,
+        "max_attempts": budget,
+        **sampled,
+        "engine": engine,
+        "env_overrides": {k: v for k, v in sorted(env_overrides.items()) if k != "max_attempts"},
+    }
 
 
 def evaluate(
@@ -365,15 +421,23 @@ def evaluate(
     name = name or f"{env_id}-{split_names[0] if len(split_names) == 1 else 'mixed'}"
     key = evaluation_key(name, records, env_id, sampling, limit, getattr(policy, "engine", ENGINE), **env_overrides)
     if run_dir is not None and (stored := run_folder.read_evaluation(run_dir, key)) is not None:
-        raise FileExistsError(f"{stored['folder']} already holds this evaluation ({_describe(key)}); read it with "
-                              "load_evaluations, or call evaluate_model, which reuses it")
-    records = records[:key["limit"]]
+        raise FileExistsError(
+            f"{stored['folder']} already holds this evaluation ({_describe(key)}); read it with "
+            "load_evaluations, or call evaluate_model, which reuses it"
+        )
+    records = records[: key["limit"]]
     envs = [make(env_id, **{**r["env_config"], **env_overrides}) for r in records]
     started = time.perf_counter()
     episodes = rollout(
-        policy, envs, sampling,
-        tasks=[r["task"] for r in records], seeds=[r["seed"] for r in records], splits=[r["split"] for r in records],
-        batch_size=batch_size, with_logprobs=False, progress=progress,
+        policy,
+        envs,
+        sampling,
+        tasks=[r["task"] for r in records],
+        seeds=[r["seed"] for r in records],
+        splits=[r["split"] for r in records],
+        batch_size=batch_size,
+        with_logprobs=False,
+        progress=progress,
     )
     split_names = sorted({r["split"] for r in records})
     metrics = {
@@ -406,8 +470,9 @@ def evaluate_model(
     or anything load_policy takes) is loaded only if one is missing."""
     results, todo = {}, []
     for name, path in eval_sets.items():
-        key = evaluation_key(name, load_eval_set(path), env_id, sampling, limit,
-                             getattr(model, "engine", ENGINE), **env_overrides)
+        key = evaluation_key(
+            name, load_eval_set(path), env_id, sampling, limit, getattr(model, "engine", ENGINE), **env_overrides
+        )
         stored = run_folder.read_evaluation(run_dir, key)
         if stored is not None:
             results[name] = stored
@@ -418,18 +483,32 @@ def evaluate_model(
 
         policy = model if hasattr(model, "respond") else load_policy(model)
         for name in todo:
-            results[name] = evaluate(policy, eval_sets[name], env_id, sampling, limit=limit, batch_size=batch_size,
-                                     run_dir=run_dir, name=name, progress=progress, **env_overrides)
+            results[name] = evaluate(
+                policy,
+                eval_sets[name],
+                env_id,
+                sampling,
+                limit=limit,
+                batch_size=batch_size,
+                run_dir=run_dir,
+                name=name,
+                progress=progress,
+                **env_overrides,
+            )
     return {name: results[name] for name in eval_sets}
 
 
-def load_evaluations(run_dir: str | Path, eval_set: str | None = None,
-                     where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def load_evaluations(
+    run_dir: str | Path, eval_set: str | None = None, where: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The stored evaluations of a model folder (on one set, or all), each metrics dict
     with its `folder`; `where` keeps those whose key has these values (a full key, or
     some fields of one, e.g. {"max_attempts": 5})."""
-    return [metrics for metrics in run_folder.read_evaluations(run_dir, eval_set)
-            if all(metrics["key"].get(field) == value for field, value in (where or {}).items())]
+    return [
+        metrics
+        for metrics in run_folder.read_evaluations(run_dir, eval_set)
+        if all(metrics["key"].get(field) == value for field, value in (where or {}).items())
+    ]
 
 
 def select_evaluation(run_dir: str | Path, eval_set: str, where: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -441,10 +520,13 @@ def select_evaluation(run_dir: str | Path, eval_set: str, where: Mapping[str, An
     if not found:
         others = load_evaluations(run_dir, eval_set)
         have = "; ".join(_describe(m["key"]) for m in others) or "none"
-        raise FileNotFoundError(f"{Path(run_dir).name} has no evaluation on {eval_set} with "
-                                f"{_describe(where or {})} (it has: {have})")
-    raise ValueError(f"{Path(run_dir).name} has {len(found)} evaluations on {eval_set} that differ in "
-                     f"{differing_settings([m['key'] for m in found])}: say which to use")
+        raise FileNotFoundError(
+            f"{Path(run_dir).name} has no evaluation on {eval_set} with {_describe(where or {})} (it has: {have})"
+        )
+    raise ValueError(
+        f"{Path(run_dir).name} has {len(found)} evaluations on {eval_set} that differ in "
+        f"{differing_settings([m['key'] for m in found])}: say which to use"
+    )
 
 
 def differing_settings(keys: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ("eval_set",)) -> str:
@@ -463,8 +545,10 @@ def require_same_settings(keys: Sequence[Mapping[str, Any]], what: str, ignore: 
     or rows with their fields as columns) disagree outside `ignore`."""
     differing = differing_settings(keys, ignore)
     if differing:
-        raise ValueError(f"{what} would mix evaluations with different settings ({differing}); "
-                         "pass the settings to use (e.g. keys=settings.eval_keys())")
+        raise ValueError(
+            f"{what} would mix evaluations with different settings ({differing}); "
+            "pass the settings to use (e.g. keys=settings.eval_keys())"
+        )
 
 
 def _describe(key: Mapping[str, Any]) -> str:
@@ -473,8 +557,11 @@ def _describe(key: Mapping[str, Any]) -> str:
 
 def key_columns(key: Mapping[str, Any]) -> dict[str, Any]:
     """The key's settings as flat row columns (env_overrides as JSON text)."""
-    return {field: json.dumps(key[field], sort_keys=True) if field == "env_overrides" else key[field]
-            for field in KEY_FIELDS if field in key}
+    return {
+        field: json.dumps(key[field], sort_keys=True) if field == "env_overrides" else key[field]
+        for field in KEY_FIELDS
+        if field in key
+    }
 
 
 def evaluate_checkpoints(
@@ -500,18 +587,34 @@ def evaluate_checkpoints(
             raise FileNotFoundError(f"no checkpoints under {Path(run) / run_folder.CHECKPOINTS}")
         for checkpoint in checkpoints:
             counters = run_folder.read_counters(checkpoint)
-            evaluated = evaluate_model(checkpoint, checkpoint, eval_sets, env_id, sampling, limit=limit,
-                                       batch_size=batch_size, progress=progress, **env_overrides)
+            evaluated = evaluate_model(
+                checkpoint,
+                checkpoint,
+                eval_sets,
+                env_id,
+                sampling,
+                limit=limit,
+                batch_size=batch_size,
+                progress=progress,
+                **env_overrides,
+            )
             rows += [evaluation_row(Path(run).name, checkpoint, counters, metrics) for metrics in evaluated.values()]
     return rows
 
 
-def evaluation_row(run: str, checkpoint: Path, counters: Mapping[str, Any],
-                   metrics: Mapping[str, Any]) -> dict[str, Any]:
+def evaluation_row(
+    run: str, checkpoint: Path, counters: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> dict[str, Any]:
     """One flat row: the run, the checkpoint and its counters (step, tokens, gflops, ...),
     the set and the evaluation's settings (KEY_FIELDS), and the metrics (flatten_metrics)."""
-    return {"run": run, "checkpoint": checkpoint.name, "eval_set": metrics["key"]["eval_set"], **counters,
-            **key_columns(metrics["key"]), **flatten_metrics(metrics)}
+    return {
+        "run": run,
+        "checkpoint": checkpoint.name,
+        "eval_set": metrics["key"]["eval_set"],
+        **counters,
+        **key_columns(metrics["key"]),
+        **flatten_metrics(metrics),
+    }
 
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -526,6 +629,10 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
         flat[f"{key}_successes"] = entry["successes"] if entry else 0
         flat[f"{key}_trials"] = entry["trials"] if entry else 0
         flat[f"{key}_effective_trials"] = entry.get("effective_trials", entry["trials"]) if entry else 0
-    flat.update(episodes=metrics["episodes"], mean_attempts=metrics["mean_attempts"],
-                mean_return=metrics["mean_return"], eval_seconds=metrics.get("seconds"))
+    flat.update(
+        episodes=metrics["episodes"],
+        mean_attempts=metrics["mean_attempts"],
+        mean_return=metrics["mean_return"],
+        eval_seconds=metrics.get("seconds"),
+    )
     return flat

@@ -47,9 +47,16 @@ def pick_accelerate_config(num_processes: int | None = None, deepspeed: bool = F
     return ACCELERATE_CONFIGS / f"{name}.yaml", count
 
 
-def launch_training(method: str, settings: Any, run_dir: str | Path, *, num_processes: int | None = None,
-                    accelerate_config: str | Path | None = None, deepspeed: bool = False,
-                    echo: bool = True) -> Path:
+def launch_training(
+    method: str,
+    settings: Any,
+    run_dir: str | Path,
+    *,
+    num_processes: int | None = None,
+    accelerate_config: str | Path | None = None,
+    deepspeed: bool = False,
+    echo: bool = True,
+) -> Path:
     """Write `settings` (SFTSettings or PPOSettings) to YAML and run `sftrl <method>` under
     accelerate; returns the training run folder. Raises RuntimeError with the log's
     last lines if the command fails."""
@@ -57,12 +64,27 @@ def launch_training(method: str, settings: Any, run_dir: str | Path, *, num_proc
         raise ValueError(f"method must be 'sft' or 'ppo', got {method!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path, count = (Path(accelerate_config), num_processes or 1) if accelerate_config else \
-        pick_accelerate_config(num_processes, deepspeed)
+    config_path, count = (
+        (Path(accelerate_config), num_processes or 1)
+        if accelerate_config
+        else pick_accelerate_config(num_processes, deepspeed)
+    )
     settings_path = run_dir / f"{method}-launch.yaml"
     save_yaml(settings, settings_path)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path),
-               "--num_processes", str(count), "-m", "sftrl_kit.cli", method, "--config", str(settings_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path),
+        "--num_processes",
+        str(count),
+        "-m",
+        "sftrl_kit.cli",
+        method,
+        "--config",
+        str(settings_path),
+    ]
     stream(command, run_dir / f"{method}.log", echo=echo)
     return Path(settings.run_dir)
 
@@ -78,20 +100,23 @@ def stream(command: list[str], log_path: str | Path, echo: bool = True, tail: in
     recent = ""  # the end of the output, for the error message
     with log_path.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # prints arrive as made
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )  # prints arrive as made
         assert process.stdout is not None
         while chunk := process.stdout.read1(1 << 16):
             text = decode(chunk)
             log.write(text)
             log.flush()
-            recent = (recent + text)[-200 * tail:]
+            recent = (recent + text)[-200 * tail :]
             if echo:
                 print(text, end="", flush=True)
         code = process.wait()
     if code != 0:
-        raise RuntimeError(f"{command[-4:]} exited with status {code}; last lines of {log_path}:\n"
-                           + "\n".join(_last_lines(recent, tail)))
+        raise RuntimeError(
+            f"{command[-4:]} exited with status {code}; last lines of {log_path}:\n"
+            + "\n".join(_last_lines(recent, tail))
+        )
 
 
 def _last_lines(text: str, count: int) -> list[str]:

@@ -31,9 +31,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -160,7 +161,12 @@ def resolve_autocast(mixed_precision: MixedPrecision, device: torch.device) -> t
 
 class Policy:
     def __init__(
-        self, model, tokenizer, processor=None, value_head: ValueHead | None = None, name: str = "",
+        self,
+        model,
+        tokenizer,
+        processor=None,
+        value_head: ValueHead | None = None,
+        name: str = "",
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
@@ -205,7 +211,9 @@ class Policy:
     def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> dict:
         """Left-padded model inputs for a batch of templated texts (and their images)."""
         if self.processor is not None and images and any(images):
-            batch = self.processor(text=list(texts), images=[list(i) for i in images], padding=True, return_tensors="pt")
+            batch = self.processor(
+                text=list(texts), images=[list(i) for i in images], padding=True, return_tensors="pt"
+            )
         else:
             batch = self.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)
         return {key: value.to(self.device) for key, value in batch.items()}
@@ -236,7 +244,9 @@ class Policy:
         logprobs: list[list[float] | None] = [None] * len(responses)
         if with_logprobs:
             top_p = 1.0 if sampling.greedy else sampling.top_p
-            logprobs = [lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale, top_p)]
+            logprobs = [
+                lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale, top_p)
+            ]
         return [
             Generation(self.tokenizer.decode(response, skip_special_tokens=True), prompt, response, lp)
             for prompt, response, lp in zip(prompts, responses, logprobs)
@@ -258,8 +268,9 @@ class Policy:
         """
         batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
         images = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
-        return response_token_logprobs(self.model, batch, responses, images, logit_scale, top_p,
-                                       autocast_dtype=self.autocast_dtype).logprobs
+        return response_token_logprobs(
+            self.model, batch, responses, images, logit_scale, top_p, autocast_dtype=self.autocast_dtype
+        ).logprobs
 
     def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         """Pixel tensors for rows' images, in row order (empty for text models)."""
@@ -305,16 +316,36 @@ def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_tok
     fields.update(
         # Sampling: top_k 0 turns top-k off. Greedy: the warpers are not applied, and a
         # top_k other than transformers' default only draws a "flag ignored" warning.
-        top_k=defaults["top_k"] if sampling.greedy else 0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-        bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
-        forced_bos_token_id=None, forced_eos_token_id=None, exponential_decay_length_penalty=None,
-        min_length=0, min_new_tokens=None, num_beams=1, num_return_sequences=1, length_penalty=1.0,
-        renormalize_logits=False, guidance_scale=None, watermarking_config=None,
+        top_k=defaults["top_k"] if sampling.greedy else 0,
+        top_p=1.0,
+        min_p=None,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        bad_words_ids=None,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        sequence_bias=None,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+        exponential_decay_length_penalty=None,
+        min_length=0,
+        min_new_tokens=None,
+        num_beams=1,
+        num_return_sequences=1,
+        length_penalty=1.0,
+        renormalize_logits=False,
+        guidance_scale=None,
+        watermarking_config=None,
         do_sample=not sampling.greedy,
         temperature=1.0 if sampling.greedy else sampling.temperature,
-        max_new_tokens=sampling.max_new_tokens, max_length=None,
-        pad_token_id=pad_token_id, eos_token_id=list(stop_ids),
+        max_new_tokens=sampling.max_new_tokens,
+        max_length=None,
+        pad_token_id=pad_token_id,
+        eos_token_id=list(stop_ids),
     )
     if not sampling.greedy:
         fields["top_p"] = sampling.top_p
@@ -366,7 +397,9 @@ def load_policy(
         raise ValueError(f"could not load a model from {folder}: {error}") from error
     model.to(device)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if is_vision else None
-    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer = (
+        processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    )
     if lora is not None:
         model = _with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
@@ -526,8 +559,12 @@ def build_tiny_vision_model(folder: str | Path, seed: int = 0, image_size: int =
     tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        image_size=image_size, patch_size=patch_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -655,7 +692,9 @@ def response_token_logprobs(
     """
     device = batch["input_ids"].device
     with autocast(device, autocast_dtype):
-        out = model(**batch, **(images or {}), logits_to_keep=response_window(responses), output_hidden_states=last_hidden)
+        out = model(
+            **batch, **(images or {}), logits_to_keep=response_window(responses), output_hidden_states=last_hidden
+        )
     terms = response_logprobs(out.logits, batch["input_ids"], responses, logit_scale, top_p)
     return ResponseScores(
         logprobs=[logprobs for logprobs, _ in terms],

@@ -24,14 +24,22 @@ Every figure names runs and sets the same way: `run_label` ("RL (PPO)", "SFT") a
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data import GP_EVAL_SPLITS, VIRL_EVAL_SPLITS
-from .evaluation import (KEY_FIELDS, RATES, compare_rates, evaluation_row, load_evaluations, require_same_settings,
-                         wilson_interval)
+from .evaluation import (
+    KEY_FIELDS,
+    RATES,
+    compare_rates,
+    evaluation_row,
+    load_evaluations,
+    require_same_settings,
+    wilson_interval,
+)
 from .run_folder import METRICS, list_checkpoints, read_counters, read_metrics
 
 if TYPE_CHECKING:
@@ -45,8 +53,16 @@ METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
 _SET_KINDS = {"id": "ID", "rule-ood": "rule OOD", "visual-ood": "visual OOD", "ood": "OOD"}
 # One look per run, in the order runs come: colour, marker and line style all differ,
 # so two runs stay apart in greyscale and where their lines coincide.
-_STYLES = [("tab:blue", "o", "-"), ("tab:orange", "s", "--"), ("tab:green", "^", "-."), ("tab:red", "D", ":"),
-           ("tab:purple", "v", "-"), ("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:gray", "*", ":")]
+_STYLES = [
+    ("tab:blue", "o", "-"),
+    ("tab:orange", "s", "--"),
+    ("tab:green", "^", "-."),
+    ("tab:red", "D", ":"),
+    ("tab:purple", "v", "-"),
+    ("tab:brown", "P", "--"),
+    ("tab:pink", "X", "-."),
+    ("tab:gray", "*", ":"),
+]
 
 
 def run_label(name: str, method: str | None = None) -> str:
@@ -61,8 +77,10 @@ def set_label(eval_set: str) -> str:
     """How figures name an eval set: its kind and the split registry's description,
     'gp-rule-ood' -> 'rule OOD: new rule (J, Q, K = 11, 12, 13), at least one face card,
     black suits'. Sets outside the registry keep their kind or their id."""
-    kind = next((label for suffix, label in _SET_KINDS.items()
-                 if eval_set == suffix or eval_set.endswith(f"-{suffix}")), eval_set)
+    kind = next(
+        (label for suffix, label in _SET_KINDS.items() if eval_set == suffix or eval_set.endswith(f"-{suffix}")),
+        eval_set,
+    )
     split = {**GP_EVAL_SPLITS, **VIRL_EVAL_SPLITS}.get(eval_set)
     return f"{kind}: {split.description}" if split else kind
 
@@ -73,8 +91,10 @@ def _wrap(text: str, width: int) -> str:
 
 # --- rows from run folders ------------------------------------------------------------
 
-def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
-                    keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+
+def checkpoint_rows(
+    run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None, keys: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """One row per (run, checkpoint, evaluation) with counters, settings and rates.
 
     `run` is labels[i] or the folder's name; `label`, what figures show, is labels[i] or
@@ -93,8 +113,7 @@ def checkpoint_rows(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
             for eval_set, where in wanted:
                 for metrics in load_evaluations(checkpoint, eval_set, where):
                     row = evaluation_row(run, checkpoint, counters, metrics)
-                    rows.append({**row, "label": label,
-                                 **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
+                    rows.append({**row, "label": label, **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
     return rows
 
 
@@ -108,8 +127,10 @@ def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 
 def _series(rows: Sequence[dict[str, Any]], run: str, eval_set: str, metric: str) -> list[dict[str, Any]]:
-    return sorted((r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
-                  key=lambda r: r["gflops"])
+    return sorted(
+        (r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
+        key=lambda r: r["gflops"],
+    )
 
 
 def _episodes_text(rows: Sequence[dict[str, Any]], what: str = "per point") -> str:
@@ -138,8 +159,13 @@ def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarr
 
 # --- evaluations against compute ------------------------------------------------------
 
-def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
-                eval_sets: Sequence[str] | None = None, smooth_window: int = 5) -> Figure:
+
+def plot_curves(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "success_rate",
+    eval_sets: Sequence[str] | None = None,
+    smooth_window: int = 5,
+) -> Figure:
     """Metric (%) against training GFLOPs; one panel per eval set, one line per run.
 
     Points carry the 95% interval each evaluation stored (`<metric>_low`/`_high`, Wilson's:
@@ -171,11 +197,27 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
             low = np.array([100 * r[f"{metric}_low"] for r in series])
             high = np.array([100 * r[f"{metric}_high"] for r in series])
             offset = (index - (len(runs) - 1) / 2) * dodge
-            ax.errorbar(x + offset, y, yerr=_below_above(y, low, high), fmt=marker, color=colour, ms=5, capsize=3,
-                        elinewidth=1, alpha=0.85, zorder=3 + index)
+            ax.errorbar(
+                x + offset,
+                y,
+                yerr=_below_above(y, low, high),
+                fmt=marker,
+                color=colour,
+                ms=5,
+                capsize=3,
+                elinewidth=1,
+                alpha=0.85,
+                zorder=3 + index,
+            )
             # a rate's smoothed line stays within 0..100 (Savitzky-Golay overshoots at jumps)
-            ax.plot(x, np.clip(smooth(y, smooth_window), 0, 100), color=colour, linestyle=linestyle, linewidth=1.6,
-                    zorder=2 + index)
+            ax.plot(
+                x,
+                np.clip(smooth(y, smooth_window), 0, 100),
+                color=colour,
+                linestyle=linestyle,
+                linewidth=1.6,
+                zorder=2 + index,
+            )
             handles.append(Line2D([], [], color=colour, marker=marker, linestyle=linestyle, label=label))
             top = max(top, float(high.max()) * 1.1)
         ax.set_ylim(-0.03 * top, min(100.0, top) + 0.03 * top)  # points at 0 and 100 stay off the frame
@@ -189,8 +231,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "success_rate",
     return figure
 
 
-def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str,
-                      metric: str = "success_rate") -> list[dict[str, Any]]:
+def change_from_start(
+    rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"
+) -> list[dict[str, Any]]:
     """Per run: last checkpoint minus first on one eval set, in points, with the 95%
     interval and p-value of evaluation.compare_rates, the test it used, and the episodes
     of each end."""
@@ -202,10 +245,20 @@ def change_from_start(rows: Sequence[dict[str, Any]], eval_set: str,
             continue
         first, last = series[0], series[-1]
         interval = compare_rates(last[f"{metric}_rate"], first[f"{metric}_rate"])
-        out.append({"run": run, "label": label, "start": 100 * first[metric], "end": 100 * last[metric],
-                    "change": 100 * (last[metric] - first[metric]),
-                    "low": 100 * interval["low"], "high": 100 * interval["high"], "p_value": interval["p_value"],
-                    "test": interval["test"], "episodes": (first["episodes"], last["episodes"])})
+        out.append(
+            {
+                "run": run,
+                "label": label,
+                "start": 100 * first[metric],
+                "end": 100 * last[metric],
+                "change": 100 * (last[metric] - first[metric]),
+                "low": 100 * interval["low"],
+                "high": 100 * interval["high"],
+                "p_value": interval["p_value"],
+                "test": interval["test"],
+                "episodes": (first["episodes"], last["episodes"]),
+            }
+        )
     return out
 
 
@@ -222,25 +275,45 @@ def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "su
     positions = np.arange(len(changes))
     for position, change in zip(positions, changes):
         colour, _, _ = _STYLES[runs.index(change["run"]) % len(_STYLES)]
-        ax.bar(position, change["change"], width=0.6, color=colour, alpha=0.8,
-               yerr=[[change["change"] - change["low"]], [change["high"] - change["change"]]], capsize=5)
+        ax.bar(
+            position,
+            change["change"],
+            width=0.6,
+            color=colour,
+            alpha=0.8,
+            yerr=[[change["change"] - change["low"]], [change["high"] - change["change"]]],
+            capsize=5,
+        )
         above = change["change"] >= 0
-        ax.annotate(f"{change['change']:+.1f}", (position, change["high"] if above else change["low"]),
-                    xytext=(0, 6 if above else -6), textcoords="offset points", ha="center",
-                    va="bottom" if above else "top", fontsize=9)
+        ax.annotate(
+            f"{change['change']:+.1f}",
+            (position, change["high"] if above else change["low"]),
+            xytext=(0, 6 if above else -6),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if above else "top",
+            fontsize=9,
+        )
     ax.set_xticks(positions, [f"{c['label']}\np = {c['p_value']:.2g}" for c in changes], fontsize=9)
     ax.margins(y=0.15)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")
     tests = ", ".join(dict.fromkeys(c["test"] for c in changes))
     ends = [r for r in rows if r["eval_set"] == eval_set and r[metric] is not None]
-    ax.set_title(_wrap(f"{set_label(eval_set)}\nfirst checkpoint to last, {_episodes_text(ends, 'each')}\n"
-                       f"95% interval of the difference: {tests}", 62), fontsize=9)
+    ax.set_title(
+        _wrap(
+            f"{set_label(eval_set)}\nfirst checkpoint to last, {_episodes_text(ends, 'each')}\n"
+            f"95% interval of the difference: {tests}",
+            62,
+        ),
+        fontsize=9,
+    )
     figure.tight_layout()
     return figure
 
 
 # --- a run's own log ------------------------------------------------------------------
+
 
 def training_curves(run_dir: str | Path) -> Figure:
     """A training run's curves from run_dir/metrics.jsonl (run_folder.read_metrics).
@@ -253,8 +326,10 @@ def training_curves(run_dir: str | Path) -> Figure:
     """
     run_dir = Path(run_dir)
     if not (run_dir / METRICS).is_file():
-        raise FileNotFoundError(f"{run_dir / METRICS} not found: {run_dir} is not a training run folder, or its "
-                                "trainer has logged nothing yet (train/sft.py and train/ppo.py write metrics.jsonl)")
+        raise FileNotFoundError(
+            f"{run_dir / METRICS} not found: {run_dir} is not a training run folder, or its "
+            "trainer has logged nothing yet (train/sft.py and train/ppo.py write metrics.jsonl)"
+        )
     rows = read_metrics(run_dir)
     updates = [r for r in rows if "update" in r]
     if updates:
@@ -262,8 +337,9 @@ def training_curves(run_dir: str | Path) -> Figure:
     losses = [r for r in rows if "loss" in r]
     if losses:
         return _sft_curves(run_dir, losses)
-    raise ValueError(f"{run_dir / METRICS} holds no PPO updates (rows with 'update') and no SFT losses "
-                     "(rows with 'loss')")
+    raise ValueError(
+        f"{run_dir / METRICS} holds no PPO updates (rows with 'update') and no SFT losses (rows with 'loss')"
+    )
 
 
 def _ppo_curves(run_dir: Path, rows: list[dict[str, Any]]) -> Figure:
@@ -283,8 +359,9 @@ def _ppo_curves(run_dir: Path, rows: list[dict[str, Any]]) -> Figure:
     _panel(ret, "mean return per episode")
     kl.plot(x, [r.get("approx_kl") for r in rows], "o-", ms=4, label="approx. KL, before → after the update")
     if any("kl_to_initial" in r for r in rows):
-        kl.plot(x, [r.get("kl_to_initial") for r in rows], "s--", ms=4, color="tab:orange",
-                label="KL to the initial policy")
+        kl.plot(
+            x, [r.get("kl_to_initial") for r in rows], "s--", ms=4, color="tab:orange", label="KL to the initial policy"
+        )
     kl.legend(fontsize=8)
     _panel(kl, "KL (nats)")
     clip.plot(x, [r.get("clip_fraction") for r in rows], "o-", ms=4)
@@ -293,8 +370,15 @@ def _ppo_curves(run_dir: Path, rows: list[dict[str, Any]]) -> Figure:
         variance.plot(x, [r.get("explained_variance") for r in rows], "o-", ms=4)
         variance.axhline(0, color="black", linewidth=0.8)
     else:
-        variance.text(0.5, 0.5, "not logged: this run has no critic", ha="center", va="center",
-                      transform=variance.transAxes, color="gray")
+        variance.text(
+            0.5,
+            0.5,
+            "not logged: this run has no critic",
+            ha="center",
+            va="center",
+            transform=variance.transAxes,
+            color="gray",
+        )
         variance.set_yticks([])
     _panel(variance, "explained variance (critic)")
     if not variance.get_lines():

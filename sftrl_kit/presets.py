@@ -28,8 +28,7 @@ from typing import Any
 from .data import GPDataSizes, VirlDataSizes
 from .study import StudySettings
 
-STUDY_NOTEBOOKS = ("02_data_generation", "03_sft", "04_ppo_launch", "05_evaluation", "07_failure_cases",
-                   "08_ablations")
+STUDY_NOTEBOOKS = ("02_data_generation", "03_sft", "04_ppo_launch", "05_evaluation", "07_failure_cases", "08_ablations")
 
 
 @dataclass
@@ -49,17 +48,43 @@ class Preset:
 
 QUICKSTART = Preset("quickstart", ("00_quickstart",), StudySettings())
 
-STUDY = Preset("study", STUDY_NOTEBOOKS, replace(
-    QUICKSTART.study, start_steps=64, ppo_updates=20, episodes_per_update=16, ppo_epochs=2,
-    ppo_learning_rate=1e-6, train_max_attempts=5, max_new_tokens=128, checkpoints=4, eval_limit=100,
-    eval_max_attempts=5,
-))
+STUDY = Preset(
+    "study",
+    STUDY_NOTEBOOKS,
+    replace(
+        QUICKSTART.study,
+        start_steps=64,
+        ppo_updates=20,
+        episodes_per_update=16,
+        ppo_epochs=2,
+        ppo_learning_rate=1e-6,
+        train_max_attempts=5,
+        max_new_tokens=128,
+        checkpoints=4,
+        eval_limit=100,
+        eval_max_attempts=5,
+    ),
+)
 
 SMOKE = Preset(
-    "smoke", None,
-    replace(QUICKSTART.study, model="tiny", sft_records=32, start_steps=2, sft_batch_size=4, ppo_updates=2,
-            episodes_per_update=4, max_new_tokens=16, eval_limit=4, checkpoints=2),
-    sft_branch_steps=2, budgets=(1, 3), played_episodes=2, data_root=None,
+    "smoke",
+    None,
+    replace(
+        QUICKSTART.study,
+        model="tiny",
+        sft_records=32,
+        start_steps=2,
+        sft_batch_size=4,
+        ppo_updates=2,
+        episodes_per_update=4,
+        max_new_tokens=16,
+        eval_limit=4,
+        checkpoints=2,
+    ),
+    sft_branch_steps=2,
+    budgets=(1, 3),
+    played_episodes=2,
+    data_root=None,
     gp_data=GPDataSizes(eval_size=8, sft_text=16, sft_image=4, samples=2),
     virl_data=VirlDataSizes(eval_routes=4, visual_ood_routes=2, sft_text_routes=4, sft_image_routes=2, samples=1),
 )
@@ -75,8 +100,7 @@ def override_fields() -> dict[str, str]:
     which an override changes field by field)."""
     own = {f.name: f for f in dataclasses.fields(Preset) if f.name not in _FIXED}
     study = {f.name: f for f in dataclasses.fields(StudySettings)}
-    return {name: "dict" if f.name in ("gp_data", "virl_data") else str(f.type)
-            for name, f in {**study, **own}.items()}
+    return {name: "dict" if f.name in ("gp_data", "virl_data") else str(f.type) for name, f in {**study, **own}.items()}
 
 
 def choose(name: str, overrides: Mapping[str, Any] | None = None) -> Preset:

@@ -10,7 +10,8 @@ reward. The dataset needs a `task` column (the eval-set / episode `task` dicts).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .envs import make
 

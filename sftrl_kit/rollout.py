@@ -11,8 +11,9 @@ with_logprobs)` can act as the policy (a transformers Policy, or a scripted one)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -60,8 +61,13 @@ def rollout(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     running = [
-        _start(env, None if tasks is None else tasks[i], None if seeds is None else seeds[i],
-               None if splits is None else splits[i], sampling)
+        _start(
+            env,
+            None if tasks is None else tasks[i],
+            None if seeds is None else seeds[i],
+            None if splits is None else splits[i],
+            sampling,
+        )
         for i, env in enumerate(envs)
     ]
     torch.manual_seed(sampling.seed)

@@ -36,8 +36,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .episodes import Episode, read_jsonl, write_episodes
 
@@ -55,6 +56,7 @@ _CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
 
 
 # --- run folders ----------------------------------------------------------------------
+
 
 def runs_root() -> Path:
     return Path(os.environ.get("SFTRL_RUNS", "papermill_runs"))
@@ -74,6 +76,7 @@ def new_run_dir(name: str, root: str | Path | None = None) -> Path:
 
 
 # --- checkpoints and their counters ---------------------------------------------------
+
 
 def checkpoint_dir(run_dir: str | Path, method: str, step: int) -> Path:
     """Where a trainer writes its checkpoint at `step`: checkpoints/step-NNNNNN (SFT) or
@@ -100,8 +103,10 @@ def read_counters(checkpoint: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({error.msg}); delete {path.parent} or write it again") from error
     step = counters.get("step") if isinstance(counters, dict) else None
     if not isinstance(step, int) or isinstance(step, bool):
-        raise ValueError(f"{path} holds no checkpoint counters: expected a JSON object with an integer 'step', "
-                         f"found {json.dumps(counters)[:80]}")
+        raise ValueError(
+            f"{path} holds no checkpoint counters: expected a JSON object with an integer 'step', "
+            f"found {json.dumps(counters)[:80]}"
+        )
     return counters
 
 
@@ -120,6 +125,7 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 
 
 # --- trainer state, to resume ---------------------------------------------------------
+
 
 def write_trainer_state(checkpoint: str | Path, tensors: dict, optimizer: dict[str, Any]) -> None:
     """PPO's optimizer state: its tensors as safetensors, the rest as JSON (no pickle)."""
@@ -149,12 +155,16 @@ def trainer_dir(run_dir: str | Path) -> Path:
 def last_trainer_step(run_dir: str | Path) -> int | None:
     """The step of TRL's last checkpoint-N under trainer/ (what SFT resumes from), or
     None when there is none."""
-    steps = [int(p.name.split("-", 1)[1]) for p in trainer_dir(run_dir).glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    steps = [
+        int(p.name.split("-", 1)[1])
+        for p in trainer_dir(run_dir).glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-", 1)[1].isdigit()
+    ]
     return max(steps, default=None)
 
 
 # --- metrics.jsonl --------------------------------------------------------------------
+
 
 def append_metrics(run_dir: str | Path, row: Mapping[str, Any]) -> None:
     with (Path(run_dir) / METRICS).open("a") as out:
@@ -173,8 +183,9 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> None:
     if not path.is_file():
         return
     *lines, _unfinished = path.read_text().split("\n")
-    kept = [line + "\n" for number, line in enumerate(lines, 1)
-            if line.strip() and _row_step(path, number, line) <= step]
+    kept = [
+        line + "\n" for number, line in enumerate(lines, 1) if line.strip() and _row_step(path, number, line) <= step
+    ]
     _replace(path, "".join(kept))
 
 
@@ -189,6 +200,7 @@ def _row_step(path: Path, number: int, line: str) -> int:
 
 
 # --- evaluations, one folder per set and settings -------------------------------------
+
 
 def key_digest(key: Mapping[str, Any]) -> str:
     """A short stable name for a key: the first 12 hex digits of the SHA-256 of its
@@ -240,19 +252,23 @@ def copy_evaluation(evaluation: Mapping[str, Any], model_dir: str | Path, **note
 def _read_evaluation(path: Path) -> dict[str, Any]:
     metrics = json.loads(path.read_text())
     if "key" not in metrics or key_digest(metrics["key"]) != path.parent.name:
-        raise ValueError(f"{path} does not hold the key its folder is named after; delete {path.parent} "
-                         "and evaluate again")
+        raise ValueError(
+            f"{path} does not hold the key its folder is named after; delete {path.parent} and evaluate again"
+        )
     return {**metrics, "folder": str(path.parent)}
 
 
 def _refuse_old_layout(model_dir: Path, eval_set: str | None = None) -> None:
     for path in sorted((model_dir / EVAL).glob(f"{eval_set or '*'}/{EVAL_METRICS}")):
-        raise ValueError(f"{path} is an evaluation in the old layout (eval/<set>/metrics.json), not keyed by its "
-                         f"settings: its budget and sampling cannot be told apart from others'. Delete "
-                         f"{path.parent} and evaluate again")
+        raise ValueError(
+            f"{path} is an evaluation in the old layout (eval/<set>/metrics.json), not keyed by its "
+            f"settings: its budget and sampling cannot be told apart from others'. Delete "
+            f"{path.parent} and evaluate again"
+        )
 
 
 # --- files written whole --------------------------------------------------------------
+
 
 def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,16 +24,32 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
-from .evaluation import (KEY_FIELDS, compare_rates, evaluate_checkpoints, evaluate_model, evaluation_key,
-                         key_columns, require_same_settings, select_evaluation)
+from .evaluation import (
+    KEY_FIELDS,
+    compare_rates,
+    evaluate_checkpoints,
+    evaluate_model,
+    evaluation_key,
+    key_columns,
+    require_same_settings,
+    select_evaluation,
+)
 from .models import SamplingConfig
-from .run_folder import (EVAL_EPISODES, copy_evaluation, last_checkpoint, list_checkpoints, read_evaluation,
-                         read_evaluations, runs_root)
+from .run_folder import (
+    EVAL_EPISODES,
+    copy_evaluation,
+    last_checkpoint,
+    list_checkpoints,
+    read_evaluation,
+    read_evaluations,
+    runs_root,
+)
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 
 if TYPE_CHECKING:
@@ -72,9 +88,17 @@ class StudySettings:
     def eval_keys(self) -> dict[str, dict[str, Any]]:
         """{set: the key of its evaluation under these settings}: what tables and figures
         should select (`what_moved(..., keys=...)`, `plots.checkpoint_rows(..., keys=...)`)."""
-        return {name: evaluation_key(name, load_eval_set(eval_set_path(name)), "gp-l", self.eval_sampling(),
-                                     self.eval_limit, max_attempts=self.eval_max_attempts)
-                for name in self.eval_sets}
+        return {
+            name: evaluation_key(
+                name,
+                load_eval_set(eval_set_path(name)),
+                "gp-l",
+                self.eval_sampling(),
+                self.eval_limit,
+                max_attempts=self.eval_max_attempts,
+            )
+            for name in self.eval_sets
+        }
 
 
 def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: int | None = None) -> Path:
@@ -92,6 +116,7 @@ def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[
     under one of its subfolders, such as the quickstart's), and the shared start's last
     checkpoint if they include one. With none there, the newest folder under the runs
     root that has some is used, so a notebook opened on its own picks up the last study."""
+
     def with_subfolders(folder: Path) -> list[Path]:
         return [folder] + sorted(p for p in folder.glob("*") if p.is_dir())
 
@@ -102,8 +127,9 @@ def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[
         if runs:
             start = folder / start_name
             return [r for r in runs if r != start], last_checkpoint(start) if start in runs else None
-    raise FileNotFoundError(f"no training runs under {run_dir} or {runs_root()}: run 03_sft and 04_ppo_launch "
-                            "(or 00_quickstart) first")
+    raise FileNotFoundError(
+        f"no training runs under {run_dir} or {runs_root()}: run 03_sft and 04_ppo_launch (or 00_quickstart) first"
+    )
 
 
 def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | None = None):
@@ -141,16 +167,25 @@ def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str =
     """The shared initialisation: SFT of the base model; returns its last checkpoint."""
     from .train.sft import SFTSettings, train_sft
 
-    folder = train_sft(SFTSettings(
-        model=settings.model, dataset=str(dataset), run_dir=str(Path(run_dir) / name),
-        learning_rate=settings.start_learning_rate, max_steps=settings.start_steps,
-        save_steps=settings.start_steps, batch_size=settings.sft_batch_size, logging_steps=1, seed=settings.seed,
-    ))
+    folder = train_sft(
+        SFTSettings(
+            model=settings.model,
+            dataset=str(dataset),
+            run_dir=str(Path(run_dir) / name),
+            learning_rate=settings.start_learning_rate,
+            max_steps=settings.start_steps,
+            save_steps=settings.start_steps,
+            batch_size=settings.sft_batch_size,
+            logging_steps=1,
+            seed=settings.seed,
+        )
+    )
     return last_checkpoint(folder)
 
 
-def ppo_settings(settings: StudySettings, run_dir: Path, start: str | Path, name: str = "ppo",
-                 **overrides: Any) -> PPOSettings:
+def ppo_settings(
+    settings: StudySettings, run_dir: Path, start: str | Path, name: str = "ppo", **overrides: Any
+) -> PPOSettings:
     """The PPO branch's settings: PPO on the trained rule from `start` (a checkpoint
     folder, whose tokens count as D_init, or a base model) into run_dir/name, one
     minibatch per update's episodes, `settings.checkpoints` checkpoints; `overrides`
@@ -158,12 +193,20 @@ def ppo_settings(settings: StudySettings, run_dir: Path, start: str | Path, name
     from .train.ppo import PPOSettings
 
     ppo = PPOSettings(
-        model=str(start), run_dir=str(Path(run_dir) / name), max_attempts=settings.train_max_attempts,
-        episodes_per_update=settings.episodes_per_update, rollout_batch_size=settings.episodes_per_update,
-        updates=settings.ppo_updates, learning_rate=settings.ppo_learning_rate, ppo_epochs=settings.ppo_epochs,
-        minibatch_size=settings.episodes_per_update, max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature, save_every=_every(settings.ppo_updates, settings.checkpoints),
-        seed=settings.seed, init_tokens=counters(start)["tokens"] if Path(start).is_dir() else 0,
+        model=str(start),
+        run_dir=str(Path(run_dir) / name),
+        max_attempts=settings.train_max_attempts,
+        episodes_per_update=settings.episodes_per_update,
+        rollout_batch_size=settings.episodes_per_update,
+        updates=settings.ppo_updates,
+        learning_rate=settings.ppo_learning_rate,
+        ppo_epochs=settings.ppo_epochs,
+        minibatch_size=settings.episodes_per_update,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        save_every=_every(settings.ppo_updates, settings.checkpoints),
+        seed=settings.seed,
+        init_tokens=counters(start)["tokens"] if Path(start).is_dir() else 0,
     )
     return replace(ppo, **overrides)
 
@@ -185,21 +228,31 @@ def sft_steps_for(target_gflops: float, start: Path) -> int:
     return max(1, math.ceil(needed_tokens / tokens_per_step))
 
 
-def sft_branch(settings: StudySettings, run_dir: Path, start: Path, dataset: Path, steps: int,
-               name: str = "sft") -> Path:
+def sft_branch(
+    settings: StudySettings, run_dir: Path, start: Path, dataset: Path, steps: int, name: str = "sft"
+) -> Path:
     """More SFT on the trained rule from the start checkpoint; returns the run folder."""
     from .train.sft import SFTSettings, train_sft
 
-    return train_sft(SFTSettings(
-        model=str(start), dataset=str(dataset), run_dir=str(Path(run_dir) / name),
-        learning_rate=settings.sft_learning_rate, max_steps=steps, save_steps=_every(steps, settings.checkpoints),
-        batch_size=settings.sft_batch_size, logging_steps=1, seed=settings.seed + 1,
-        init_tokens=counters(start)["tokens"],
-    ))
+    return train_sft(
+        SFTSettings(
+            model=str(start),
+            dataset=str(dataset),
+            run_dir=str(Path(run_dir) / name),
+            learning_rate=settings.sft_learning_rate,
+            max_steps=steps,
+            save_steps=_every(steps, settings.checkpoints),
+            batch_size=settings.sft_batch_size,
+            logging_steps=1,
+            seed=settings.seed + 1,
+            init_tokens=counters(start)["tokens"],
+        )
+    )
 
 
-def evaluate_runs(settings: StudySettings, runs: Sequence[Path], start: Path | None = None,
-                  progress: bool = True) -> list[dict[str, Any]]:
+def evaluate_runs(
+    settings: StudySettings, runs: Sequence[Path], start: Path | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
     """Every checkpoint of every run on settings.eval_sets (evaluation.evaluate_checkpoints:
     evaluations with these settings already there are reused; those with other settings
     stay beside them, untouched). One row per (run, checkpoint, set).
@@ -224,9 +277,14 @@ def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = 
 
 def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
     """The study's evaluation as evaluate_model's and evaluate_checkpoints' arguments."""
-    return dict(eval_sets={name: eval_set_path(name) for name in settings.eval_sets}, env_id="gp-l",
-                sampling=settings.eval_sampling(), limit=settings.eval_limit, batch_size=settings.eval_limit or 64,
-                max_attempts=settings.eval_max_attempts)
+    return dict(
+        eval_sets={name: eval_set_path(name) for name in settings.eval_sets},
+        env_id="gp-l",
+        sampling=settings.eval_sampling(),
+        limit=settings.eval_limit,
+        batch_size=settings.eval_limit or 64,
+        max_attempts=settings.eval_max_attempts,
+    )
 
 
 def _copy_evaluations(start: Path, step_zero: Path) -> None:
@@ -236,8 +294,12 @@ def _copy_evaluations(start: Path, step_zero: Path) -> None:
             copy_evaluation(evaluation, step_zero, copied_from=str(start))
 
 
-def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "success_rate",
-               keys: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def what_moved(
+    runs: Sequence[Path],
+    eval_sets: Sequence[str],
+    metric: str = "success_rate",
+    keys: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Did anything move? `metric`: a rate of evaluation's metrics (success_rate,
     per_step_accuracy, ...) or a failure mode (other_rule_used: the share of answers
     that followed the rule not in force; on rule-OOD sets, the trained rule). Rows of A - B with A's and B's rates and
@@ -269,16 +331,26 @@ def what_moved(runs: Sequence[Path], eval_sets: Sequence[str], metric: str = "su
     return rows
 
 
-def _comparison(label: str, eval_set: str, pair: tuple[Path, Path], metric: str,
-                keys: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+def _comparison(
+    label: str, eval_set: str, pair: tuple[Path, Path], metric: str, keys: dict[str, dict[str, Any]] | None
+) -> dict[str, Any]:
     (a, key_a), (b, key_b) = (_rate(checkpoint, eval_set, metric, (keys or {}).get(eval_set)) for checkpoint in pair)
     require_same_settings([key_a, key_b], f"{label} on {eval_set}")
     c = compare_rates(a, b)
-    return {"comparison": label, "eval_set": eval_set, "metric": metric, "A": _cell(a), "B": _cell(b),
-            "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
-            "p": round(c["p_value"], 4), "significant": c["significant"], "test": c["test"],
-            "GFLOPs A": round(counters(pair[0])["gflops"], 1), "GFLOPs B": round(counters(pair[1])["gflops"], 1),
-            **key_columns(key_a)}
+    return {
+        "comparison": label,
+        "eval_set": eval_set,
+        "metric": metric,
+        "A": _cell(a),
+        "B": _cell(b),
+        "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
+        "p": round(c["p_value"], 4),
+        "significant": c["significant"],
+        "test": c["test"],
+        "GFLOPs A": round(counters(pair[0])["gflops"], 1),
+        "GFLOPs B": round(counters(pair[1])["gflops"], 1),
+        **key_columns(key_a),
+    }
 
 
 def _evaluated(run: Path) -> list[Path]:
@@ -304,8 +376,12 @@ def _every(total: int, checkpoints: int) -> int:
     return max(1, math.ceil(total / max(1, checkpoints)))
 
 
-def budget_ablation(settings: StudySettings, run_dir: Path, start: Path, budgets: Sequence[int] = (1, 3, 5, 10),
-                    ) -> list[Path]:
+def budget_ablation(
+    settings: StudySettings,
+    run_dir: Path,
+    start: Path,
+    budgets: Sequence[int] = (1, 3, 5, 10),
+) -> list[Path]:
     """PPO from one start at each verification budget (run_dir/budget-<b>); the paper
     finds larger OOD gains with more verification steps at equal compute."""
     return [ppo_branch(settings, run_dir, start, name=f"budget-{b}", max_attempts=b) for b in budgets]

@@ -16,8 +16,9 @@ import base64
 import html
 import io
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 from .envs.general_points.formula import FormulaError, parse_formula
 from .episodes import Episode
@@ -41,11 +42,11 @@ _STYLE = """
 </style>
 """
 
-Labelled = tuple[Union[str, None], Episode]
+Labelled = tuple[str | None, Episode]
 # What the renderers take: plain episodes, (source, episode) pairs, or {source: episodes}.
 # The source names where an episode came from (run, checkpoint), which the episode
 # record itself does not hold: the same seeds recur in every checkpoint's evaluation.
-Episodes = Union[Sequence[Union[Episode, tuple[str, Episode]]], Mapping[str, Sequence[Episode]]]
+Episodes = Sequence[Episode | tuple[str, Episode]] | Mapping[str, Sequence[Episode]]
 
 
 def labelled(episodes: Episodes) -> list[Labelled]:
@@ -111,17 +112,24 @@ def turn_html(episode: Episode, index: int) -> str:
     return "\n".join(parts)
 
 
-def episode_html(episode: Episode, turn: int | None = None, with_images: bool = True, source: str | None = None,
-                 position: tuple[int, int] | None = None) -> str:
+def episode_html(
+    episode: Episode,
+    turn: int | None = None,
+    with_images: bool = True,
+    source: str | None = None,
+    position: tuple[int, int] | None = None,
+) -> str:
     """An episode card: where it came from, the episode's header, the prompt (collapsed),
     the image, and its turns (all, or up to `turn`). `position` is (i, N), from 1."""
     shown = episode.turns if turn is None else episode.turns[: turn + 1]
     status = '<span class="sftrl-ok">solved</span>' if episode.success else '<span class="sftrl-bad">not solved</span>'
     where = [f"episode {position[0]} of {position[1]}"] if position else []
     where += [f'<span class="sftrl-source">{html.escape(source)}</span>'] if source else []
-    header = (f"<div><b>{html.escape(episode.env_id)}</b> {html.escape(str(episode.split or ''))} "
-              f"seed {html.escape(str(episode.seed))} &middot; {status} &middot; {len(episode.turns)} attempt(s) "
-              f"&middot; return {episode.total_reward:+.2f}</div>")
+    header = (
+        f"<div><b>{html.escape(episode.env_id)}</b> {html.escape(str(episode.split or ''))} "
+        f"seed {html.escape(str(episode.seed))} &middot; {status} &middot; {len(episode.turns)} attempt(s) "
+        f"&middot; return {episode.total_reward:+.2f}</div>"
+    )
     body = [f'<div class="sftrl-meta">{" &middot; ".join(where)}</div>'] if where else []
     body += [header, f"<details><summary>prompt</summary><pre>{html.escape(episode.prompt)}</pre></details>"]
     if with_images:
@@ -131,13 +139,16 @@ def episode_html(episode: Episode, turn: int | None = None, with_images: bool = 
 
 
 def _matches(episode: Episode, split: str | None, outcome: str | None, success: bool | None) -> bool:
-    return ((split is None or episode.split == split)
-            and (outcome is None or any(t.outcome == outcome for t in episode.turns))
-            and (success is None or episode.success == success))
+    return (
+        (split is None or episode.split == split)
+        and (outcome is None or any(t.outcome == outcome for t in episode.turns))
+        and (success is None or episode.success == success)
+    )
 
 
-def filter_episodes(episodes: Sequence[Episode], split: str | None = None, outcome: str | None = None,
-                    success: bool | None = None) -> list[Episode]:
+def filter_episodes(
+    episodes: Sequence[Episode], split: str | None = None, outcome: str | None = None, success: bool | None = None
+) -> list[Episode]:
     """Episodes of a split, with at least one answer of an outcome, solved or not."""
     return [e for e in episodes if _matches(e, split, outcome, success)]
 
@@ -147,8 +158,7 @@ def _counts(episodes: Sequence[Episode]) -> str:
     share = f" ({100 * solved / len(episodes):.0f}%)" if episodes else ""
     outcomes = Counter(t.outcome for e in episodes for t in e.turns)
     listed = ", ".join(f"{html.escape(str(name))} {count}" for name, count in sorted(outcomes.items())) or "none"
-    return (f"<td>{len(episodes)}</td><td>{solved}{share}</td>"
-            f"<td>{sum(outcomes.values())}: {listed}</td>")
+    return f"<td>{len(episodes)}</td><td>{solved}{share}</td><td>{sum(outcomes.values())}: {listed}</td>"
 
 
 def summary_html(episodes: Episodes) -> str:
@@ -170,14 +180,17 @@ def export_html(episodes: Episodes, path: str | Path, title: str = "episodes", l
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pairs = labelled(episodes)
-    cards = "\n".join(episode_html(e, source=source, position=(i + 1, len(pairs)))
-                      for i, (source, e) in enumerate(pairs[:limit]))
+    cards = "\n".join(
+        episode_html(e, source=source, position=(i + 1, len(pairs))) for i, (source, e) in enumerate(pairs[:limit])
+    )
     more = f"<p>{len(pairs) - limit} more episodes not shown.</p>" if len(pairs) > limit else ""
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'>"
-                    f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-                    f"<title>{html.escape(title)}</title>{_STYLE}</head><body><div class='sftrl-page'>"
-                    f"<h2>{html.escape(title)}</h2>{summary_html(pairs)}{cards}{more}</div></body></html>",
-                    encoding="utf-8")
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title>{_STYLE}</head><body><div class='sftrl-page'>"
+        f"<h2>{html.escape(title)}</h2>{summary_html(pairs)}{cards}{more}</div></body></html>",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -186,9 +199,11 @@ def page_link_html(page: str | Path, episodes: int) -> str:
     shows no live widget, only this (the link is relative: it works beside the page,
     where `sftrl run` writes executed notebooks)."""
     page = Path(page)
-    return (f'<p class="sftrl-meta">{episodes} episodes; static page (no kernel needed): '
-            f'<a href="{html.escape(page.name)}" target="_blank">{html.escape(page.name)}</a> '
-            f"in <code>{html.escape(str(page.parent))}</code></p>")
+    return (
+        f'<p class="sftrl-meta">{episodes} episodes; static page (no kernel needed): '
+        f'<a href="{html.escape(page.name)}" target="_blank">{html.escape(page.name)}</a> '
+        f"in <code>{html.escape(str(page.parent))}</code></p>"
+    )
 
 
 class EpisodeViewer:
@@ -224,9 +239,12 @@ class EpisodeViewer:
     def _current(self) -> list[Labelled]:
         pick = lambda value: None if value == "any" else value  # noqa: E731
         solved = {"any": None, "solved": True, "not solved": False}[self.solved.value]
-        return [(source, e) for source, e in self.pairs
-                if pick(self.source.value) in (None, source)
-                and _matches(e, pick(self.split.value), pick(self.outcome.value), solved)]
+        return [
+            (source, e)
+            for source, e in self.pairs
+            if pick(self.source.value) in (None, source)
+            and _matches(e, pick(self.split.value), pick(self.outcome.value), solved)
+        ]
 
     def _refilter(self) -> None:
         self.shown = self._current()
@@ -245,24 +263,40 @@ class EpisodeViewer:
             self.view.value = "<i>no episode matches the filters</i>"
             return
         source, episode = self.shown[self.index.value]
-        self.view.value = _STYLE + episode_html(episode, turn=self.turn.value, source=source,
-                                                position=(self.index.value + 1, len(self.shown)))
+        self.view.value = _STYLE + episode_html(
+            episode, turn=self.turn.value, source=source, position=(self.index.value + 1, len(self.shown))
+        )
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         if self.page is not None:
-            display({"text/html": page_link_html(self.page, len(self.pairs)),
-                     "text/plain": f"{len(self.pairs)} episodes; static page: {self.page}"}, raw=True)
+            display(
+                {
+                    "text/html": page_link_html(self.page, len(self.pairs)),
+                    "text/plain": f"{len(self.pairs)} episodes; static page: {self.page}",
+                },
+                raw=True,
+            )
         bundle = self.widget._repr_mimebundle_()
         if bundle is not None:  # what a saved notebook shows where widgets do not render: not VBox(...)
-            bundle["text/plain"] = (f"EpisodeViewer: {len(self.pairs)} episodes (a live widget; rerun the cell)"
-                                    + (f"; static page: {self.page}" if self.page else ""))
+            bundle["text/plain"] = f"EpisodeViewer: {len(self.pairs)} episodes (a live widget; rerun the cell)" + (
+                f"; static page: {self.page}" if self.page else ""
+            )
             display(bundle, raw=True)
 
 
 def summary_rows(episodes: Episodes) -> list[dict[str, Any]]:
     """One flat row per episode (for a DataFrame next to the viewer)."""
-    return [{"source": source, "split": e.split, "seed": e.seed, "success": e.success, "attempts": len(e.turns),
-             "return": e.total_reward, "outcomes": ",".join(t.outcome for t in e.turns)}
-            for source, e in labelled(episodes)]
+    return [
+        {
+            "source": source,
+            "split": e.split,
+            "seed": e.seed,
+            "success": e.success,
+            "attempts": len(e.turns),
+            "return": e.total_reward,
+            "outcomes": ",".join(t.outcome for t in e.turns),
+        }
+        for source, e in labelled(episodes)
+    ]

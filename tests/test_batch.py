@@ -2,7 +2,6 @@
 parameters checked before any kernel starts; what the notebooks print reaches the terminal."""
 
 import json
-import logging
 import sys
 
 import nbformat
@@ -10,8 +9,14 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from sftrl_kit import study
-from sftrl_kit.batch import (KIT_ROOT, NotebookFailure, notebook_parameters, resolve_notebooks, run_batch,
-                             run_summary, split_parameters)
+from sftrl_kit.batch import (
+    NotebookFailure,
+    notebook_parameters,
+    resolve_notebooks,
+    run_batch,
+    run_summary,
+    split_parameters,
+)
 
 
 def notebook(path, *sources, parameters="run_dir = None"):
@@ -28,11 +33,13 @@ def notebooks(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
     notebook(folder / "01_write.ipynb", "from pathlib import Path\n(Path(run_dir) / 'one.txt').write_text('from 01')")
-    notebook(folder / "02_read.ipynb",
-             "from pathlib import Path\nassert (Path(run_dir) / 'one.txt').read_text() == 'from 01'",
-             "import os\nif not os.path.exists(flag):\n    raise RuntimeError('flag file ' + flag + ' is missing')",
-             "(Path(run_dir) / 'two.txt').write_text('from 02')",
-             parameters="run_dir = None\nflag = 'missing'")  # only 02 has `flag`
+    notebook(
+        folder / "02_read.ipynb",
+        "from pathlib import Path\nassert (Path(run_dir) / 'one.txt').read_text() == 'from 01'",
+        "import os\nif not os.path.exists(flag):\n    raise RuntimeError('flag file ' + flag + ' is missing')",
+        "(Path(run_dir) / 'two.txt').write_text('from 02')",
+        parameters="run_dir = None\nflag = 'missing'",
+    )  # only 02 has `flag`
     notebook(folder / "03_last.ipynb", "(__import__('pathlib').Path(run_dir) / 'three.txt').write_text('3')")
     return folder
 
@@ -41,13 +48,20 @@ def notebooks(tmp_path):
 def test_a_failed_batch_names_the_cell_and_resumes_from_that_notebook(notebooks, tmp_path, caplog, capsys):
     run_dir = tmp_path / "batch"
     with pytest.raises(NotebookFailure) as failure:
-        run_batch(["01", "02_read", "03_last.ipynb"], {"flag": str(tmp_path / "flag")}, run_dir=run_dir,
-                  notebooks_dir=notebooks, log_output=False)
-    assert failure.value.notebook == "02_read" and failure.value.cell == 4  # In [4]: after the parameters and the injected cell
+        run_batch(
+            ["01", "02_read", "03_last.ipynb"],
+            {"flag": str(tmp_path / "flag")},
+            run_dir=run_dir,
+            notebooks_dir=notebooks,
+            log_output=False,
+        )
+    assert failure.value.notebook == "02_read"
+    assert failure.value.cell == 4
     assert "RuntimeError: flag file" in failure.value.error
     state = json.loads((run_dir / "batch.json").read_text())
     assert [e["status"] for e in state["notebooks"]] == ["ok", "failed", "pending"]
-    assert (run_dir / "02_read.ipynb").is_file() and not (run_dir / "03_last.ipynb").exists()
+    assert (run_dir / "02_read.ipynb").is_file()
+    assert not (run_dir / "03_last.ipynb").exists()
 
     (tmp_path / "flag").write_text("")
     (run_dir / "one.txt").write_text("from 01")  # 01 must not run again: its output is kept
@@ -58,8 +72,9 @@ def test_a_failed_batch_names_the_cell_and_resumes_from_that_notebook(notebooks,
     assert [e["status"] for e in state["notebooks"]] == ["ok", "ok", "ok"]
     assert (run_dir / "three.txt").read_text() == "3"
     injected = {name: _injected(run_dir / f"{name}.ipynb") for name in ("01_write", "02_read", "03_last")}
-    assert f"run_dir = \"{run_dir.resolve()}\"" in injected["02_read"]
-    assert "flag = " in injected["02_read"] and "flag" not in injected["01_write"] + injected["03_last"]
+    assert f'run_dir = "{run_dir.resolve()}"' in injected["02_read"]
+    assert "flag = " in injected["02_read"]
+    assert "flag" not in injected["01_write"] + injected["03_last"]
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]  # papermill had nothing to warn
 
 
@@ -71,15 +86,19 @@ def _injected(path) -> str:
 def test_what_a_notebook_prints_reaches_the_terminal_progress_bars_included(tmp_path, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    notebook(folder / "01_talk.ipynb",
-             "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir)\n"
-             "print('hello from cell', 3)\nprint('a warning', file=sys.stderr)\n"
-             "from tqdm.auto import tqdm\nfor _ in tqdm(range(4), desc='steps'):\n    pass")
+    notebook(
+        folder / "01_talk.ipynb",
+        "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir)\n"
+        "print('hello from cell', 3)\nprint('a warning', file=sys.stderr)\n"
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(4), desc='steps'):\n    pass",
+    )
     run_batch(["01"], run_dir=tmp_path / "run", notebooks_dir=folder)
     captured = capsys.readouterr()
     assert f"run folder {(tmp_path / 'run').resolve()}" in captured.out
-    assert "hello from cell 3\n" in captured.out and "a warning\n" in captured.err
-    assert "steps: 100%" in captured.err and "4/4" in captured.err  # text, not a widget the terminal never sees
+    assert "hello from cell 3\n" in captured.out
+    assert "a warning\n" in captured.err
+    assert "steps: 100%" in captured.err
+    assert "4/4" in captured.err
     assert "Executing" not in captured.err  # papermill's cell bar does not interleave
 
 
@@ -97,7 +116,8 @@ def test_text_progress_switches_tqdm_and_the_trainer_to_their_console_versions(m
     if trainer is not None:
         monkeypatch.setattr(trainer, "DEFAULT_PROGRESS_CALLBACK", None)
     text_progress()
-    assert tqdm.auto.tqdm is tqdm.std.tqdm and tqdm.auto.trange is tqdm.std.trange
+    assert tqdm.auto.tqdm is tqdm.std.tqdm
+    assert tqdm.auto.trange is tqdm.std.trange
     if trainer is None:
         assert transformers.utils.is_in_notebook() is False  # read by transformers.trainer when imported
     else:
@@ -106,32 +126,60 @@ def test_text_progress_switches_tqdm_and_the_trainer_to_their_console_versions(m
 
 def test_parameters_are_read_from_the_cell_without_running_it(tmp_path):
     path = tmp_path / "01_p.ipynb"
-    notebook(path, parameters="\n".join([
-        "run_dir = None  # the folder",
-        "limit = 40  # None: all",
-        "rate = 1e-5",
-        "smoke = False",
-        "name = 'x'",
-        "sets = ['a', 'b']",
-        "sizes = {}",
-        "seed: int = 0",
-        "budget: 'int | None' = 5",
-        "scale: Optional[float] = None",
-        "kind: Literal['gae', 'grpo'] = 'gae'",
-        "folder: Path = Path('out')",
-        "boom = open('/nonexistent/never-read')  # executing the cell would raise",
-    ]))
+    notebook(
+        path,
+        parameters="\n".join(
+            [
+                "run_dir = None  # the folder",
+                "limit = 40  # None: all",
+                "rate = 1e-5",
+                "smoke = False",
+                "name = 'x'",
+                "sets = ['a', 'b']",
+                "sizes = {}",
+                "seed: int = 0",
+                "budget: 'int | None' = 5",
+                "scale: Optional[float] = None",
+                "kind: Literal['gae', 'grpo'] = 'gae'",
+                "folder: Path = Path('out')",
+                "boom = open('/nonexistent/never-read')  # executing the cell would raise",
+            ]
+        ),
+    )
     declared = notebook_parameters(path)
-    assert list(declared) == ["run_dir", "limit", "rate", "smoke", "name", "sets", "sizes", "seed", "budget",
-                              "scale", "kind", "folder", "boom"]
+    assert list(declared) == [
+        "run_dir",
+        "limit",
+        "rate",
+        "smoke",
+        "name",
+        "sets",
+        "sizes",
+        "seed",
+        "budget",
+        "scale",
+        "kind",
+        "folder",
+        "boom",
+    ]
     accepted = {name: [v for v in (3, 2.5, True, "s", [1], {}, None) if p.admits(v)] for name, p in declared.items()}
     assert accepted == {
-        "run_dir": [3, 2.5, True, "s", [1], {}, None], "limit": [3, None], "rate": [3, 2.5, None],
-        "smoke": [True, None], "name": ["s", None], "sets": [[1], None], "sizes": [{}, None], "seed": [3],
-        "budget": [3, None], "scale": [3, 2.5, None], "kind": ["s"], "folder": [3, 2.5, True, "s", [1], {}, None],
+        "run_dir": [3, 2.5, True, "s", [1], {}, None],
+        "limit": [3, None],
+        "rate": [3, 2.5, None],
+        "smoke": [True, None],
+        "name": ["s", None],
+        "sets": [[1], None],
+        "sizes": [{}, None],
+        "seed": [3],
+        "budget": [3, None],
+        "scale": [3, 2.5, None],
+        "kind": ["s"],
+        "folder": [3, 2.5, True, "s", [1], {}, None],
         "boom": [3, 2.5, True, "s", [1], {}, None],
     }
-    assert declared["rate"].default == 1e-5 and declared["seed"].expected == "int"
+    assert declared["rate"].default == 1e-5
+    assert declared["seed"].expected == "int"
     notebook(path, parameters="%matplotlib inline\nseed = 0")
     with pytest.raises(ValueError, match="parameters cell of .*01_p.ipynb is not plain Python"):
         notebook_parameters(path)
@@ -143,8 +191,11 @@ def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path):
     declared = {name: notebook_parameters(tmp_path / f"{name}.ipynb") for name in ("01_a", "02_b")}
     shares = split_parameters(declared, {"seed": 3, "eval_limit": 5, "episodes": 2})
     assert shares == {"01_a": {"seed": 3, "eval_limit": 5}, "02_b": {"seed": 3, "episodes": 2}}
-    with pytest.raises(ValueError, match=r"unknown parameter 'episode' \(did you mean 'episodes'\?\): "
-                                         r"no notebook of this batch \(01_a, 02_b\) declares it"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parameter 'episode' \(did you mean 'episodes'\?\): "
+        r"no notebook of this batch \(01_a, 02_b\) declares it",
+    ):
         split_parameters(declared, {"episode": 2})
     with pytest.raises(ValueError, match=r"unknown parameter 'zzz': .* Their parameters: episodes, eval_limit, seed$"):
         split_parameters(declared, {"zzz": 2})
@@ -162,8 +213,10 @@ def test_a_bad_parameter_stops_the_batch_before_it_starts_or_resumes(notebooks, 
 
     batch = tmp_path / "old"
     batch.mkdir()
-    state = {"notebooks": [{"name": "01_write", "status": "ok"}, {"name": "02_read", "status": "failed"}],
-             "parameters": {"flag": "abc"}}
+    state = {
+        "notebooks": [{"name": "01_write", "status": "ok"}, {"name": "02_read", "status": "failed"}],
+        "parameters": {"flag": "abc"},
+    }
     (batch / "batch.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"unknown parameter 'flg' \(did you mean 'flag'\?\)"):
         run_batch([], {"flg": "x"}, resume=batch, notebooks_dir=notebooks)
@@ -173,20 +226,43 @@ def test_a_bad_parameter_stops_the_batch_before_it_starts_or_resumes(notebooks, 
 def test_the_summary_says_where_notebooks_figures_tables_and_the_verdict_are(tmp_path):
     run = tmp_path / "run"
     (run / "figures").mkdir(parents=True)
-    for name in ("success_rate-vs-gflops.png", "success_rate-vs-gflops.svg", "ood-change.png", "ood-change.svg",
-                 "budgets.png"):
+    for name in (
+        "success_rate-vs-gflops.png",
+        "success_rate-vs-gflops.svg",
+        "ood-change.png",
+        "ood-change.svg",
+        "budgets.png",
+    ):
         (run / "figures" / name).write_bytes(b"")
     (run / "sft" / "trainer").mkdir(parents=True)
     (run / "sft" / "trainer" / "README.md").write_text("a model card, not a table")
-    (run / "batch.json").write_text(json.dumps({"notebooks": [
-        {"name": "00_quickstart", "status": "ok", "seconds": 1830.0}], "parameters": {}}))
+    (run / "batch.json").write_text(
+        json.dumps({"notebooks": [{"name": "00_quickstart", "status": "ok", "seconds": 1830.0}], "parameters": {}})
+    )
     study.write_table([{"run": "ppo", "eval_set": "gp-id", "success": "3/4"}], run, "quickstart-evaluations")
-    moved = [{"comparison": "ppo: end - start", "eval_set": "gp-rule-ood", "metric": "success_rate",
-              "A": "9/40 = 22.5%", "B": "4/40 = 10.0%", "A - B (points)": "+12.5 [-3.6, +28.3]", "p": 0.1287,
-              "significant": False},
-             {"comparison": "ppo end - sft end", "eval_set": "gp-rule-ood", "metric": "success_rate",
-              "A": "9/40 = 22.5%", "B": "1/40 = 2.5%", "A - B (points)": "+20.0 [+6.3, +34.7]", "p": 0.0069,
-              "significant": True, "test": "McNemar exact"}]
+    moved = [
+        {
+            "comparison": "ppo: end - start",
+            "eval_set": "gp-rule-ood",
+            "metric": "success_rate",
+            "A": "9/40 = 22.5%",
+            "B": "4/40 = 10.0%",
+            "A - B (points)": "+12.5 [-3.6, +28.3]",
+            "p": 0.1287,
+            "significant": False,
+        },
+        {
+            "comparison": "ppo end - sft end",
+            "eval_set": "gp-rule-ood",
+            "metric": "success_rate",
+            "A": "9/40 = 22.5%",
+            "B": "1/40 = 2.5%",
+            "A - B (points)": "+20.0 [+6.3, +34.7]",
+            "p": 0.0069,
+            "significant": True,
+            "test": "McNemar exact",
+        },
+    ]
     study.write_table(moved, run, "quickstart-what-moved")
 
     (run / "views" / "route-7").mkdir(parents=True)
@@ -195,14 +271,46 @@ def test_the_summary_says_where_notebooks_figures_tables_and_the_verdict_are(tmp
 
     lines = run_summary(run, most=2).splitlines()
     assert lines[:3] == [f"run folder: {run}", f"executed notebooks in {run}:", "  00_quickstart.ipynb  ok, 30.5 min"]
-    assert lines[3:8] == [f"figures in {run / 'figures'}:", "  budgets.png", "  ood-change.png (.svg)",
-                          "  ... and 1 more", "other figures, files by folder: views/route-7 (3)"]
-    assert lines[8:11] == [f"tables in {run / 'tables'}:", "  quickstart-evaluations.csv", "  quickstart-what-moved.csv"]
+    assert lines[3:8] == [
+        f"figures in {run / 'figures'}:",
+        "  budgets.png",
+        "  ood-change.png (.svg)",
+        "  ... and 1 more",
+        "other figures, files by folder: views/route-7 (3)",
+    ]
+    assert lines[8:11] == [
+        f"tables in {run / 'tables'}:",
+        "  quickstart-evaluations.csv",
+        "  quickstart-what-moved.csv",
+    ]
     assert lines[11] == "what moved (tables/quickstart-what-moved.csv):"
-    assert lines[12].split() == ["comparison", "eval_set", "metric", "A", "-", "B", "(points)", "p", "significant", "test"]
-    assert lines[13].split() == ["ppo:", "end", "-", "start", "gp-rule-ood", "success_rate", "+12.5", "[-3.6,",
-                                 "+28.3]", "0.1287", "False"]
-    assert lines[14].split()[-5:] == ["+34.7]", "0.0069", "True", "McNemar", "exact"] and len(lines) == 15
+    assert lines[12].split() == [
+        "comparison",
+        "eval_set",
+        "metric",
+        "A",
+        "-",
+        "B",
+        "(points)",
+        "p",
+        "significant",
+        "test",
+    ]
+    assert lines[13].split() == [
+        "ppo:",
+        "end",
+        "-",
+        "start",
+        "gp-rule-ood",
+        "success_rate",
+        "+12.5",
+        "[-3.6,",
+        "+28.3]",
+        "0.1287",
+        "False",
+    ]
+    assert lines[14].split()[-5:] == ["+34.7]", "0.0069", "True", "McNemar", "exact"]
+    assert len(lines) == 15
 
 
 def test_an_empty_run_folder_says_so(tmp_path):
@@ -232,14 +340,21 @@ def test_a_launched_job_streams_progress_bars_in_place_and_fails_with_what_the_t
 def test_a_preset_field_reaches_every_notebook_through_overrides(tmp_path):
     """-p start_steps 128 reaches every notebook that takes overrides, whether or not its
     cell lists start_steps; it is type-checked against the StudySettings field."""
-    notebook(tmp_path / "00_a.ipynb", parameters="preset = 'quickstart'\nrun_dir = None\noverrides = {}\neval_limit = None")
+    notebook(
+        tmp_path / "00_a.ipynb", parameters="preset = 'quickstart'\nrun_dir = None\noverrides = {}\neval_limit = None"
+    )
     notebook(tmp_path / "03_b.ipynb", parameters="preset = 'study'\nrun_dir = None\noverrides = {}")
     notebook(tmp_path / "09_c.ipynb", parameters="run_dir = None")
     declared = {name: notebook_parameters(tmp_path / f"{name}.ipynb") for name in ("00_a", "03_b", "09_c")}
-    shares = split_parameters(declared, {"preset": "smoke", "start_steps": 128, "eval_limit": 5,
-                                         "overrides": {"ppo_epochs": 2}})
+    shares = split_parameters(
+        declared, {"preset": "smoke", "start_steps": 128, "eval_limit": 5, "overrides": {"ppo_epochs": 2}}
+    )
     assert shares == {
-        "00_a": {"preset": "smoke", "eval_limit": 5, "overrides": {"ppo_epochs": 2, "start_steps": 128, "eval_limit": 5}},
+        "00_a": {
+            "preset": "smoke",
+            "eval_limit": 5,
+            "overrides": {"ppo_epochs": 2, "start_steps": 128, "eval_limit": 5},
+        },
         "03_b": {"preset": "smoke", "overrides": {"ppo_epochs": 2, "start_steps": 128, "eval_limit": 5}},
         "09_c": {},
     }
@@ -257,7 +372,10 @@ def test_sftrl_run_with_a_preset_passes_its_name_to_the_notebooks(tmp_path, monk
     from sftrl_kit import batch
 
     started = []
-    monkeypatch.setattr(batch, "_execute", lambda entry, folder, state, parameters, *rest: started.append(
-        (entry["name"], dict(parameters))))
+    monkeypatch.setattr(
+        batch,
+        "_execute",
+        lambda entry, folder, state, parameters, *rest: started.append((entry["name"], dict(parameters))),
+    )
     run_batch(["quickstart"], {"ppo_updates": 3}, run_dir=tmp_path / "run")
     assert started == [("00_quickstart", {"preset": "quickstart", "ppo_updates": 3, "overrides": {"ppo_updates": 3}})]

@@ -7,9 +7,12 @@ from sftrl_kit.envs.general_points.solver import is_solvable
 
 
 def test_deck_sizes_and_colours():
-    assert len(deck()) == 52 and len(set(deck())) == 52
-    assert len(deck("black")) == 26 and not any(c.is_red for c in deck("black"))
-    assert len(deck("red")) == 26 and all(c.is_red for c in deck("red"))
+    assert len(deck()) == 52
+    assert len(set(deck())) == 52
+    assert len(deck("black")) == 26
+    assert not any(c.is_red for c in deck("black"))
+    assert len(deck("red")) == 26
+    assert all(c.is_red for c in deck("red"))
 
 
 def test_face_card_rules_and_ace():
@@ -49,7 +52,8 @@ def test_same_seed_same_deals():
 
 
 def test_card_codes_round_trip_and_reject_nonsense():
-    assert Card.from_code("10h") == Card("10", "H") and Card("Q", "S").code == "QS"
+    assert Card.from_code("10h") == Card("10", "H")
+    assert Card("Q", "S").code == "QS"
     for bad in ("", "Z", "1S", "QX", "11H"):
         with pytest.raises(ValueError):
             Card.from_code(bad)

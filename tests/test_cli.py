@@ -36,18 +36,37 @@ def test_help_works_for_the_command_and_every_subcommand(path, capsys):
 @pytest.fixture
 def no_kernel(monkeypatch):
     """Fail the test if a notebook would start: these runs must stop before."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a notebook started")
+
     monkeypatch.setattr(batch, "_execute", refuse)
 
 
 def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
-    args = ["data", "gp", "--root", str(tmp_path), "--eval-size", "6", "--sft-text", "4", "--sft-image", "2", "--samples", "3"]
+    args = [
+        "data",
+        "gp",
+        "--root",
+        str(tmp_path),
+        "--eval-size",
+        "6",
+        "--sft-text",
+        "4",
+        "--sft-image",
+        "2",
+        "--samples",
+        "3",
+    ]
     assert main(args + ["--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert {name: item["records"] for name, item in summary["eval"].items()} == {
-        "gp-id": 6, "gp-rule-ood": 6, "gp-visual-ood": 6}
-    assert summary["sft"]["gp-l-expert"]["records"] == 4 and summary["sft"]["gp-vl-suboptimal"]["records"] == 1
+        "gp-id": 6,
+        "gp-rule-ood": 6,
+        "gp-visual-ood": 6,
+    }
+    assert summary["sft"]["gp-l-expert"]["records"] == 4
+    assert summary["sft"]["gp-vl-suboptimal"]["records"] == 1
     assert len(list((tmp_path / "generated" / "samples").glob("*.png"))) == 3
     assert len(list((tmp_path / "generated" / "gp-vl-expert").glob("*.png"))) == 2
     assert main(args) == 0
@@ -60,13 +79,36 @@ def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
 
 
 def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
-    args = ["data", "virl", "--root", str(tmp_path), "--eval-routes", "3", "--visual-ood-routes", "9",
-            "--sft-text-routes", "2", "--sft-image-routes", "2", "--samples", "1", "--json"]
+    args = [
+        "data",
+        "virl",
+        "--root",
+        str(tmp_path),
+        "--eval-routes",
+        "3",
+        "--visual-ood-routes",
+        "9",
+        "--sft-text-routes",
+        "2",
+        "--sft-image-routes",
+        "2",
+        "--samples",
+        "1",
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {n: i["records"] for n, i in summary["eval"].items()} == {"virl-id": 3, "virl-rule-ood": 3, "virl-visual-ood": 9}
-    assert summary["sft"]["virl-l-expert"]["records"] > 2 and summary["sft"]["virl-vl-suboptimal"]["records"] > 0
-    assert len(list((tmp_path / "generated" / "virl-vl-expert").glob("*.png"))) == summary["sft"]["virl-vl-expert"]["records"]
+    assert {n: i["records"] for n, i in summary["eval"].items()} == {
+        "virl-id": 3,
+        "virl-rule-ood": 3,
+        "virl-visual-ood": 9,
+    }
+    assert summary["sft"]["virl-l-expert"]["records"] > 2
+    assert summary["sft"]["virl-vl-suboptimal"]["records"] > 0
+    assert (
+        len(list((tmp_path / "generated" / "virl-vl-expert").glob("*.png")))
+        == summary["sft"]["virl-vl-expert"]["records"]
+    )
     assert len(summary["samples"]) == 1
 
 
@@ -79,21 +121,29 @@ def test_sftrl_run_explains_what_it_needs(tmp_path, capsys):
     assert "is not a batch run folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("parameter, message", [
-    (["eval_limt", "3"], "unknown parameter 'eval_limt' (did you mean 'eval_limit'?)"),
-    (["eval_limit", "abc"], "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), "
-                            "got 'abc' (str)"),
-    (["eval_limit", "true"], "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), "
-                             "got True (bool)"),
-    (["preset", "1"], "parameter preset expects str (default in 00_quickstart: 'quickstart'), got 1 (int)"),
-    (["eval_sets", "gp-id"], "parameter eval_sets expects list"),
-    (["run_dir", "x"], "run_dir is the batch's run folder: choose it with --out"),
-])
+@pytest.mark.parametrize(
+    "parameter, message",
+    [
+        (["eval_limt", "3"], "unknown parameter 'eval_limt' (did you mean 'eval_limit'?)"),
+        (
+            ["eval_limit", "abc"],
+            "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), got 'abc' (str)",
+        ),
+        (
+            ["eval_limit", "true"],
+            "parameter eval_limit expects int | None (a preset field, see sftrl_kit/presets.py), got True (bool)",
+        ),
+        (["preset", "1"], "parameter preset expects str (default in 00_quickstart: 'quickstart'), got 1 (int)"),
+        (["eval_sets", "gp-id"], "parameter eval_sets expects list"),
+        (["run_dir", "x"], "run_dir is the batch's run folder: choose it with --out"),
+    ],
+)
 def test_sftrl_run_refuses_a_bad_parameter_before_any_notebook_runs(parameter, message, tmp_path, capsys, no_kernel):
     out = tmp_path / "run"
     assert main(["run", "smoke", "--out", str(out), "-p", *parameter]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("sftrl: error: ") and message in err
+    assert err.startswith("sftrl: error: ")
+    assert message in err
     assert not out.exists()  # no batch.json recording the bad value
 
 
@@ -119,20 +169,42 @@ def test_sftrl_run_passes_each_notebook_its_parameters_and_ends_with_a_summary(t
     out = tmp_path / "run"
     assert main(["run", "01", "05", "--out", str(out), "-p", "played_episodes", "2", "-p", "eval_limit", "5"]) == 0
     shared = {"played_episodes": 2, "eval_limit": 5}  # preset fields reach every notebook, as overrides
-    assert given == {"01_environments": {"played_episodes": 2, "overrides": shared},
-                     "05_evaluation": {"eval_limit": 5, "overrides": shared}}
+    assert given == {
+        "01_environments": {"played_episodes": 2, "overrides": shared},
+        "05_evaluation": {"eval_limit": 5, "overrides": shared},
+    }
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"[sftrl run] run folder {out.resolve()}"
-    assert lines[1:] == ["sftrl run: done", f"run folder: {out.resolve()}",
-                         f"executed notebooks in {out.resolve()}:", "  01_environments.ipynb  ok, 1.5 min",
-                         "  05_evaluation.ipynb  ok, 1.5 min",
-                         f"figures in {out.resolve() / 'figures'}:", "  01_environments.png", "  05_evaluation.png",
-                         "tables: none"]
+    assert lines[1:] == [
+        "sftrl run: done",
+        f"run folder: {out.resolve()}",
+        f"executed notebooks in {out.resolve()}:",
+        "  01_environments.ipynb  ok, 1.5 min",
+        "  05_evaluation.ipynb  ok, 1.5 min",
+        f"figures in {out.resolve() / 'figures'}:",
+        "  01_environments.png",
+        "  05_evaluation.png",
+        "tables: none",
+    ]
 
 
 def test_sftrl_eval_twice_reuses_the_evaluation_and_names_its_test(tmp_path, capsys):
-    args = ["eval", "--model", "tiny", "--sets", "gp-id", "gp-rule-ood", "--limit", "2", "--max-new-tokens", "4",
-            "--max-attempts", "1", "--out", str(tmp_path)]
+    args = [
+        "eval",
+        "--model",
+        "tiny",
+        "--sets",
+        "gp-id",
+        "gp-rule-ood",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--max-attempts",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     folders = sorted(p.parent for p in tmp_path.glob("eval/*/*/metrics.json"))
@@ -143,7 +215,8 @@ def test_sftrl_eval_twice_reuses_the_evaluation_and_names_its_test(tmp_path, cap
     assert [p.stat().st_mtime_ns for p in tmp_path.glob("eval/*/*/metrics.json")] == stamps
     assert "(two-proportion z (independent samples))" in first  # two different sets: unpaired
     for folder in folders:
-        assert str(folder) in first and str(folder) in second
+        assert str(folder) in first
+        assert str(folder) in second
 
 
 @pytest.mark.parametrize("command", ["sft", "ppo"])

@@ -11,7 +11,9 @@ def test_paper_formulas():
 
 
 def test_lambda_per_task_and_bad_input():
-    assert buffer_lambda_for("gp-l") == 6.0 and buffer_lambda_for("gp-vl") == 6.0 and buffer_lambda_for("virl-vl") == 5.1
+    assert buffer_lambda_for("gp-l") == 6.0
+    assert buffer_lambda_for("gp-vl") == 6.0
+    assert buffer_lambda_for("virl-vl") == 5.1
     with pytest.raises(ValueError, match="known families"):
         buffer_lambda_for("chess")
     with pytest.raises(ValueError):

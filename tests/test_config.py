@@ -6,7 +6,9 @@ from sftrl_kit.envs.general_points import GPConfig
 
 def test_nested_dicts_and_yaml_round_trip(tmp_path):
     config = from_dict(GPConfig, {"target": 12, "rewards": {"correct": 2.0}})
-    assert config.target == 12 and config.rewards.correct == 2.0 and config.rewards.illegal == -3.0
+    assert config.target == 12
+    assert config.rewards.correct == 2.0
+    assert config.rewards.illegal == -3.0
     path = tmp_path / "gp.yaml"
     save_yaml(config, path)
     assert load_yaml(GPConfig, path) == config
@@ -30,7 +32,9 @@ def test_numbers_written_as_text_are_coerced_or_rejected():
     from sftrl_kit.train.ppo import PPOSettings
 
     settings = from_dict(PPOSettings, {"learning_rate": "5e-5", "updates": "3", "init_tokens": "10"})
-    assert settings.learning_rate == 5e-5 and settings.updates == 3 and settings.init_tokens == 10
+    assert settings.learning_rate == 5e-5
+    assert settings.updates == 3
+    assert settings.init_tokens == 10
     with pytest.raises(ConfigError, match=r"PPOSettings.learning_rate: expected a number, got 'fast'"):
         from_dict(PPOSettings, {"learning_rate": "fast"})
     assert from_dict(PPOSettings, {"tasks": "123"}).tasks == "123"  # a str | None field stays text

@@ -59,7 +59,8 @@ def test_eval_records_replay_in_both_modalities():
     record = load_eval_set(REPO / "data" / "eval" / "gp-rule-ood.jsonl")[0]
     for env_id in ("gp-l", "gp-vl"):
         obs, info = make(env_id, **record["env_config"]).reset(options={"task": record["task"]})
-        assert info["task"] == record["task"] and "J counts as 11" in obs.text
+        assert info["task"] == record["task"]
+        assert "J counts as 11" in obs.text
 
 
 @pytest.mark.parametrize("env_id", ["gp-l", "gp-vl"])
@@ -70,7 +71,8 @@ def test_expert_records_end_in_a_correct_answer(env_id):
         env = make(env_id, face_rule="ten", colours="black")
         env.reset(options={"task": record["task"]})
         _, reward, terminated, _, _ = env.step(content_text(messages[-1]))
-        assert terminated and reward == 5.0
+        assert terminated
+        assert reward == 5.0
         assert len(record.get("images", [])) == (1 if env_id == "gp-vl" else 0)
 
 
@@ -85,11 +87,13 @@ def test_suboptimal_records_replay_exactly_through_the_environment(env_id):
         assert 2 <= len(assistant_turns) <= env.config.max_attempts
         for position in assistant_turns[:-1]:
             feedback, _, terminated, truncated, info = env.step(content_text(messages[position]))
-            assert not (terminated or truncated)
+            assert not terminated
+            assert not truncated
             assert feedback.text == content_text(messages[position + 1])
             outcomes.add(info["verdict"]["outcome"])
         _, reward, terminated, _, _ = env.step(content_text(messages[-1]))
-        assert terminated and reward >= 3.5
+        assert terminated
+        assert reward >= 3.5
     assert outcomes == {"wrong_value", "numbers_mismatch", "illegal_formula"}
 
 
@@ -98,10 +102,12 @@ def test_datasets_load_text_and_images(tmp_path):
     write_sft_dataset(tmp_path / "vision.jsonl", suboptimal_records("gp-vl", 3))
     assert not (tmp_path / "text").exists()
     text = load_sft_dataset(tmp_path / "text.jsonl")
-    assert len(text) == 3 and text[0]["messages"][0]["role"] == "user"
+    assert len(text) == 3
+    assert text[0]["messages"][0]["role"] == "user"
     vision = load_sft_dataset(tmp_path / "vision.jsonl")
     image = vision[0]["images"][0]
-    assert isinstance(image, Image.Image) and image.size == (224, 224)
+    assert isinstance(image, Image.Image)
+    assert image.size == (224, 224)
     first = vision[0]["messages"][0]["content"]
     assert sum(part["type"] == "image" for part in first) == len(vision[0]["images"])
     with pytest.raises(FileNotFoundError, match="sftrl data gp"):
@@ -127,7 +133,9 @@ def test_virl_splits_pair_the_rule_shift_and_spread_the_visual_shift():
     assert {r["env_config"]["action_space"] for r in rule} == {"relative"}
     assert {r["env_config"]["action_space"] for r in ids + visual} == {"absolute"}
     cities = [r["env_config"]["city"] for r in visual]
-    assert len(set(cities)) == 9 and "Arden" not in cities and {r["env_config"]["city"] for r in ids} == {"Arden"}
+    assert len(set(cities)) == 9
+    assert "Arden" not in cities
+    assert {r["env_config"]["city"] for r in ids} == {"Arden"}
     for record in visual[:3]:
         obs, _ = make("virl-vl", **record["env_config"]).reset(options={"task": record["task"]})
         assert obs.images[0].size == (224, 224)
@@ -147,8 +155,10 @@ def test_virl_expert_records_walk_each_route_to_its_end(env_id):
             assert content_text(user) == observation.text  # the prompt the model sees at this point
             assert len(record.get("images", [])) == (1 if env_id == "virl-vl" else 0)
             observation, reward, terminated, _, info = env.step(content_text(assistant))
-            assert reward == 1.0 and terminated == (position == len(route) - 1)
-        assert info["success"] and len(route) == info["points"]
+            assert reward == 1.0
+            assert terminated == (position == len(route) - 1)
+        assert info["success"]
+        assert len(route) == info["points"]
 
 
 def test_virl_suboptimal_records_revise_one_wrong_action_per_point():
@@ -161,11 +171,13 @@ def test_virl_suboptimal_records_revise_one_wrong_action_per_point():
         assert [m["role"] for m in record["messages"]] == ["user", "assistant", "user", "assistant"]
         _, wrong, feedback, right = (m["content"] for m in record["messages"])
         observation, reward, _, truncated, info = env.step(wrong)
-        assert info["verdict"]["outcome"] == "wrong_action" and not truncated
+        assert info["verdict"]["outcome"] == "wrong_action"
+        assert not truncated
         assert observation.text == feedback
         _, reward, _, _, info = env.step(right)
         assert reward == 1.0
-    assert info["success"] and len({r["seed"] for r in records}) == 2
+    assert info["success"]
+    assert len({r["seed"] for r in records}) == 2
 
 
 @pytest.mark.parametrize("env_id, expert_seed", [("gp-l", 1_000_000), ("virl-l", 3_000_000)])
@@ -189,24 +201,30 @@ def test_gp_data_stage_writes_what_its_summary_says(tmp_path):
     for name, item in summary["sft"].items():
         path = tmp_path / "generated" / f"{name}.jsonl"
         records = read_jsonl(path)
-        assert item["path"] == str(path) and len(records) == counts[name]
+        assert item["path"] == str(path)
+        assert len(records) == counts[name]
         assert {r["kind"] for r in records} == {name.rsplit("-", 1)[1]}
         images = [tmp_path / "generated" / image for r in records for image in r.get("images", [])]
         assert len(images) == (counts[name] if "-vl-" in name else 0)
         assert item["bytes"] == path.stat().st_size + sum(image.stat().st_size for image in images)
-    assert_samples_show_eval_records(summary["samples"], tmp_path, list(GP_EVAL_SPLITS), 5, "gp-vl",
-                                     lambda task: "-".join(task["hand"]))
+    assert_samples_show_eval_records(
+        summary["samples"], tmp_path, list(GP_EVAL_SPLITS), 5, "gp-vl", lambda task: "-".join(task["hand"])
+    )
 
 
 def test_virl_data_stage_names_sets_and_samples_by_route(tmp_path):
     sizes = VirlDataSizes(eval_routes=2, visual_ood_routes=3, sft_text_routes=2, sft_image_routes=1, samples=4)
     summary = generate_virl_data(tmp_path, sizes)
     assert {name: item["records"] for name, item in summary["eval"].items()} == {
-        "virl-id": 2, "virl-rule-ood": 2, "virl-visual-ood": 3}
+        "virl-id": 2,
+        "virl-rule-ood": 2,
+        "virl-visual-ood": 3,
+    }
     assert list(summary["sft"]) == ["virl-l-expert", "virl-l-suboptimal", "virl-vl-expert", "virl-vl-suboptimal"]
     assert summary["sft"]["virl-vl-suboptimal"]["records"] == 0  # half of one route
-    assert_samples_show_eval_records(summary["samples"], tmp_path, list(VIRL_EVAL_SPLITS), 4, "virl-vl",
-                                     lambda task: task["route"]["route_id"])
+    assert_samples_show_eval_records(
+        summary["samples"], tmp_path, list(VIRL_EVAL_SPLITS), 4, "virl-vl", lambda task: task["route"]["route_id"]
+    )
 
 
 def assert_samples_show_eval_records(samples, root, split_names, count, env_id, name_of):

@@ -30,9 +30,11 @@ def test_registry_and_clear_errors():
 def test_reset_gives_the_prompt_and_a_replayable_task():
     env = make("gp-l", face_rule="ordinal")
     obs, info = env.reset(seed=11)
-    assert "J counts as 11, Q as 12 and K as 13" in obs.text and not obs.images
+    assert "J counts as 11, Q as 12 and K as 13" in obs.text
+    assert not obs.images
     assert obs.text.count("J counts as 11") == 2  # task section and output schema only
-    assert len(info["task"]["hand"]) == 4 and info["attempts_left"] == 5
+    assert len(info["task"]["hand"]) == 4
+    assert info["attempts_left"] == 5
     again, _ = make("gp-l", face_rule="ordinal").reset(options={"task": info["task"]})
     assert again.text == obs.text
 
@@ -57,29 +59,35 @@ def test_budget_runs_out_with_truncation_and_the_penalty_on_the_last_attempt():
         flags.append((terminated, truncated))
     assert rewards == [-3.0, -3.0, -4.0]
     assert flags == [(False, False), (False, False), (False, True)]
-    assert "You failed because" in obs.text and info["attempts_left"] == 0
+    assert "You failed because" in obs.text
+    assert info["attempts_left"] == 0
 
 
 def test_revision_after_failure_can_still_succeed():
     env = make("gp-l")
     _, info = env.reset(seed=9)
     _, reward, terminated, _, _ = env.step('{"formula": "1+1"}')
-    assert reward == -2.0 and not terminated
+    assert reward == -2.0
+    assert not terminated
     _, reward, terminated, _, step_info = env.step(correct_answer(info))
-    assert reward == 5.0 and terminated and step_info["attempt"] == 2
+    assert reward == 5.0
+    assert terminated
+    assert step_info["attempt"] == 2
 
 
 def test_seeding_follows_gymnasium():
     env = make("gp-l")
     first = [env.reset(seed=21)[1]["task"]] + [env.reset()[1]["task"] for _ in range(3)]
     second = [env.reset(seed=21)[1]["task"]] + [env.reset()[1]["task"] for _ in range(3)]
-    assert first == second and len({json.dumps(t) for t in first}) == 4
+    assert first == second
+    assert len({json.dumps(t) for t in first}) == 4
 
 
 def test_gp_vl_observation_carries_the_rendered_hand():
     env = make("gp-vl", image_size=128)
     obs, info = env.reset(seed=2)
-    assert len(obs.images) == 1 and obs.images[0].size == (128, 128)
+    assert len(obs.images) == 1
+    assert obs.images[0].size == (128, 128)
     assert "image shows the cards" in obs.text
     assert "Cards:" not in obs.text  # GP-VL: the cards are only in the image
     same, _ = make("gp-vl", image_size=128).reset(options={"task": info["task"]})

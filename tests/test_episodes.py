@@ -38,7 +38,8 @@ def test_episodes_round_trip_through_jsonl(tmp_path):
     path = tmp_path / "episodes.jsonl"
     write_episodes(path, [episode, episode])
     loaded = read_episodes(path)
-    assert loaded == [episode, episode] and loaded[0].images == []
+    assert loaded == [episode, episode]
+    assert loaded[0].images == []
     assert loaded[0].total_reward == 2.0
     assert not list(tmp_path.glob("*.partial"))
 

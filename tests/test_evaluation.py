@@ -2,14 +2,19 @@ import json
 import math
 
 import pytest
+from conftest import REPO  # noqa: E402
 from scripted import ScriptedResponder
 
 from sftrl_kit.episodes import Episode, Turn, read_episodes
-from sftrl_kit.evaluation import (compare_rates, episode_metrics, evaluate, evaluate_checkpoints, load_evaluations,
-                                  wilson_interval)
+from sftrl_kit.evaluation import (
+    compare_rates,
+    episode_metrics,
+    evaluate,
+    evaluate_checkpoints,
+    load_evaluations,
+    wilson_interval,
+)
 from sftrl_kit.run_folder import evaluation_folder
-
-from conftest import REPO  # noqa: E402
 
 GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
 GP_OOD = REPO / "data" / "eval" / "gp-rule-ood.jsonl"
@@ -18,8 +23,10 @@ GP_OOD = REPO / "data" / "eval" / "gp-rule-ood.jsonl"
 def test_wilson_interval_matches_hand_computed_values():
     rate = wilson_interval(10, 40)
     assert rate["value"] == 0.25
-    assert rate["low"] == pytest.approx(0.14190, abs=1e-4) and rate["high"] == pytest.approx(0.40187, abs=1e-4)
-    assert wilson_interval(0, 20)["low"] == 0.0 and wilson_interval(0, 20)["high"] == pytest.approx(0.16113, abs=1e-4)
+    assert rate["low"] == pytest.approx(0.14190, abs=1e-4)
+    assert rate["high"] == pytest.approx(0.40187, abs=1e-4)
+    assert wilson_interval(0, 20)["low"] == 0.0
+    assert wilson_interval(0, 20)["high"] == pytest.approx(0.16113, abs=1e-4)
     assert wilson_interval(0, 0)["value"] is None
 
 
@@ -35,26 +42,41 @@ def test_a_scripted_player_with_a_known_rate_is_measured_exactly(tmp_path):
     assert metrics["outcome_histogram"] == {"correct": 10, "unparseable": 150}
     assert metrics["mean_return"] == pytest.approx((10 * 5 + 30 * (5 * -3 - 1)) / 40)
     folder = evaluation_folder(tmp_path, metrics["key"])
-    assert metrics["folder"] == str(folder) and folder.parent == tmp_path / "eval" / "id"
+    assert metrics["folder"] == str(folder)
+    assert folder.parent == tmp_path / "eval" / "id"
     saved = json.loads((folder / "metrics.json").read_text())
-    assert saved["success_rate"] == success and saved["split"] == "gp-id"
-    assert saved["key"] == {"eval_set": "id", "env_id": "gp-l", "limit": 40, "max_attempts": 5, "temperature": 0.0,
-                            "top_p": 1.0, "max_new_tokens": 256, "seed": 0, "engine": "hf", "env_overrides": {}}
+    assert saved["success_rate"] == success
+    assert saved["split"] == "gp-id"
+    assert saved["key"] == {
+        "eval_set": "id",
+        "env_id": "gp-l",
+        "limit": 40,
+        "max_attempts": 5,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_new_tokens": 256,
+        "seed": 0,
+        "engine": "hf",
+        "env_overrides": {},
+    }
     assert len(read_episodes(folder / "episodes.jsonl")) == 40
 
 
 def test_revisions_count_for_success_but_not_first_attempt():
     player = ScriptedResponder(lambda episode, attempt: attempt == 2)
     metrics = evaluate(player, GP_OOD, limit=12, progress=False)
-    assert metrics["success_rate"]["value"] == 1.0 and metrics["first_attempt_success"]["value"] == 0.0
-    assert metrics["per_step_accuracy"]["value"] == 0.5 and metrics["mean_attempts"] == 2.0
+    assert metrics["success_rate"]["value"] == 1.0
+    assert metrics["first_attempt_success"]["value"] == 0.0
+    assert metrics["per_step_accuracy"]["value"] == 0.5
+    assert metrics["mean_attempts"] == 2.0
     assert metrics["split"] == "gp-rule-ood"
 
 
 def test_env_overrides_change_the_budget():
     player = ScriptedResponder(lambda episode, attempt: attempt == 2)
     metrics = evaluate(player, GP_ID, limit=6, max_attempts=1, progress=False)
-    assert metrics["success_rate"]["value"] == 0.0 and metrics["mean_attempts"] == 1.0
+    assert metrics["success_rate"]["value"] == 0.0
+    assert metrics["mean_attempts"] == 1.0
 
 
 def test_recognition_accuracy_counts_checked_answers_only():
@@ -71,10 +93,12 @@ def test_compare_rates_two_proportion_test():
     comparison = compare_rates(wilson_interval(30, 100), wilson_interval(50, 100))
     assert comparison["difference"] == pytest.approx(-0.2)
     assert comparison["z"] == pytest.approx(-0.2 / math.sqrt(0.4 * 0.6 * 0.02))
-    assert comparison["p_value"] == pytest.approx(0.00389, abs=1e-4) and comparison["significant"]
+    assert comparison["p_value"] == pytest.approx(0.00389, abs=1e-4)
+    assert comparison["significant"]
     assert comparison["low"] < -0.2 < comparison["high"] < 0
     same = compare_rates(wilson_interval(12, 40), wilson_interval(12, 40))
-    assert same["p_value"] == pytest.approx(1.0) and not same["significant"]
+    assert same["p_value"] == pytest.approx(1.0)
+    assert not same["significant"]
     with pytest.raises(ValueError):
         compare_rates(wilson_interval(0, 0), wilson_interval(1, 2))
 
@@ -85,11 +109,21 @@ def test_every_checkpoint_on_every_set_becomes_a_row(tmp_path, tiny_policy):
         (folder / "checkpoint.json").write_text(json.dumps({"step": step, "flops": step * 1e9, "tokens": 5 * step}))
     from sftrl_kit.models import SamplingConfig
 
-    rows = evaluate_checkpoints(tmp_path, {"id": GP_ID, "ood": GP_OOD}, limit=2, progress=False,
-                                sampling=SamplingConfig(temperature=0.0, max_new_tokens=8))
+    rows = evaluate_checkpoints(
+        tmp_path,
+        {"id": GP_ID, "ood": GP_OOD},
+        limit=2,
+        progress=False,
+        sampling=SamplingConfig(temperature=0.0, max_new_tokens=8),
+    )
     assert [(r["checkpoint"], r["eval_set"], r["step"]) for r in rows] == [
-        ("step-000010", "id", 10), ("step-000010", "ood", 10), ("step-000020", "id", 20), ("step-000020", "ood", 20)]
-    assert rows[0]["flops"] == 1e10 and rows[0]["success_rate_trials"] == 2
+        ("step-000010", "id", 10),
+        ("step-000010", "ood", 10),
+        ("step-000020", "id", 20),
+        ("step-000020", "ood", 20),
+    ]
+    assert rows[0]["flops"] == 1e10
+    assert rows[0]["success_rate_trials"] == 2
     assert (rows[0]["limit"], rows[0]["max_attempts"], rows[0]["max_new_tokens"]) == (2, 5, 8)
     assert len(load_evaluations(tmp_path / "checkpoints" / "step-000020", "ood")) == 1
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
@@ -100,17 +134,33 @@ def test_failure_modes_count_the_trained_rule_leaking_into_the_new_one():
     from sftrl_kit.evaluation import failure_modes
 
     episodes = [
-        Episode("gp-l", {}, {}, "p", [Turn("x" * 700, -3.0, "unparseable", "f"),
-                                      Turn("a", -2.0, "numbers_mismatch", "f", {"other_rule_used": True})]),
-        Episode("virl-l", {}, {}, "p", [Turn("b", -1.0, "invalid_action", "f", {"other_rule_used": True}),
-                                        Turn("c", -3.0, "unparseable", "f")]),
+        Episode(
+            "gp-l",
+            {},
+            {},
+            "p",
+            [
+                Turn("x" * 700, -3.0, "unparseable", "f"),
+                Turn("a", -2.0, "numbers_mismatch", "f", {"other_rule_used": True}),
+            ],
+        ),
+        Episode(
+            "virl-l",
+            {},
+            {},
+            "p",
+            [Turn("b", -1.0, "invalid_action", "f", {"other_rule_used": True}), Turn("c", -3.0, "unparseable", "f")],
+        ),
     ]
     modes = failure_modes(episodes)
     assert modes["answers"] == 4
-    assert modes["other_rule_used"]["count"] == 2 and modes["other_rule_used"]["examples"] == [0, 1]
-    assert modes["unparseable"]["count"] == 2 and modes["rambling"]["count"] == 1
+    assert modes["other_rule_used"]["count"] == 2
+    assert modes["other_rule_used"]["examples"] == [0, 1]
+    assert modes["unparseable"]["count"] == 2
+    assert modes["rambling"]["count"] == 1
     assert failure_modes([])["unparseable"]["share"] is None
-    assert modes["other_rule_used"]["rate"]["successes"] == 2 and modes["other_rule_used"]["rate"]["trials"] == 4
+    assert modes["other_rule_used"]["rate"]["successes"] == 2
+    assert modes["other_rule_used"]["rate"]["trials"] == 4
 
 
 def test_failure_examples_pick_the_episodes_of_the_asked_modes():

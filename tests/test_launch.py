@@ -10,7 +10,8 @@ from sftrl_kit.launch import pick_accelerate_config, stream
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU choice")
 def test_a_cpu_machine_gets_two_gloo_processes_and_no_deepspeed():
     config, processes = pick_accelerate_config()
-    assert config.name == "cpu-2proc.yaml" and processes == 2
+    assert config.name == "cpu-2proc.yaml"
+    assert processes == 2
     assert yaml.safe_load(config.read_text())["num_processes"] == 2
     assert pick_accelerate_config(1)[1] == 1
     with pytest.raises(ValueError, match="DeepSpeed needs a GPU"):

@@ -22,7 +22,8 @@ def play(policy, env_id, count, batch_size, sampling=GREEDY, **config):
 
 
 def test_tiny_text_model_is_small_and_uses_the_default_tokenizer(tiny_policy):
-    assert 2e6 < tiny_policy.num_parameters < 5e6 and not tiny_policy.is_vision
+    assert 2e6 < tiny_policy.num_parameters < 5e6
+    assert not tiny_policy.is_vision
     assert tiny_policy.tokenizer.eos_token_id in tiny_policy.stop_token_ids()
     assert "<|im_start|>assistant" in tiny_policy.prompt_text([{"role": "user", "content": "hi"}])
 
@@ -40,16 +41,19 @@ def test_batched_and_one_at_a_time_rollouts_agree_under_greedy_decoding(tiny_pol
 def test_budget_truncation_and_the_growing_conversation(tiny_policy):
     episodes = play(tiny_policy, "gp-l", 3, batch_size=3, max_attempts=2)
     for episode in episodes:
-        assert len(episode.turns) == 2 and not episode.success
+        assert len(episode.turns) == 2
+        assert not episode.success
         assert episode.turns[-1].reward == episode.turns[-1].verdict["reward"] - 1.0  # budget penalty
         second_prompt = tiny_policy.tokenizer.decode(episode.turns[1].prompt_token_ids)
-        assert episode.turns[0].response in second_prompt and "You failed because" in second_prompt
+        assert episode.turns[0].response in second_prompt
+        assert "You failed because" in second_prompt
         assert episode.sampling == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "seed": 0}
 
 
 def test_recorded_logprobs_are_the_policy_logprobs_of_the_response(tiny_policy):
     turn = play(tiny_policy, "gp-l", 1, batch_size=1, max_attempts=1)[0].turns[0]
-    assert len(turn.response_logprobs) == len(turn.response_token_ids) and max(turn.response_logprobs) <= 0
+    assert len(turn.response_logprobs) == len(turn.response_token_ids)
+    assert max(turn.response_logprobs) <= 0
     inputs = {"input_ids": torch.tensor([turn.prompt_token_ids])}
     again = tiny_policy.token_logprobs(inputs, [turn.prompt_token_ids], [turn.response_token_ids])[0]
     assert again.tolist() == pytest.approx(turn.response_logprobs, abs=1e-4)
@@ -76,7 +80,8 @@ def test_episodes_with_token_records_round_trip(tiny_policy, tmp_path):
 
 
 def test_tiny_vision_model_plays_gp_vl_with_images_through_the_processor(tiny_vl_policy):
-    assert tiny_vl_policy.is_vision and tiny_vl_policy.num_parameters < 5e6
+    assert tiny_vl_policy.is_vision
+    assert tiny_vl_policy.num_parameters < 5e6
     batched = play(tiny_vl_policy, "gp-vl", 3, batch_size=3, max_attempts=2)
     single = play(tiny_vl_policy, "gp-vl", 3, batch_size=1, max_attempts=2)
     image_token = tiny_vl_policy.model.config.image_token_index
@@ -108,7 +113,8 @@ def test_value_head_sizes_itself_from_any_config():
 def test_lora_freezes_the_base_and_still_answers():
     policy = load_policy("tiny", lora=LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable
+    assert all("lora_" in n for n in trainable)
     generation = policy.respond([Conversation([{"role": "user", "content": "hi"}])], GREEDY)[0]
     assert generation.response_token_ids
 
@@ -132,11 +138,18 @@ def test_rollout_checks_its_arguments(tiny_policy):
 @pytest.mark.slow
 def test_the_embedded_default_model_answers_a_gp_l_prompt():
     policy = load_policy("default")
-    assert 130e6 < policy.num_parameters < 140e6 and policy.model.dtype == torch.float32
-    episode = rollout(policy, [make("gp-l", max_attempts=1)], SamplingConfig(temperature=0.0, max_new_tokens=64),
-                      seeds=[0], progress=False)[0]
+    assert 130e6 < policy.num_parameters < 140e6
+    assert policy.model.dtype == torch.float32
+    episode = rollout(
+        policy,
+        [make("gp-l", max_attempts=1)],
+        SamplingConfig(temperature=0.0, max_new_tokens=64),
+        seeds=[0],
+        progress=False,
+    )[0]
     turn = episode.turns[0]
-    assert turn.response.strip() and turn.response_token_ids
+    assert turn.response.strip()
+    assert turn.response_token_ids
     assert turn.outcome in ("correct", "wrong_value", "numbers_mismatch", "illegal_formula", "unparseable")
 
 
@@ -152,10 +165,13 @@ def test_the_training_chat_template_renders_like_smollm2s_own(smollm2_tokenizer)
     for record in suboptimal_records("gp-l", 3):
         messages = record["messages"]
         for kwargs in ({}, {"add_generation_prompt": True}):
-            ours = smollm2_tokenizer.apply_chat_template(messages, tokenize=False, chat_template=SMOLLM2_CHAT_TEMPLATE, **kwargs)
+            ours = smollm2_tokenizer.apply_chat_template(
+                messages, tokenize=False, chat_template=SMOLLM2_CHAT_TEMPLATE, **kwargs
+            )
             assert ours == smollm2_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         encoded = smollm2_tokenizer.apply_chat_template(
-            messages, chat_template=SMOLLM2_CHAT_TEMPLATE, return_dict=True, return_assistant_tokens_mask=True)
+            messages, chat_template=SMOLLM2_CHAT_TEMPLATE, return_dict=True, return_assistant_tokens_mask=True
+        )
         masked = [t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
         expected = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
         assert smollm2_tokenizer.decode(masked) == expected
@@ -172,10 +188,13 @@ def test_response_token_logprobs_scores_whichever_model_it_is_given(tiny_policy)
         logits = tiny_policy.model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
     expected = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
     # Row 0 is left-padded to the width of a longer second row.
-    batch = pack_prompt_responses([prompt, prompt + prompt], [response, response], tiny_policy.tokenizer.pad_token_id,
-                                  tiny_policy.device)
+    batch = pack_prompt_responses(
+        [prompt, prompt + prompt], [response, response], tiny_policy.tokenizer.pad_token_id, tiny_policy.device
+    )
     with torch.no_grad():
-        scores = response_token_logprobs(tiny_policy.model, batch, [response, response], entropies=True, last_hidden=True)
+        scores = response_token_logprobs(
+            tiny_policy.model, batch, [response, response], entropies=True, last_hidden=True
+        )
     assert torch.allclose(scores.logprobs[0], expected, atol=1e-4)
     assert all(e.shape == (len(response),) and (e >= 0).all() for e in scores.entropies)
     assert scores.last_hidden.shape[:2] == batch["input_ids"].shape

@@ -7,9 +7,8 @@ import sys
 
 import nbformat
 import pytest
-from papermill import inspect_notebook
-
 from conftest import REPO
+from papermill import inspect_notebook
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
 
@@ -24,7 +23,8 @@ def test_committed_without_outputs_and_with_parseable_parameters(path):
     nbformat.validate(book)
     for cell in book.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+            assert cell.outputs == [], f"{path.name} has outputs"
+            assert cell.execution_count is None, f"{path.name} has an execution count"
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     parameters = inspect_notebook(str(path))
@@ -45,23 +45,37 @@ def test_sizes_come_from_the_preset_and_every_figure_or_table_is_followed_by_a_r
     assert "if smoke" not in "".join(c.source for c in book.cells if c.cell_type == "code")
     for cell, following in zip(book.cells, book.cells[1:] + [None]):
         last = cell.source.strip().splitlines()[-1] if cell.source.strip() else ""
-        shows = cell.cell_type == "code" and ("save_figure(" in cell.source or "training_curves(" in cell.source
-                                              or "EpisodeViewer(" in last or last.startswith(("pd.", "outcomes")))
+        shows = cell.cell_type == "code" and (
+            "save_figure(" in cell.source
+            or "training_curves(" in cell.source
+            or "EpisodeViewer(" in last
+            or last.startswith(("pd.", "outcomes"))
+        )
         if shows:
-            assert following is not None and following.cell_type == "markdown", f"no reading after: {last}"
+            assert following is not None, f"no reading after: {last}"
+            assert following.cell_type == "markdown", f"no reading after: {last}"
 
 
 @pytest.mark.slow
 def test_sftrl_run_smoke_executes_every_notebook(tmp_path):
     """The CI smoke run: every notebook headless through papermill on the tiny model."""
     env = {**os.environ, "SFTRL_RUNS": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "sftrl_kit.cli", "run", "smoke", "--out", str(tmp_path / "smoke")],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-m", "sftrl_kit.cli", "run", "smoke", "--out", str(tmp_path / "smoke")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((tmp_path / "smoke" / "batch.json").read_text())
     assert [e["status"] for e in state["notebooks"]] == ["ok"] * len(NOTEBOOKS)
-    for name in ("quickstart-success_rate-vs-gflops.png", "quickstart-ood-change-from-start.png",
-                 "success_rate-vs-gflops.png", "budget-ablation-ood-change.png"):
+    for name in (
+        "quickstart-success_rate-vs-gflops.png",
+        "quickstart-ood-change-from-start.png",
+        "success_rate-vs-gflops.png",
+        "budget-ablation-ood-change.png",
+    ):
         assert (tmp_path / "smoke" / "figures" / name).stat().st_size > 1000
     moved = json.loads((tmp_path / "smoke" / "tables" / "quickstart-what-moved.json").read_text())
     assert {r["comparison"] for r in moved} >= {"ppo: end - start", "sft: end - start", "ppo end - sft end"}
@@ -74,9 +88,25 @@ def test_nbval_lax_finds_no_failing_cell_in_the_committed_notebooks(tmp_path):
     """nbval executes the notebooks as committed (smoke mode, via SFTRL_SMOKE) and fails on
     any cell that raises; outputs are not compared (lax)."""
     env = {**os.environ, "SFTRL_SMOKE": "1", "SFTRL_RUNS": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           "--rootdir", str(REPO), str(REPO / "notebooks")],
-                          env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(REPO),
+            str(REPO / "notebooks"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     code_cells = sum(1 for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
     assert f"{code_cells} passed" in done.stdout

@@ -7,10 +7,18 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-
-from sftrl_kit.plots import (change_from_start, checkpoint_rows, plot_change, plot_curves, run_label,  # noqa: E402
-                             set_label, smooth, training_curves)
 from test_study import synthetic_run  # noqa: E402
+
+from sftrl_kit.plots import (  # noqa: E402
+    change_from_start,
+    checkpoint_rows,
+    plot_change,
+    plot_curves,
+    run_label,
+    set_label,
+    smooth,
+    training_curves,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -86,8 +94,9 @@ def test_curves_draw_the_stored_wilson_interval_even_at_zero_successes(tmp_path)
     assert 28 - low != pytest.approx(high - 28)
     per_answer = next(r for r in rows if r["run"] == "ppo" and r["step"] == 4 and r["eval_set"] == "gp-rule-ood")
     answers = error_bars(plot_curves(rows, "per_step_accuracy", ["gp-rule-ood"]).axes[0])
-    assert answers[("o", 40)] == pytest.approx((100 * per_answer["per_step_accuracy_low"],
-                                                100 * per_answer["per_step_accuracy_high"]))
+    assert answers[("o", 40)] == pytest.approx(
+        (100 * per_answer["per_step_accuracy_low"], 100 * per_answer["per_step_accuracy_high"])
+    )
 
 
 def test_figures_name_sets_by_their_description_and_runs_by_one_scheme(tmp_path):
@@ -140,27 +149,57 @@ def write_metrics(run_dir, rows):
 
 
 def test_training_curves_of_a_ppo_run(tmp_path):
-    rows = [{"method": "ppo", "update": u, "step": u, "episodes": 8, "success_rate": s, "mean_return": u / 2,
-             "approx_kl": 0.01 * u, "kl_to_initial": 0.02 * u, "clip_fraction": 0.1, "explained_variance": 0.5}
-            for u, s in ((1, 0.0), (2, 0.25), (3, 0.5))]
+    rows = [
+        {
+            "method": "ppo",
+            "update": u,
+            "step": u,
+            "episodes": 8,
+            "success_rate": s,
+            "mean_return": u / 2,
+            "approx_kl": 0.01 * u,
+            "kl_to_initial": 0.02 * u,
+            "clip_fraction": 0.1,
+            "explained_variance": 0.5,
+        }
+        for u, s in ((1, 0.0), (2, 0.25), (3, 0.5))
+    ]
     axes = training_curves(write_metrics(tmp_path / "ppo", rows)).axes
     titles = [ax.get_title().split("\n")[0] for ax in axes]
-    assert titles == ["success rate (%)", "mean return per episode", "KL (nats)", "clip fraction",
-                      "explained variance (critic)"]
+    assert titles == [
+        "success rate (%)",
+        "mean return per episode",
+        "KL (nats)",
+        "clip fraction",
+        "explained variance (critic)",
+    ]
     assert "n = 8 episodes per update" in axes[0].get_title()
     low, high = error_bars(axes[0])[("o", 1)]  # 0/8 in update 1: an interval, not a point
     assert low == pytest.approx(0.0, abs=1e-9)
     assert high == pytest.approx(100 * wilson(0, 8)[1])
     assert [t.get_text() for t in axes[2].get_legend().get_texts()] == [
-        "approx. KL, before → after the update", "KL to the initial policy"]
+        "approx. KL, before → after the update",
+        "KL to the initial policy",
+    ]
     assert list(axes[2].get_lines()[1].get_ydata()) == pytest.approx([0.02, 0.04, 0.06])
     assert list(axes[1].get_lines()[0].get_xdata()) == [1, 2, 3]
     assert axes[0].figure.texts[0].get_text().startswith("RL (PPO) training")
 
 
 def test_training_curves_of_a_ppo_run_without_critic_or_kl_penalty(tmp_path):
-    rows = [{"method": "ppo", "update": u, "step": u, "episodes": 4, "success_rate": 0.5, "mean_return": 1.0,
-             "approx_kl": 0.01, "clip_fraction": 0.0} for u in (1, 2)]
+    rows = [
+        {
+            "method": "ppo",
+            "update": u,
+            "step": u,
+            "episodes": 4,
+            "success_rate": 0.5,
+            "mean_return": 1.0,
+            "approx_kl": 0.01,
+            "clip_fraction": 0.0,
+        }
+        for u in (1, 2)
+    ]
     axes = training_curves(write_metrics(tmp_path / "grpo", rows)).axes
     assert len(axes[2].get_lines()) == 1
     assert not axes[4].get_lines()

@@ -16,7 +16,8 @@ def test_gae_matches_a_hand_computed_episode():
 def test_gae_bootstraps_only_from_the_given_last_value():
     ended, _ = gae([1.0], [0.0], last_value=0.0, gamma=0.9, lam=0.95)
     bootstrapped, _ = gae([1.0], [0.0], last_value=2.0, gamma=0.9, lam=0.95)
-    assert ended == [1.0] and bootstrapped == pytest.approx([1.0 + 0.9 * 2.0])
+    assert ended == [1.0]
+    assert bootstrapped == pytest.approx([1.0 + 0.9 * 2.0])
     one_step_td, _ = gae([0.0, 1.0], [0.3, 0.6], 0.0, gamma=0.5, lam=0.0)
     assert one_step_td == pytest.approx([0.5 * 0.6 - 0.3, 1.0 - 0.6])
 
@@ -35,8 +36,16 @@ def test_clipped_surrogate_and_value_loss():
     assert gains["clip_fraction"].item() == 0.5
     losses = ppo_losses(new, old, torch.tensor([-1.0, -1.0]), clip_range=0.1)
     assert losses["policy_loss"].item() == pytest.approx((1.0 + 1.5) / 2)  # pessimistic: unclipped
-    value = ppo_losses(new, old, torch.ones(2), 0.1, new_values=torch.tensor([1.0, 3.0]),
-                       old_values=torch.tensor([1.0, 1.0]), returns=torch.tensor([2.0, 2.0]), value_clip_range=0.2)
+    value = ppo_losses(
+        new,
+        old,
+        torch.ones(2),
+        0.1,
+        new_values=torch.tensor([1.0, 3.0]),
+        old_values=torch.tensor([1.0, 1.0]),
+        returns=torch.tensor([2.0, 2.0]),
+        value_clip_range=0.2,
+    )
     assert value["value_loss"].item() == pytest.approx(0.5)  # max(1, 0.64) and max(1, 1) halved
     assert gains["approx_kl"].item() == pytest.approx((0.5 - math.log(1.5)) / 2)
 
@@ -46,7 +55,8 @@ def test_answer_weights_find_the_field_in_the_text(tiny_policy):
     ids = tokenizer('Thinking first. {"formula": "1+2"}', add_special_tokens=False)["input_ids"]
     weights = answer_token_weights(tokenizer, ids, "formula", 0.5)
     first_answer = weights.index(1.0)
-    assert set(weights[:first_answer]) == {0.5} and set(weights[first_answer:]) == {1.0}
+    assert set(weights[:first_answer]) == {0.5}
+    assert set(weights[first_answer:]) == {1.0}
     assert '"formula' in tokenizer.decode(ids[: first_answer + 1]) or "formula" in tokenizer.decode(ids[first_answer:])
     assert answer_token_weights(tokenizer, ids, "formula", 1.0) == [1.0] * len(ids)
     assert answer_token_weights(tokenizer, ids, "action", 0.5) == [0.5] * len(ids)

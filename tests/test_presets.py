@@ -15,24 +15,49 @@ def test_quickstart_is_the_sizes_00_ran_with_before_presets():
     parameter defaults, written out here."""
     quickstart = presets.PRESETS["quickstart"].study
     assert dataclasses.asdict(quickstart) == {
-        "model": "default", "sft_records": 2000, "start_steps": 16, "start_learning_rate": 1e-4,
-        "sft_learning_rate": 2e-5, "sft_batch_size": 8, "ppo_updates": 2, "episodes_per_update": 8,
-        "ppo_epochs": 1, "ppo_learning_rate": 2e-6, "train_max_attempts": 2, "max_new_tokens": 64,
-        "temperature": 1.0, "checkpoints": 2, "eval_sets": ["gp-id", "gp-rule-ood"], "eval_limit": 40,
-        "eval_max_attempts": 2, "seed": 0,
+        "model": "default",
+        "sft_records": 2000,
+        "start_steps": 16,
+        "start_learning_rate": 1e-4,
+        "sft_learning_rate": 2e-5,
+        "sft_batch_size": 8,
+        "ppo_updates": 2,
+        "episodes_per_update": 8,
+        "ppo_epochs": 1,
+        "ppo_learning_rate": 2e-6,
+        "train_max_attempts": 2,
+        "max_new_tokens": 64,
+        "temperature": 1.0,
+        "checkpoints": 2,
+        "eval_sets": ["gp-id", "gp-rule-ood"],
+        "eval_limit": 40,
+        "eval_max_attempts": 2,
+        "seed": 0,
     }
     assert presets.PRESETS["quickstart"].notebooks == ("00_quickstart",)
 
 
 def test_study_and_smoke_sizes_and_their_notebooks():
     study_preset, smoke = presets.PRESETS["study"], presets.PRESETS["smoke"]
-    assert study_preset.notebooks == ("02_data_generation", "03_sft", "04_ppo_launch", "05_evaluation",
-                                      "07_failure_cases", "08_ablations")
-    assert (study_preset.study.ppo_updates, study_preset.study.episodes_per_update, study_preset.study.eval_limit,
-            study_preset.study.train_max_attempts, study_preset.study.max_new_tokens) == (20, 16, 100, 5, 128)
+    assert study_preset.notebooks == (
+        "02_data_generation",
+        "03_sft",
+        "04_ppo_launch",
+        "05_evaluation",
+        "07_failure_cases",
+        "08_ablations",
+    )
+    assert (
+        study_preset.study.ppo_updates,
+        study_preset.study.episodes_per_update,
+        study_preset.study.eval_limit,
+        study_preset.study.train_max_attempts,
+        study_preset.study.max_new_tokens,
+    ) == (20, 16, 100, 5, 128)
     assert smoke.notebooks is None  # every notebook in the folder
     assert (smoke.study.model, smoke.study.start_steps, smoke.study.eval_limit, smoke.budgets) == ("tiny", 2, 4, (1, 3))
-    assert smoke.data_root is None and smoke.gp_data.eval_size == 8  # into the run folder, never over data/eval
+    assert smoke.data_root is None
+    assert smoke.gp_data.eval_size == 8
 
 
 def test_every_preset_maps_onto_ppo_settings(tmp_path):
@@ -48,8 +73,9 @@ def test_every_preset_maps_onto_ppo_settings(tmp_path):
 
 
 def test_overrides_change_a_copy_and_none_keeps_the_presets_value():
-    chosen = presets.choose("study", {"eval_limit": 7, "ppo_updates": None, "budgets": [2, 4],
-                                      "gp_data": {"sft_text": 10}})
+    chosen = presets.choose(
+        "study", {"eval_limit": 7, "ppo_updates": None, "budgets": [2, 4], "gp_data": {"sft_text": 10}}
+    )
     assert (chosen.study.eval_limit, chosen.study.ppo_updates, chosen.budgets) == (7, 20, [2, 4])
     assert (chosen.gp_data.sft_text, chosen.gp_data.sft_image) == (10, presets.STUDY.gp_data.sft_image)
     chosen.study.eval_sets.append("gp-visual-ood")
@@ -65,15 +91,20 @@ def test_preset_fields_and_study_fields_do_not_collide():
     own = {f.name for f in dataclasses.fields(presets.Preset)}
     assert not own & {f.name for f in dataclasses.fields(study.StudySettings)}
     assert set(presets.override_fields()) == (own | {f.name for f in dataclasses.fields(study.StudySettings)}) - {
-        "name", "notebooks", "study"}
+        "name",
+        "notebooks",
+        "study",
+    }
 
 
 def test_a_notebook_starts_with_its_preset_and_smoke_wins_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # notebook_start moves to the kit's folder; monkeypatch moves back
     monkeypatch.delenv("SFTRL_SMOKE", raising=False)
-    run_dir, chosen = notebook_start("00", str(tmp_path / "run"), "quickstart", {"ppo_epochs": 3}, eval_limit=9,
-                                     seed=None)
-    assert run_dir == (tmp_path / "run").resolve() and run_dir.is_dir()
+    run_dir, chosen = notebook_start(
+        "00", str(tmp_path / "run"), "quickstart", {"ppo_epochs": 3}, eval_limit=9, seed=None
+    )
+    assert run_dir == (tmp_path / "run").resolve()
+    assert run_dir.is_dir()
     assert (chosen.name, chosen.study.eval_limit, chosen.study.ppo_epochs, chosen.study.seed) == ("quickstart", 9, 3, 0)
     monkeypatch.setenv("SFTRL_SMOKE", "1")
     _, chosen = notebook_start("00", str(tmp_path / "run"), "quickstart", {}, eval_limit=None)
@@ -93,5 +124,6 @@ def test_train_configs_hold_only_what_differs_from_the_defaults(name, settings_c
     path = REPO / "configs" / "train" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
     defaults = dataclasses.asdict(cls())
-    assert data and {key: value for key, value in data.items() if defaults[key] == value} == {}
+    assert data
+    assert {key: value for key, value in data.items() if defaults[key] == value} == {}
     assert dataclasses.asdict(load_yaml(cls, path)) == {**defaults, **data}

@@ -1,10 +1,10 @@
 import json
 
+from conftest import REPO  # noqa: E402
+
 from sftrl_kit.data import load_eval_set
 from sftrl_kit.envs.general_points import solve
 from sftrl_kit.rewards import verifier_reward
-
-from conftest import REPO  # noqa: E402
 
 
 def test_verifier_as_a_trl_reward_function():

@@ -55,7 +55,8 @@ def test_counters_read_back_as_written_and_in_the_format_of_earlier_runs(tmp_pat
     folder = checkpoint(tmp_path, "sft", 4, tokens=800, gflops=1.5)
     assert run_folder.read_counters(folder) == {"method": "sft", "step": 4, "tokens": 800, "gflops": 1.5}
     assert (folder / "checkpoint.json").read_text() == json.dumps(
-        {"method": "sft", "step": 4, "tokens": 800, "gflops": 1.5}, indent=2) + "\n"
+        {"method": "sft", "step": 4, "tokens": 800, "gflops": 1.5}, indent=2
+    ) + "\n"
     old = tmp_path / "old" / "checkpoints" / "update-0002"
     old.mkdir(parents=True)
     (old / "checkpoint.json").write_text(PPO_COUNTERS)
@@ -63,12 +64,15 @@ def test_counters_read_back_as_written_and_in_the_format_of_earlier_runs(tmp_pat
     assert run_folder.list_checkpoints(tmp_path / "old") == [old]
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"step": 3, "tokens": ', "is not valid JSON"),
-    ('{"update": 3, "tokens": 10}', "holds no checkpoint counters"),
-    ('[1, 2]', "holds no checkpoint counters"),
-    ('{"step": "3"}', "holds no checkpoint counters"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"step": 3, "tokens": ', "is not valid JSON"),
+        ('{"update": 3, "tokens": 10}', "holds no checkpoint counters"),
+        ("[1, 2]", "holds no checkpoint counters"),
+        ('{"step": "3"}', "holds no checkpoint counters"),
+    ],
+)
 def test_a_corrupt_or_unknown_checkpoint_json_is_an_error_naming_the_file(tmp_path, text, message):
     folder = tmp_path / "checkpoints" / "step-000003"
     folder.mkdir(parents=True)
@@ -84,10 +88,18 @@ def test_a_corrupt_or_unknown_checkpoint_json_is_an_error_naming_the_file(tmp_pa
 
 
 def test_rows_after_the_resume_step_are_dropped_and_the_rest_kept_byte_for_byte(tmp_path):
-    kept = ['{"method": "ppo", "update": 1, "step": 1, "loss": 1e-05, "note": "caf\\u00e9"}\n',
-            '{"step": 2, "update": 2, "success_rate": 0.25000000000000006, "nested": {"a": [1, 2.0]}}\n']
-    text = ("".join(kept[:1]) + "\n"  # a blank line is not a row
-            + kept[1] + '{"step": 3, "update": 3}\n' + '{"step": 10}\n' + '{"step": 1, "lo')  # cut off mid-write
+    kept = [
+        '{"method": "ppo", "update": 1, "step": 1, "loss": 1e-05, "note": "caf\\u00e9"}\n',
+        '{"step": 2, "update": 2, "success_rate": 0.25000000000000006, "nested": {"a": [1, 2.0]}}\n',
+    ]
+    text = (
+        "".join(kept[:1])
+        + "\n"  # a blank line is not a row
+        + kept[1]
+        + '{"step": 3, "update": 3}\n'
+        + '{"step": 10}\n'
+        + '{"step": 1, "lo'
+    )  # cut off mid-write
     (tmp_path / "metrics.jsonl").write_text(text)
     run_folder.drop_metrics_after(tmp_path, 2)
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(kept)
@@ -161,4 +173,5 @@ def test_new_run_folders_are_named_by_time_and_never_shared(tmp_path, monkeypatc
     first, second = run_folder.new_run_dir("eval"), run_folder.new_run_dir("eval")
     assert run_folder.runs_root() == tmp_path / "runs"
     assert (first, second) == (tmp_path / "runs" / "20260101-120000-eval", tmp_path / "runs" / "20260101-120000-eval-2")
-    assert first.is_dir() and second.is_dir()
+    assert first.is_dir()
+    assert second.is_dir()

@@ -1,6 +1,6 @@
+import random
 from fractions import Fraction
 from itertools import combinations_with_replacement, permutations, product
-import random
 
 import pytest
 
@@ -48,7 +48,13 @@ def test_solvability_agrees_with_brute_force_on_a_sample():
 
 @pytest.mark.parametrize(
     "hand, needs",
-    [((3, 3, 8, 8), "8/(3-8/3)"), ((1, 5, 5, 5), None), ((3, 3, 7, 7), None), ((1, 3, 4, 6), None), ((4, 4, 10, 10), None)],
+    [
+        ((3, 3, 8, 8), "8/(3-8/3)"),
+        ((1, 5, 5, 5), None),
+        ((3, 3, 7, 7), None),
+        ((1, 3, 4, 6), None),
+        ((4, 4, 10, 10), None),
+    ],
 )
 def test_hands_that_need_fractions_are_solved(hand, needs):
     solutions = solve(hand)
@@ -65,7 +71,8 @@ def test_every_solution_uses_each_number_once_and_hits_the_target():
     for hand, target in [((1, 2, 3, 4), 24), ((2, 7, 9, 13), 24), ((5, 6, 11, 12), 10), ((1, 1, 2, 13), 1)]:
         for formula in solve(hand, target):
             parsed = parse_formula(formula)
-            assert sorted(parsed.numbers) == sorted(hand) and parsed.value() == target
+            assert sorted(parsed.numbers) == sorted(hand)
+            assert parsed.value() == target
 
 
 def test_reordered_or_regrouped_formulas_count_once():
@@ -73,15 +80,21 @@ def test_reordered_or_regrouped_formulas_count_once():
 
 
 def test_unsolvable_hands_and_other_sizes():
-    assert solve([1, 1, 1, 1]) == [] and not is_solvable([1, 1, 1, 1])
-    assert solve([24]) == ["24"] and solve([23]) == [] and solve([]) == []
-    assert is_solvable([6, 4], 24) and solve([6, 4], 24) == ["4*6"]
+    assert solve([1, 1, 1, 1]) == []
+    assert not is_solvable([1, 1, 1, 1])
+    assert solve([24]) == ["24"]
+    assert solve([23]) == []
+    assert solve([]) == []
+    assert is_solvable([6, 4], 24)
+    assert solve([6, 4], 24) == ["4*6"]
     assert solve([3, 8], 24) == ["3*8"]
-    assert is_solvable([1, 1, 1, 1, 24]) and not is_solvable([1, 1, 1, 1, 1])  # five numbers
+    assert is_solvable([1, 1, 1, 1, 24])
+    assert not is_solvable([1, 1, 1, 1, 1])
 
 
 def test_a_zero_over_zero_is_never_a_solution():
     # (1-1)/(2-2) is undefined; a partner lookup once accepted it as "0 / 0 == 24".
-    assert not brute_force_solvable([1, 1, 2, 2]) and not is_solvable([1, 1, 2, 2])
+    assert not brute_force_solvable([1, 1, 2, 2])
+    assert not is_solvable([1, 1, 2, 2])
     for formula in solve([3, 3, 5, 5], 0):
         assert parse_formula(formula).value() == 0

@@ -43,11 +43,13 @@ def test_identical_policies_differ_significantly_about_5_percent_of_the_time(ans
         naive = compare_rates(wilson_interval(k_a.sum(), n.sum()), wilson_interval(k_b.sum(), n.sum()))
         rejected["naive"] += naive["significant"]
         task = skills(rng)
-        rejected["paired"] += compare_rates(as_rate(rng.binomial(answers, task), n, shared),
-                                            as_rate(rng.binomial(answers, task), n, shared))["significant"]
+        rejected["paired"] += compare_rates(
+            as_rate(rng.binomial(answers, task), n, shared), as_rate(rng.binomial(answers, task), n, shared)
+        )["significant"]
     rates = {name: count / trials for name, count in rejected.items()}
     print(f"{answers} answers per episode, false-positive rates: {rates}")
-    assert 0.025 <= rates["unpaired"] <= 0.075 and 0.025 <= rates["paired"] <= 0.075
+    assert 0.025 <= rates["unpaired"] <= 0.075
+    assert 0.025 <= rates["paired"] <= 0.075
     assert rates["naive"] > (0.10 if answers == 2 else 0.25)
 
 
@@ -59,13 +61,17 @@ def test_the_test_is_named_and_chosen_by_the_data():
     assert compare_rates(*single)["test"].startswith("McNemar")
     assert compare_rates(*multi)["test"].startswith("paired z, cluster-robust")
     assert compare_rates(multi[0], other)["test"].startswith("two-proportion z, cluster-robust")
-    assert compare_rates(wilson_interval(3, 9), wilson_interval(5, 9))["test"] == "two-proportion z (independent samples)"
+    assert (
+        compare_rates(wilson_interval(3, 9), wilson_interval(5, 9))["test"] == "two-proportion z (independent samples)"
+    )
 
 
 def test_mcnemar_matches_a_hand_worked_example_and_scipy():
     # 7 tasks solved only by A, 1 only by B: P(X <= 1 | Binomial(8, 1/2)) = 9/256, two-sided 18/256
-    assert mcnemar_exact_p(7, 1) == pytest.approx(18 / 256) and mcnemar_exact_p(1, 7) == pytest.approx(18 / 256)
-    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(4, 4) == 1.0
+    assert mcnemar_exact_p(7, 1) == pytest.approx(18 / 256)
+    assert mcnemar_exact_p(1, 7) == pytest.approx(18 / 256)
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(4, 4) == 1.0
     rng = np.random.default_rng(0)
     for _ in range(20):
         size = int(rng.integers(5, 60))
@@ -84,7 +90,9 @@ def test_pairs_are_matched_by_task_id_not_by_order():
     a = rate_by_task({"x": (1, 1), "y": (0, 1), "z": (1, 1)})
     b = rate_by_task({"z": (1, 1), "x": (1, 1), "y": (0, 1)})
     same = compare_rates(a, b)
-    assert same["discordant"] == [0, 0] and same["p_value"] == 1.0 and same["difference"] == 0.0
+    assert same["discordant"] == [0, 0]
+    assert same["p_value"] == 1.0
+    assert same["difference"] == 0.0
 
 
 def test_one_answer_per_task_gives_the_wilson_interval_exactly():
@@ -92,7 +100,8 @@ def test_one_answer_per_task_gives_the_wilson_interval_exactly():
     rate = as_rate([1] * 10 + [0] * 30, [1] * 40, ids)
     plain = wilson_interval(10, 40)
     assert (rate["low"], rate["high"], rate["value"]) == (plain["low"], plain["high"], plain["value"])
-    assert rate["design_effect"] == 1.0 and rate["episodes"] == 40
+    assert rate["design_effect"] == 1.0
+    assert rate["episodes"] == 40
 
 
 def test_the_design_effect_is_the_cluster_variance_over_the_binomial():
@@ -106,7 +115,8 @@ def test_the_design_effect_is_the_cluster_variance_over_the_binomial():
     centre = (p + Z_95**2 / (2 * effective)) / (1 + Z_95**2 / effective)
     assert (rate["low"] + rate["high"]) / 2 == pytest.approx(centre)
     nothing = as_rate([0, 0, 0], [5, 5, 2], ["a", "b", "c"])  # no variance to read: one answer per episode
-    assert nothing["effective_trials"] == 3 and nothing["high"] == pytest.approx(wilson_interval(0, 3)["high"])
+    assert nothing["effective_trials"] == 3
+    assert nothing["high"] == pytest.approx(wilson_interval(0, 3)["high"])
 
 
 @pytest.mark.parametrize("answers", [2, 5])
@@ -121,8 +131,10 @@ def test_the_cluster_interval_covers_the_true_rate_95_percent_of_the_time(answer
         naive = wilson_interval(int(k.sum()), int(n.sum()))
         covered += rate["low"] <= MEAN <= rate["high"]
         covered_naive += naive["low"] <= MEAN <= naive["high"]
-    print(f"{answers} answers per episode: coverage {covered / trials:.3f} (answers as independent: "
-          f"{covered_naive / trials:.3f})")
+    print(
+        f"{answers} answers per episode: coverage {covered / trials:.3f} (answers as independent: "
+        f"{covered_naive / trials:.3f})"
+    )
     assert 0.93 <= covered / trials <= 0.975
     assert covered_naive / trials < 0.9
 
@@ -148,5 +160,7 @@ def test_no_variation_still_gives_an_interval_of_honest_width():
     cannot rule out a difference of 40 points."""
     nothing = rate_by_task({f"t{i}": (0, 2) for i in range(4)})
     c = compare_rates(nothing, nothing)
-    assert c["difference"] == 0.0 and c["p_value"] == 1.0
-    assert c["high"] == pytest.approx(wilson_interval(0, 4)["high"]) and c["low"] == -c["high"]
+    assert c["difference"] == 0.0
+    assert c["p_value"] == 1.0
+    assert c["high"] == pytest.approx(wilson_interval(0, 4)["high"])
+    assert c["low"] == -c["high"]

@@ -1,15 +1,20 @@
 import json
 
 import pytest
+from conftest import REPO
 from scripted import ScriptedResponder
 
 from sftrl_kit import plots, study
-from sftrl_kit.evaluation import (evaluate, evaluate_model, evaluation_key, load_evaluations, rate_by_task,
-                                  select_evaluation)
+from sftrl_kit.evaluation import (
+    evaluate,
+    evaluate_model,
+    evaluation_key,
+    load_evaluations,
+    rate_by_task,
+    select_evaluation,
+)
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.run_folder import checkpoint_dir, evaluation_folder, key_digest, write_counters
-
-from conftest import REPO
 
 GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=64)
@@ -27,10 +32,15 @@ def synthetic_run(root, name, method, successes, budget=5):
             target = evaluation_folder(folder, key)
             target.mkdir(parents=True)
             tasks = [f"{eval_set}:{i}" for i in range(50)]
-            metrics = {"key": key, "seconds": 1.0, "episodes": 50, "mean_attempts": 1.0, "mean_return": 0.0,
-                       "success_rate": rate_by_task({t: (int(i < k), 1) for i, t in enumerate(tasks)}),
-                       "per_step_accuracy": rate_by_task({t: (min(2, max(0, k - 2 * i)), 2)
-                                                          for i, t in enumerate(tasks)})}
+            metrics = {
+                "key": key,
+                "seconds": 1.0,
+                "episodes": 50,
+                "mean_attempts": 1.0,
+                "mean_return": 0.0,
+                "success_rate": rate_by_task({t: (int(i < k), 1) for i, t in enumerate(tasks)}),
+                "per_step_accuracy": rate_by_task({t: (min(2, max(0, k - 2 * i)), 2) for i, t in enumerate(tasks)}),
+            }
             (target / "metrics.json").write_text(json.dumps(metrics))
         (folder / "checkpoint.json").write_text(json.dumps({"method": method, "step": step, "gflops": 10.0 * step}))
     return root / name
@@ -43,14 +53,22 @@ def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_pat
     by_label = {(r["comparison"], r["eval_set"]): r for r in rows}
     assert len(rows) == 6
     ood_rl = by_label[("rl: end - start", "ood")]
-    assert ood_rl["A"].startswith("30/50 = 60.0%") and ood_rl["B"].startswith("6/50 = 12.0%")
-    assert ood_rl["A - B (points)"].startswith("+48.0 [") and ood_rl["significant"] and ood_rl["p"] < 0.001
-    assert ood_rl["test"] == "McNemar exact (paired by task)" and ood_rl["max_attempts"] == 5
+    assert ood_rl["A"].startswith("30/50 = 60.0%")
+    assert ood_rl["B"].startswith("6/50 = 12.0%")
+    assert ood_rl["A - B (points)"].startswith("+48.0 [")
+    assert ood_rl["significant"]
+    assert ood_rl["p"] < 0.001
+    assert ood_rl["test"] == "McNemar exact (paired by task)"
+    assert ood_rl["max_attempts"] == 5
     same = by_label[("rl: end - start", "id")]
-    assert same["A - B (points)"].startswith("+40.0") and same["GFLOPs A"] == 20.0 and same["GFLOPs B"] == 0.0
+    assert same["A - B (points)"].startswith("+40.0")
+    assert same["GFLOPs A"] == 20.0
+    assert same["GFLOPs B"] == 0.0
     assert same["p"] == round(2 * 0.5**20, 4)  # 20 tasks solved at the end only: McNemar's exact p
     ends = by_label[("rl end - sft end", "ood")]
-    assert ends["A"].startswith("30/50") and ends["B"].startswith("2/50") and ends["significant"]
+    assert ends["A"].startswith("30/50")
+    assert ends["B"].startswith("2/50")
+    assert ends["significant"]
     per_answer = study.what_moved([rl], ["ood"], metric="per_step_accuracy")[0]
     assert per_answer["test"].startswith("paired z, cluster-robust")
 
@@ -82,9 +100,11 @@ def test_a_second_budget_on_the_same_checkpoints_is_kept_apart_by_the_keys(tmp_p
     with pytest.raises(ValueError, match="max_attempts: 2, 5"):
         plots.change_from_start(plots.checkpoint_rows([run]), "id")
     at_5 = study.what_moved([run], ["id"], keys={"id": {"max_attempts": 5}})
-    assert at_5[0]["A"].startswith("20/50") and at_5[0]["max_attempts"] == 5
+    assert at_5[0]["A"].startswith("20/50")
+    assert at_5[0]["max_attempts"] == 5
     rows = plots.checkpoint_rows([run], keys={"id": {"max_attempts": 2}})
-    assert [r["success_rate_successes"] for r in rows] == [1, 2] and {r["eval_set"] for r in rows} == {"id"}
+    assert [r["success_rate_successes"] for r in rows] == [1, 2]
+    assert {r["eval_set"] for r in rows} == {"id"}
 
 
 def test_two_evaluations_of_one_checkpoint_at_budgets_2_and_5_both_survive(tmp_path):
@@ -92,7 +112,8 @@ def test_two_evaluations_of_one_checkpoint_at_budgets_2_and_5_both_survive(tmp_p
     sets = {"gp-id": GP_ID}
     at_2 = evaluate_model(player, tmp_path, sets, limit=6, progress=False, max_attempts=2)["gp-id"]
     at_5 = evaluate_model(player, tmp_path, sets, limit=6, progress=False, max_attempts=5)["gp-id"]
-    assert at_2["success_rate"]["value"] == 0.0 and at_5["success_rate"]["value"] == 1.0
+    assert at_2["success_rate"]["value"] == 0.0
+    assert at_5["success_rate"]["value"] == 1.0
     kept = {m["key"]["max_attempts"]: m["success_rate"]["value"] for m in load_evaluations(tmp_path, "gp-id")}
     assert kept == {2: 0.0, 5: 1.0}
     with pytest.raises(ValueError, match="differ in max_attempts: 2, 5"):
@@ -110,8 +131,10 @@ def test_an_identical_key_is_reused_not_run_again(tmp_path):
     first = evaluate_model(player, tmp_path, sets, limit=4, progress=False, max_attempts=2)["gp-id"]
     played = len(calls)
     again = evaluate_model(player, tmp_path, sets, limit=4, progress=False, max_attempts=2)["gp-id"]
-    assert played > 0 and len(calls) == played
-    assert again["success_rate"] == first["success_rate"] and again["folder"] == first["folder"]
+    assert played > 0
+    assert len(calls) == played
+    assert again["success_rate"] == first["success_rate"]
+    assert again["folder"] == first["folder"]
     with pytest.raises(FileExistsError, match="already holds this evaluation"):
         evaluate(player, GP_ID, limit=4, run_dir=tmp_path, name="gp-id", progress=False, max_attempts=2)
     assert len(calls) == played
@@ -120,23 +143,28 @@ def test_an_identical_key_is_reused_not_run_again(tmp_path):
 def test_keys_resolve_defaults_so_equal_evaluations_get_equal_keys():
     records = [json.loads(line) for line in GP_ID.read_text().splitlines()]
     key = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64))
-    assert key["limit"] == len(records) == 300 and key["max_attempts"] == 5 and key["temperature"] == 0.0
-    same = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0.0, max_new_tokens=64), limit=1000,
-                          max_attempts=5)
+    assert key["limit"] == len(records) == 300
+    assert key["max_attempts"] == 5
+    assert key["temperature"] == 0.0
+    same = evaluation_key(
+        "gp-id", records, "gp-l", SamplingConfig(temperature=0.0, max_new_tokens=64), limit=1000, max_attempts=5
+    )
     assert key_digest(same) == key_digest(key)
     for changed in ({"limit": 40}, {"max_attempts": 2}):
         other = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64), **changed)
         assert key_digest(other) != key_digest(key)
     assert key_digest(evaluation_key("gp-id", records, "gp-l", SAMPLING, engine="vllm")) != key_digest(
-        evaluation_key("gp-id", records, "gp-l", SAMPLING))
+        evaluation_key("gp-id", records, "gp-l", SAMPLING)
+    )
 
 
 def test_study_settings_name_the_evaluations_they_write(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     settings = study.StudySettings(eval_sets=["gp-id"], eval_limit=3, eval_max_attempts=2, max_new_tokens=16)
     player = ScriptedResponder(lambda episode, attempt: True)
-    evaluate_model(player, tmp_path, {"gp-id": GP_ID}, "gp-l", settings.eval_sampling(), limit=3, progress=False,
-                   max_attempts=2)
+    evaluate_model(
+        player, tmp_path, {"gp-id": GP_ID}, "gp-l", settings.eval_sampling(), limit=3, progress=False, max_attempts=2
+    )
     assert select_evaluation(tmp_path, "gp-id", settings.eval_keys()["gp-id"])["success_rate"]["value"] == 1.0
     assert study.eval_episodes(tmp_path, "gp-id", settings.eval_keys()["gp-id"])[0].success
 
@@ -157,7 +185,8 @@ def test_the_start_is_copied_to_step_zero_without_overwriting(tmp_path):
     study._copy_evaluations(start, run)
     kept = {(m["key"]["eval_set"], m["key"]["max_attempts"]): m for m in load_evaluations(run)}
     assert set(kept) == {("id", 2), ("ood", 2), ("id", 5), ("ood", 5)}
-    assert kept[("id", 5)]["copied_from"] == str(start) and "copied_from" not in kept[("id", 2)]
+    assert kept[("id", 5)]["copied_from"] == str(start)
+    assert "copied_from" not in kept[("id", 2)]
     assert kept[("id", 2)]["success_rate"]["successes"] == 9
 
 
@@ -167,15 +196,20 @@ def test_evaluate_runs_copies_the_start_to_step_zero_and_reuses_what_is_there(tm
     start = tiny_policy.save(tmp_path / "start" / "checkpoints" / "step-000004")
     write_counters(start, {"method": "sft", "step": 4, "gflops": 1.0})
     for step in (0, 2):
-        write_counters(tiny_policy.save(checkpoint_dir(tmp_path / "ppo", "ppo", step)),
-                       {"method": "ppo", "step": step, "gflops": 1.0 + step})
+        write_counters(
+            tiny_policy.save(checkpoint_dir(tmp_path / "ppo", "ppo", step)),
+            {"method": "ppo", "step": step, "gflops": 1.0 + step},
+        )
     rows = study.evaluate_runs(settings, [tmp_path / "ppo"], start=start, progress=False)
     assert [(r["run"], r["checkpoint"], r["step"], r["eval_set"]) for r in rows] == [
-        ("ppo", "update-0000", 0, "gp-id"), ("ppo", "update-0002", 2, "gp-id")]
+        ("ppo", "update-0000", 0, "gp-id"),
+        ("ppo", "update-0002", 2, "gp-id"),
+    ]
     assert (rows[0]["limit"], rows[0]["max_attempts"], rows[0]["success_rate_trials"]) == (2, 1, 2)
     at_start = select_evaluation(start, "gp-id", settings.eval_keys()["gp-id"])
     step_zero = select_evaluation(tmp_path / "ppo" / "checkpoints" / "update-0000", "gp-id")
-    assert step_zero["copied_from"] == str(start) and step_zero["success_rate"] == at_start["success_rate"]
+    assert step_zero["copied_from"] == str(start)
+    assert step_zero["success_rate"] == at_start["success_rate"]
     assert "copied_from" not in select_evaluation(tmp_path / "ppo" / "checkpoints" / "update-0002", "gp-id")
 
     def no_model(*args, **kwargs):
@@ -203,10 +237,12 @@ def test_find_runs_prefers_the_folder_then_its_subfolders_then_the_newest_study(
     here = tmp_path / "here"
     here.mkdir()
     runs, start = study.find_runs(here)
-    assert [r.name for r in runs] == ["ppo"] and start.name == "step-000000"
+    assert [r.name for r in runs] == ["ppo"]
+    assert start.name == "step-000000"
     synthetic_run(here, "sft", "sft", [(1, 1), (2, 2)])
     runs, start = study.find_runs(here)
-    assert [r.name for r in runs] == ["sft"] and start is None
+    assert [r.name for r in runs] == ["sft"]
+    assert start is None
     monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no training runs"):
         study.find_runs(tmp_path / "nothing")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO  # noqa: E402
 
 from sftrl_kit.data import GP_TRAIN_CONFIG, load_eval_set, training_deal_seed
 from sftrl_kit.envs import make
@@ -15,8 +16,6 @@ from sftrl_kit.evaluation import compare_rates, evaluate
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.train.ppo import PPOSettings, train_ppo
 from sftrl_kit.train.sft import SFTSettings, train_sft
-
-from conftest import REPO  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SAMPLED = SamplingConfig(temperature=1.0, max_new_tokens=14, seed=123)
@@ -40,9 +39,19 @@ def warm_start(tmp_path_factory):
         bad = json.dumps({"formula": "+".join(map(str, info["values"]))})
         records += [{"messages": chat_messages(prompt, [], answer)} for answer in (good, bad)] * 16
     write_jsonl(root / "sft.jsonl", records)
-    run = train_sft(SFTSettings(model="tiny", dataset=str(root / "sft.jsonl"), run_dir=str(root / "sft"),
-                                max_steps=30, batch_size=8, learning_rate=5e-3, warmup_steps=0,
-                                save_steps=30, logging_steps=10))
+    run = train_sft(
+        SFTSettings(
+            model="tiny",
+            dataset=str(root / "sft.jsonl"),
+            run_dir=str(root / "sft"),
+            max_steps=30,
+            batch_size=8,
+            learning_rate=5e-3,
+            warmup_steps=0,
+            save_steps=30,
+            logging_steps=10,
+        )
+    )
     return root, run
 
 
@@ -53,54 +62,108 @@ def test_sft_lowers_the_loss_and_writes_a_compute_series(warm_start):
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert steps == ["step-000000", "step-000030"]
     counters = json.loads((run / "checkpoints" / "step-000030" / "checkpoint.json").read_text())
-    assert counters["tokens"] > 0 and counters["flops"] == 6 * counters["num_parameters"] * counters["tokens"]
+    assert counters["tokens"] > 0
+    assert counters["flops"] == 6 * counters["num_parameters"] * counters["tokens"]
 
 
 def test_ppo_raises_success_well_beyond_noise(warm_start):
     root, sft_run = warm_start
     start = sft_run / "checkpoints" / "step-000030"
-    run = train_ppo(PPOSettings(model=str(start), run_dir=str(root / "ppo"), tasks=str(root / "tasks.jsonl"),
-                                max_attempts=1, episodes_per_update=16, max_new_tokens=14, updates=20,
-                                learning_rate=3e-4, ppo_epochs=2, minibatch_size=8, micro_batch_size=8,
-                                save_every=20))
+    run = train_ppo(
+        PPOSettings(
+            model=str(start),
+            run_dir=str(root / "ppo"),
+            tasks=str(root / "tasks.jsonl"),
+            max_attempts=1,
+            episodes_per_update=16,
+            max_new_tokens=14,
+            updates=20,
+            learning_rate=3e-4,
+            ppo_epochs=2,
+            minibatch_size=8,
+            micro_batch_size=8,
+            save_every=20,
+        )
+    )
     tasks = load_eval_set(root / "tasks.jsonl") * 48  # 48 sampled episodes per checkpoint
     from sftrl_kit.models import load_policy
 
     before = evaluate(load_policy(start), tasks, sampling=SAMPLED, max_attempts=1, progress=False)
-    after = evaluate(load_policy(run / "checkpoints" / "update-0020"), tasks, sampling=SAMPLED, max_attempts=1,
-                     progress=False)
+    after = evaluate(
+        load_policy(run / "checkpoints" / "update-0020"), tasks, sampling=SAMPLED, max_attempts=1, progress=False
+    )
     gain = compare_rates(after["success_rate"], before["success_rate"])
     print(f"success before PPO {before['success_rate']}, after {after['success_rate']}")
-    assert gain["difference"] > 0.25 and gain["p_value"] < 0.01, (before["success_rate"], after["success_rate"])
+    assert gain["difference"] > 0.25, (before["success_rate"], after["success_rate"])
+    assert gain["p_value"] < 0.01, (before["success_rate"], after["success_rate"])
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["update"] for r in rows] == list(range(1, 21))
-    assert rows[-1]["flops"] > rows[0]["flops"] > 0 and rows[-1]["tokens"] > rows[0]["tokens"]
-    for key in ("success_rate", "mean_return", "mean_episode_length", "policy_loss", "value_loss",
-                "entropy", "clip_fraction", "explained_variance", "approx_kl", "seconds"):
+    assert rows[-1]["flops"] > rows[0]["flops"] > 0
+    assert rows[-1]["tokens"] > rows[0]["tokens"]
+    for key in (
+        "success_rate",
+        "mean_return",
+        "mean_episode_length",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_fraction",
+        "explained_variance",
+        "approx_kl",
+        "seconds",
+    ):
         assert key in rows[-1]
 
 
-TINY_PPO = ["model=tiny", "updates=2", "episodes_per_update=4", "max_new_tokens=10", "max_attempts=2",
-            "save_every=1", "minibatch_size=4", "micro_batch_size=2", "ppo_epochs=2"]
+TINY_PPO = [
+    "model=tiny",
+    "updates=2",
+    "episodes_per_update=4",
+    "max_new_tokens=10",
+    "max_attempts=2",
+    "save_every=1",
+    "minibatch_size=4",
+    "micro_batch_size=2",
+    "ppo_epochs=2",
+]
 
 
 def test_two_processes_under_accelerate_launch_agree_on_the_weights(tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "-m", "sftrl_kit.cli", "ppo",
-               f"run_dir={tmp_path}", *TINY_PPO]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "-m",
+        "sftrl_kit.cli",
+        "ppo",
+        f"run_dir={tmp_path}",
+        *TINY_PPO,
+    ]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=600)
     processes = json.loads((tmp_path / "processes.json").read_text())
     assert processes["processes"] == 2
     assert processes["weight_checksums"][0] == processes["weight_checksums"][1]
     rows = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["update"] for r in rows] == [1, 2] and rows[0]["episodes"] == 8  # both processes' episodes
+    assert [r["update"] for r in rows] == [1, 2]
+    assert rows[0]["episodes"] == 8
 
 
 def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     def settings(run_dir, updates):
-        return PPOSettings(model="tiny", run_dir=str(run_dir), updates=updates, episodes_per_update=4,
-                           max_new_tokens=10, max_attempts=2, save_every=1, minibatch_size=4,
-                           micro_batch_size=2, ppo_epochs=2)
+        return PPOSettings(
+            model="tiny",
+            run_dir=str(run_dir),
+            updates=updates,
+            episodes_per_update=4,
+            max_new_tokens=10,
+            max_attempts=2,
+            save_every=1,
+            minibatch_size=4,
+            micro_batch_size=2,
+            ppo_epochs=2,
+        )
 
     train_ppo(settings(tmp_path / "straight", 3))
     interrupted = tmp_path / "interrupted"
@@ -112,7 +175,8 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     resumed = read_jsonl(interrupted / "metrics.jsonl")
     assert [r["update"] for r in resumed] == [1, 2, 3]
     for a, b in zip(straight, resumed):
-        assert a["mean_return"] == b["mean_return"] and a["tokens"] == b["tokens"]
+        assert a["mean_return"] == b["mean_return"]
+        assert a["tokens"] == b["tokens"]
         assert a["policy_loss"] == pytest.approx(b["policy_loss"], abs=1e-5)
 
 
@@ -125,15 +189,23 @@ def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", data)
 
     def run(max_steps):
-        return train_sft(SFTSettings(model="tiny", dataset=str(tmp_path / "d.jsonl"), run_dir=str(tmp_path / "run"),
-                                     max_steps=max_steps, batch_size=2, save_steps=2, logging_steps=1))
+        return train_sft(
+            SFTSettings(
+                model="tiny",
+                dataset=str(tmp_path / "d.jsonl"),
+                run_dir=str(tmp_path / "run"),
+                max_steps=max_steps,
+                batch_size=2,
+                save_steps=2,
+                logging_steps=1,
+            )
+        )
 
     run(2)
     resumed = run(4)
     steps = [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
-    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
-        "step-000000", "step-000002", "step-000004"]
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-000000", "step-000002", "step-000004"]
 
 
 @pytest.mark.parametrize(
@@ -148,11 +220,23 @@ def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
     ids=["grpo", "rloo-thought", "lora-kl-entropy", "kl-bootstrap", "virl"],
 )
 def test_every_ppo_option_completes_an_update(tmp_path, options):
-    settings = PPOSettings(model="tiny", run_dir=str(tmp_path), updates=1, episodes_per_update=4, max_new_tokens=8,
-                           max_attempts=2, minibatch_size=4, micro_batch_size=2, ppo_epochs=1, **options)
+    settings = PPOSettings(
+        model="tiny",
+        run_dir=str(tmp_path),
+        updates=1,
+        episodes_per_update=4,
+        max_new_tokens=8,
+        max_attempts=2,
+        minibatch_size=4,
+        micro_batch_size=2,
+        ppo_epochs=1,
+        **options,
+    )
     run = train_ppo(settings)
     row = read_jsonl(run / "metrics.jsonl")[-1]
-    assert row["update"] == 1 and row["episodes"] == 4 and math.isfinite(row["policy_loss"])
+    assert row["update"] == 1
+    assert row["episodes"] == 4
+    assert math.isfinite(row["policy_loss"])
     if options.get("kl_coef"):
         assert row["kl_to_initial"] >= 0
     assert (run / "checkpoints" / "update-0001" / "config.json").is_file()
@@ -160,5 +244,8 @@ def test_every_ppo_option_completes_an_update(tmp_path, options):
 
 def test_bootstrapping_needs_a_single_conversation(tmp_path):
     with pytest.raises(ValueError, match="starts new ones"):
-        train_ppo(PPOSettings(model="tiny", run_dir=str(tmp_path), env_id="virl-l", env_config={},
-                              bootstrap_truncated=True, updates=1))
+        train_ppo(
+            PPOSettings(
+                model="tiny", run_dir=str(tmp_path), env_id="virl-l", env_config={}, bootstrap_truncated=True, updates=1
+            )
+        )

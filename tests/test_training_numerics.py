@@ -31,8 +31,16 @@ from sftrl_kit.models import (
 )
 from sftrl_kit.train.ppo import PPOSettings, _split_evenly, train_ppo
 
-TINY_PPO = dict(model="tiny", episodes_per_update=4, max_new_tokens=8, max_attempts=2, minibatch_size=4,
-                micro_batch_size=2, ppo_epochs=1, save_every=1)
+TINY_PPO = dict(
+    model="tiny",
+    episodes_per_update=4,
+    max_new_tokens=8,
+    max_attempts=2,
+    minibatch_size=4,
+    micro_batch_size=2,
+    ppo_epochs=1,
+    save_every=1,
+)
 
 
 def _weights(folder):
@@ -53,6 +61,7 @@ def _fraction_changed(before: dict, after: dict, skip: str = "embed_tokens") -> 
 
 
 # --- precision -------------------------------------------------------------------------
+
 
 def _tiny_at_smollm2_scale(folder):
     """The tiny model with its matrices rescaled to SmolLM2-135M's weight scale (std
@@ -83,8 +92,15 @@ def test_one_ppo_update_under_bf16_autocast_moves_every_weight(tmp_path):
     rate one update changes >= 99% of the weights (pure-bf16 weights changed 0.1%), and
     the first minibatch's ratio is 1 because the learner recomputes the old log-probs."""
     start = _tiny_at_smollm2_scale(tmp_path / "start")
-    run = train_ppo(PPOSettings(**{**TINY_PPO, "model": str(start)}, run_dir=str(tmp_path / "run"), updates=1,
-                                learning_rate=1e-6, mixed_precision="bf16"))
+    run = train_ppo(
+        PPOSettings(
+            **{**TINY_PPO, "model": str(start)},
+            run_dir=str(tmp_path / "run"),
+            updates=1,
+            learning_rate=1e-6,
+            mixed_precision="bf16",
+        )
+    )
     before = _weights(run / "checkpoints" / "update-0000")
     after = _weights(run / "checkpoints" / "update-0001")
     assert {t.dtype for t in after.values()} == {torch.float32}
@@ -97,14 +113,30 @@ def test_one_ppo_update_under_bf16_autocast_moves_every_weight(tmp_path):
 def test_sft_under_bf16_autocast_moves_every_weight(tmp_path):
     from sftrl_kit.train.sft import SFTSettings, train_sft
 
-    records = [{"messages": [{"role": "user", "content": f"{i} + {i}?"},
-                             {"role": "assistant", "content": json.dumps({"formula": f"{i}+{i}"})}]}
-               for i in range(8)]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{i} + {i}?"},
+                {"role": "assistant", "content": json.dumps({"formula": f"{i}+{i}"})},
+            ]
+        }
+        for i in range(8)
+    ]
     write_jsonl(tmp_path / "d.jsonl", records)
     start = _tiny_at_smollm2_scale(tmp_path / "start")
-    run = train_sft(SFTSettings(model=str(start), dataset=str(tmp_path / "d.jsonl"), run_dir=str(tmp_path / "run"),
-                                max_steps=2, batch_size=4, learning_rate=2e-5, warmup_steps=0, save_steps=2,
-                                mixed_precision="bf16"))
+    run = train_sft(
+        SFTSettings(
+            model=str(start),
+            dataset=str(tmp_path / "d.jsonl"),
+            run_dir=str(tmp_path / "run"),
+            max_steps=2,
+            batch_size=4,
+            learning_rate=2e-5,
+            warmup_steps=0,
+            save_steps=2,
+            mixed_precision="bf16",
+        )
+    )
     before = _weights(run / "checkpoints" / "step-000000")
     after = _weights(run / "checkpoints" / "step-000002")
     assert {t.dtype for t in after.values()} == {torch.float32}
@@ -113,10 +145,12 @@ def test_sft_under_bf16_autocast_moves_every_weight(tmp_path):
 
 # --- every turn trained and counted ----------------------------------------------------
 
+
 def test_turns_split_into_near_equal_minibatches_without_dropping_any():
     items = list(range(12))
     parts = _split_evenly(items, math.ceil(12 / 8))
-    assert [len(p) for p in parts] == [6, 6] and sorted(sum(parts, [])) == items
+    assert [len(p) for p in parts] == [6, 6]
+    assert sorted(sum(parts, [])) == items
     assert [len(p) for p in _split_evenly(list(range(5)), 3)] == [2, 2, 1]
     assert [len(p) for p in _split_evenly([1], 3)] == [1, 0, 0]
 
@@ -125,8 +159,18 @@ def test_turns_split_into_near_equal_minibatches_without_dropping_any():
 def test_ppo_trains_every_turn_and_counts_exactly_what_it_trained(tmp_path):
     """Multi-turn episodes give a turn count that minibatches do not divide: before the
     fix, the remainder was dropped yet its tokens counted in D_RL."""
-    settings = PPOSettings(**{**TINY_PPO, "max_attempts": 3, "minibatch_size": 8, "micro_batch_size": 4,
-                              "ppo_epochs": 2, "episodes_per_update": 5}, run_dir=str(tmp_path), updates=1)
+    settings = PPOSettings(
+        **{
+            **TINY_PPO,
+            "max_attempts": 3,
+            "minibatch_size": 8,
+            "micro_batch_size": 4,
+            "ppo_epochs": 2,
+            "episodes_per_update": 5,
+        },
+        run_dir=str(tmp_path),
+        updates=1,
+    )
     run = train_ppo(settings)
     turns = [t for e in read_jsonl(run / "episodes" / "update-0001.jsonl") for t in e["turns"]]
     assert len(turns) % settings.minibatch_size  # the case that used to drop turns
@@ -147,17 +191,27 @@ def test_micro_batches_accumulate_to_the_minibatch_mean_gradient():
         torch.manual_seed(0)
         policy = load_policy("tiny", value_head=True)
         generator = torch.Generator().manual_seed(1)
-        turns = [_Turn(torch.randint(5, 900, (6 + i,), generator=generator).tolist(),
-                       torch.randint(5, 900, (3 + i % 2,), generator=generator).tolist(),
-                       images=[], weights=[1.0] * (3 + i % 2)) for i in range(4)]
-        batch = RolloutBatch(logprobs=torch.full((4,), -20.0),
-                             advantages=torch.tensor([(-1.0) ** i for i in range(4)], dtype=torch.float64),
-                             values=torch.tensor([0.1 * i for i in range(4)]), returns=torch.full((4,), 0.5))
+        turns = [
+            _Turn(
+                torch.randint(5, 900, (6 + i,), generator=generator).tolist(),
+                torch.randint(5, 900, (3 + i % 2,), generator=generator).tolist(),
+                images=[],
+                weights=[1.0] * (3 + i % 2),
+            )
+            for i in range(4)
+        ]
+        batch = RolloutBatch(
+            logprobs=torch.full((4,), -20.0),
+            advantages=torch.tensor([(-1.0) ** i for i in range(4)], dtype=torch.float64),
+            values=torch.tensor([0.1 * i for i in range(4)]),
+            returns=torch.full((4,), 0.5),
+        )
         actor_critic = ActorCritic(policy.model, policy.value_head)
         before = [p.detach().clone() for p in actor_critic.parameters()]
         optimizer = torch.optim.SGD(actor_critic.parameters(), lr=1.0)
-        settings = PPOSettings(model="tiny", ppo_epochs=1, minibatch_size=4, micro_batch_size=micro_batch_size,
-                               max_grad_norm=1e9)
+        settings = PPOSettings(
+            model="tiny", ppo_epochs=1, minibatch_size=4, micro_batch_size=micro_batch_size, max_grad_norm=1e9
+        )
         stats = _optimise(actor_critic, optimizer, policy, turns, batch, settings, Accelerator(cpu=True), update=1)
         assert stats["trained_turns"] == 4
         return [b - p.detach() for b, p in zip(before, actor_critic.parameters())]
@@ -168,6 +222,7 @@ def test_micro_batches_accumulate_to_the_minibatch_mean_gradient():
 
 
 # --- sampling is exactly the recorded distribution --------------------------------------
+
 
 def _checkpoint_with_own_sampling(tmp_path):
     """A checkpoint whose generation_config asks for top_k=2, top_p=0.5 and a repetition
@@ -187,7 +242,7 @@ def test_a_checkpoints_generation_config_does_not_leak_into_greedy_decoding(tmp_
     with torch.no_grad():  # plain argmax, token by token
         for _ in range(len(generated.response_token_ids)):
             ids.append(int(policy.model(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert generated.response_token_ids == ids[len(generated.prompt_token_ids):]
+    assert generated.response_token_ids == ids[len(generated.prompt_token_ids) :]
 
 
 def test_sampling_uses_the_full_distribution_and_records_its_logprobs(tmp_path):
@@ -231,11 +286,18 @@ def test_top_p_logprobs_are_those_of_the_nucleus_transformers_samples_from():
 
 # --- LoRA resume ------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_resumed_lora_run_keeps_the_initial_policy_as_reference_and_its_optimizer(tmp_path):
     def settings(run_dir, updates):
-        return PPOSettings(**TINY_PPO, run_dir=str(run_dir), updates=updates, learning_rate=1e-3,
-                           lora={"r": 4, "alpha": 8}, kl_coef=0.5)
+        return PPOSettings(
+            **TINY_PPO,
+            run_dir=str(run_dir),
+            updates=updates,
+            learning_rate=1e-3,
+            lora={"r": 4, "alpha": 8},
+            kl_coef=0.5,
+        )
 
     straight = read_jsonl(train_ppo(settings(tmp_path / "straight", 2)) / "metrics.jsonl")
     train_ppo(settings(tmp_path / "resumed", 1))
@@ -248,10 +310,12 @@ def test_a_resumed_lora_run_keeps_the_initial_policy_as_reference_and_its_optimi
 
 # --- training deals never reach evaluation ----------------------------------------------
 
+
 def test_training_and_evaluation_seeds_are_disjoint_by_construction():
     # virl-id and virl-rule-ood deal the same routes on purpose (a paired design)
-    ranges = sorted({(s.base_seed, s.base_seed + MAX_EVAL_SET_SIZE)
-                     for s in [*GP_EVAL_SPLITS.values(), *VIRL_EVAL_SPLITS.values()]})
+    ranges = sorted(
+        {(s.base_seed, s.base_seed + MAX_EVAL_SET_SIZE) for s in [*GP_EVAL_SPLITS.values(), *VIRL_EVAL_SPLITS.values()]}
+    )
     assert all(end <= EVAL_SEED_LIMIT for _, end in ranges)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:]))
     assert training_deal_seed(0, 0) >= EVAL_SEED_LIMIT
@@ -264,13 +328,16 @@ def test_training_and_evaluation_seeds_are_disjoint_by_construction():
 
 def test_ppo_refuses_to_train_on_a_frozen_eval_set(tmp_path):
     with pytest.raises(ValueError, match="evaluation deals"):
-        train_ppo(PPOSettings(**TINY_PPO, run_dir=str(tmp_path), updates=1,
-                              tasks=str(REPO / "data" / "eval" / "gp-id.jsonl")))
+        train_ppo(
+            PPOSettings(**TINY_PPO, run_dir=str(tmp_path), updates=1, tasks=str(REPO / "data" / "eval" / "gp-id.jsonl"))
+        )
 
 
 @pytest.mark.slow
 def test_ppo_deals_come_from_the_training_seed_range(tmp_path):
-    run = train_ppo(PPOSettings(**{**TINY_PPO, "max_attempts": 1, "max_new_tokens": 4}, run_dir=str(tmp_path),
-                                updates=1))
+    run = train_ppo(
+        PPOSettings(**{**TINY_PPO, "max_attempts": 1, "max_new_tokens": 4}, run_dir=str(tmp_path), updates=1)
+    )
     seeds = [e["seed"] for e in read_jsonl(run / "episodes" / "update-0001.jsonl")]
-    assert seeds and min(seeds) >= EVAL_SEED_LIMIT
+    assert seeds
+    assert min(seeds) >= EVAL_SEED_LIMIT

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sftrl_kit.envs.general_points import GPConfig, GPRewards, OUTCOMES, verify
+from sftrl_kit.envs.general_points import OUTCOMES, GPConfig, GPRewards, verify
 from sftrl_kit.envs.general_points.cards import Card
 from sftrl_kit.envs.general_points.verifier import normalise_rank
 from sftrl_kit.envs.virl import verifier as virl_verifier
@@ -60,12 +60,14 @@ def test_fractional_solutions_are_correct():
 def test_feedback_names_what_went_wrong():
     assert "equals 22, not 24" in verify(answer("10+8+3+1"), HAND, TEXT).feedback
     mismatch = verify(answer("(12-8+1)*3+9"), HAND, TEXT).feedback
-    assert "[1, 3, 8, 9, 12]" in mismatch and "[1, 3, 8, 10]" in mismatch
+    assert "[1, 3, 8, 9, 12]" in mismatch
+    assert "[1, 3, 8, 10]" in mismatch
 
 
 def test_applying_the_trained_rule_under_the_new_rule_is_flagged():
     verdict = verify(answer("(10-1)*8/3"), HAND, ORDINAL)  # used Q=10 (the trained rule); the new rule says 12
-    assert verdict.outcome == "numbers_mismatch" and verdict.other_rule_used
+    assert verdict.outcome == "numbers_mismatch"
+    assert verdict.other_rule_used
     assert not verify(answer("10+8+3"), HAND, ORDINAL).other_rule_used
 
 
@@ -81,12 +83,14 @@ def test_gp_vl_charges_wrong_recognition_on_top_of_the_outcome():
     assert (unreadable.reward, unreadable.recognition_correct) == (-3.0, False)
     assert verify("no answer", HAND, TEXT).recognition_correct is None
     missing = verify('{"formula": "(10-1)*8/3"}', HAND, IMAGE)
-    assert missing.recognition_correct is False and missing.reward == 3.5
+    assert missing.recognition_correct is False
+    assert missing.reward == 3.5
 
 
 def test_gp_l_does_not_check_recognition():
     verdict = verify(answer("(10-1)*8/3", cards=("K",)), HAND, TEXT)
-    assert verdict.reward == 5.0 and verdict.recognition_correct is None
+    assert verdict.reward == 5.0
+    assert verdict.recognition_correct is None
 
 
 def test_card_names_are_normalised_for_recognition():
@@ -122,7 +126,8 @@ HOSTILE = {
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_answers_get_a_defined_outcome(name):
     verdict = verify(HOSTILE[name], HAND, TEXT)
-    assert verdict.outcome in OUTCOMES and verdict.outcome != "correct"
+    assert verdict.outcome in OUTCOMES
+    assert verdict.outcome != "correct"
     assert verdict.reward <= -1.0
 
 

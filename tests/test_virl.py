@@ -5,6 +5,7 @@ import random
 import re
 
 import pytest
+from conftest import REPO  # noqa: E402
 
 from sftrl_kit.envs import make
 from sftrl_kit.envs.virl.city import OOD_CITIES, TRAIN_CITY, generate_city, generate_route
@@ -20,8 +21,6 @@ from sftrl_kit.envs.virl.routes import (
     turn_action,
 )
 from sftrl_kit.envs.virl.verifier import claimed_places, normalise_action
-
-from conftest import REPO  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -40,9 +39,11 @@ def test_expert_trajectories_score_every_step_and_reach_the_goal(env_id, space):
         steps, done = 0, False
         while not done:
             obs, reward, terminated, truncated, info = env.step(expert_answer(env))
-            assert reward == 1.0 and not truncated
+            assert reward == 1.0
+            assert not truncated
             steps, done = steps + 1, terminated
-        assert info["success"] and steps == info["points"] == len(env.decisions)
+        assert info["success"]
+        assert steps == info["points"] == len(env.decisions)
 
 
 def official_relative(turn: float) -> str:
@@ -63,12 +64,21 @@ def test_relative_turns_use_virls_thresholds_on_the_wrapped_turn():
             turn = math.degrees(math.atan2(math.sin(radians), math.cos(radians)))
             if abs(abs(turn) - 180) > 1e-6:
                 assert relative_turn(current, target) == official_relative(round(turn, 6)), (current, target)
-    hand = {(0, 259): "left",  # -101; unwrapped (the study's code) +259 would say right
-            (304, 13): "right",  # +69; unwrapped -291 would say left
-            (350, 10): "slightly right", (10, 350): "slightly left",
-            (0, 180): "left", (180, 0): "left", (90, 270): "left",  # a U-turn is -180 in [-180, 180)
-            (0, 45): "slightly right", (0, 46): "right", (0, 315): "slightly left", (0, 314): "left",
-            (0, 0): "slightly left", (212, 212): "slightly left"}  # 0 is in [-45, 0], tested first
+    hand = {
+        (0, 259): "left",  # -101; unwrapped (the study's code) +259 would say right
+        (304, 13): "right",  # +69; unwrapped -291 would say left
+        (350, 10): "slightly right",
+        (10, 350): "slightly left",
+        (0, 180): "left",
+        (180, 0): "left",
+        (90, 270): "left",  # a U-turn is -180 in [-180, 180)
+        (0, 45): "slightly right",
+        (0, 46): "right",
+        (0, 315): "slightly left",
+        (0, 314): "left",
+        (0, 0): "slightly left",
+        (212, 212): "slightly left",
+    }  # 0 is in [-45, 0], tested first
     assert {pair: relative_turn(*pair) for pair in hand} == hand
     assert {relative_turn(c, t) for c in range(0, 360, 3) for t in range(0, 360, 7)} == set(RELATIVE_TURNS.values())
     assert turn_action(0, 259, "relative") == "turn_direction(left)"
@@ -77,11 +87,24 @@ def test_relative_turns_use_virls_thresholds_on_the_wrapped_turn():
 
 def test_compass_and_relations_break_ties_like_virl():
     # V-IRL takes the first of the nearest multiples of 45 (np.argmin); round() would not
-    cases = {212: "southwest", 359: "north", 22: "north", 23: "northeast", 22.5: "north", 67.5: "northeast",
-             337.5: "north", 292.5: "west", 298: "northwest", 13: "north"}
+    cases = {
+        212: "southwest",
+        359: "north",
+        22: "north",
+        23: "northeast",
+        22.5: "north",
+        67.5: "northeast",
+        337.5: "north",
+        292.5: "west",
+        298: "northwest",
+        13: "north",
+    }
     assert {h: compass_name(h) for h in cases} == cases
-    assert relation_of(0, 45) == "right front" and relation_of(90, 0) == "left" and relation_of(180, 0) == "behind"
-    assert relation_of(0, 67.5) == "right front" and relation_of(350, 10) == "front"
+    assert relation_of(0, 45) == "right front"
+    assert relation_of(90, 0) == "left"
+    assert relation_of(180, 0) == "behind"
+    assert relation_of(0, 67.5) == "right front"
+    assert relation_of(350, 10) == "front"
 
 
 def fixture_blocks(path):
@@ -104,14 +127,17 @@ def test_expert_turns_as_virl_scores_a_real_format_route():
     assert [d.action for d in turns] == [f"turn_direction({name})" for name in names]
     assert [d.intersection for d in turns] == [None] + list(range(len(names) - 1))
     assert [d.action for d in absolute] == (
-        ["turn_direction(west)", "forward()", "turn_direction(northwest)"] + ["forward()"] * 3
-        + ["turn_direction(north)", "forward()", "stop()"])
+        ["turn_direction(west)", "forward()", "turn_direction(northwest)"]
+        + ["forward()"] * 3
+        + ["turn_direction(north)", "forward()", "stop()"]
+    )
     relative = [d.action for d in route.decisions("relative") if d.action.startswith("turn")]
     assert relative == ["turn_direction(left)", "turn_direction(slightly right)", "turn_direction(right)"]
     env = make("virl-l")
     env.reset(options={"task": {"route": route.to_json()}})
     _, reward, _, _, info = env.step('{"action": "turn_direction(west)"}')  # V-IRL's right first action
-    assert reward == 1.0 and info["verdict"]["outcome"] == "correct"
+    assert reward == 1.0
+    assert info["verdict"]["outcome"] == "correct"
 
 
 def test_the_expert_turns_even_onto_the_street_ahead(tmp_path):
@@ -119,21 +145,35 @@ def test_the_expert_turns_even_onto_the_street_ahead(tmp_path):
     record["milestone_info"] = record["milestone_info"].replace('"259 (west)"', '"10 (north)"')
     (tmp_path / "ahead.json").write_text(json.dumps(record))
     route = load_routes(tmp_path / "ahead.json")[0]  # init_heading 0: the first street lies ahead
-    assert [d.action for d in route.decisions("absolute")][:3] == ["turn_direction(north)", "forward()",
-                                                                   "turn_direction(northwest)"]
-    assert [d.action for d in route.decisions("relative")][:3] == ["turn_direction(slightly right)", "forward()",
-                                                                   "turn_direction(left)"]
+    assert [d.action for d in route.decisions("absolute")][:3] == [
+        "turn_direction(north)",
+        "forward()",
+        "turn_direction(northwest)",
+    ]
+    assert [d.action for d in route.decisions("relative")][:3] == [
+        "turn_direction(slightly right)",
+        "forward()",
+        "turn_direction(left)",
+    ]
 
 
 def test_real_route_files_load_with_their_milestones():
     route = load_routes(FIXTURES / "virl_route.json")[0]
-    assert (route.start, route.destination, route.city) == ("Tallow Coffee Roasters", "Lumen Books",
-                                                            "Fixture_Melbourne_Oceania")
-    assert route.init_heading == 0.0 and route.route_id == "virl_route-0"
+    assert (route.start, route.destination, route.city) == (
+        "Tallow Coffee Roasters",
+        "Lumen Books",
+        "Fixture_Melbourne_Oceania",
+    )
+    assert route.init_heading == 0.0
+    assert route.route_id == "virl_route-0"
     assert [(i.heading_in, i.heading_out) for i in route.intersections] == [(259, 304), (304, 13), (13, None)]
-    assert [i.distance_m for i in route.intersections] == [40, 131, 72] and route.steps_per_segment == [1, 3, 1]
+    assert [i.distance_m for i in route.intersections] == [40, 131, 72]
+    assert route.steps_per_segment == [1, 3, 1]
     assert [[(m.name, m.relation) for m in i.landmarks] for i in route.intersections] == [
-        [("Ferro Bakery", "left front")], [], [("Lumen Books", "right")]]
+        [("Ferro Bakery", "left front")],
+        [],
+        [("Lumen Books", "right")],
+    ]
     assert Route.from_json(json.loads(json.dumps(route.to_json()))) == route
 
 
@@ -145,25 +185,31 @@ def test_the_destination_landmark_names_the_place(tmp_path):
     assert second.intersections[-1].landmarks[0].relation == "left behind"
     record = json.loads((FIXTURES / "virl_route.json").read_text())
     record["milestone_info"] = record["milestone_info"].replace(
-        "The destination Lumen Books is on your right", "The destination The Destination Bar is on your left")
+        "The destination Lumen Books is on your right", "The destination The Destination Bar is on your left"
+    )
     (tmp_path / "bar.json").write_text(json.dumps(record))
     assert load_routes(tmp_path / "bar.json")[0].intersections[-1].landmarks[0].name == "The Destination Bar"
 
 
 def test_route_databases_load_in_every_layout(tmp_path):
     database = json.loads((FIXTURES / "virl_routes_db.json").read_text())
-    assert isinstance(database[0], list) and database[1] == 7  # [routes, dest_idx], as the collector writes
+    assert isinstance(database[0], list)
+    assert database[1] == 7
     routes = load_routes(FIXTURES / "virl_routes_db.json")
     (tmp_path / "plain.json").write_text(json.dumps(database[0]))
     (tmp_path / "one.json").write_text(json.dumps(database[0][1]))
     plain, one = load_routes(tmp_path / "plain.json"), load_routes(tmp_path / "one.json")
     assert [r.destination for r in routes] == [r.destination for r in plain] == ["Lumen Books", "St. Ives Osteria"]
     assert [r.intersections for r in routes] == [r.intersections for r in plain]
-    assert one[0].intersections == routes[1].intersections and one[0].route_id == "one-0"
+    assert one[0].intersections == routes[1].intersections
+    assert one[0].route_id == "one-0"
     second = routes[1]  # a U-turn at the start, 612 m capped at max_straight, no landmark at the corner
-    assert second.steps_per_segment == [5, 1] and second.intersections[0].landmarks == []
+    assert second.steps_per_segment == [5, 1]
+    assert second.intersections[0].landmarks == []
     assert [d.action for d in second.decisions("relative") if d.action.startswith("turn")] == [
-        "turn_direction(left)", "turn_direction(left)"]
+        "turn_direction(left)",
+        "turn_direction(left)",
+    ]
     assert load_routes(FIXTURES / "virl_routes_db.json", max_straight=3)[1].steps_per_segment == [3, 1]
 
 
@@ -191,7 +237,8 @@ def test_real_routes_replay_in_the_text_env():
     route = load_routes(FIXTURES / "virl_route.json")[0]
     env = make("virl-l", action_space="relative")
     obs, _ = env.reset(options={"task": {"route": route.to_json()}})
-    assert "Ferro Bakery" in obs.text and "turn left so that you face west" in obs.text
+    assert "Ferro Bakery" in obs.text
+    assert "turn left so that you face west" in obs.text
     done = False
     while not done:
         _, reward, done, _, info = env.step(expert_answer(env))
@@ -206,14 +253,20 @@ def test_real_routes_replay_in_the_text_env():
         (lambda r: r.pop("milestone_info"), "missing field 'milestone_info'"),
         (lambda r: r.pop("dest_place"), "missing field 'dest_place'"),
         (lambda r: r.update(init_heading="towards the river"), "init_heading"),
-        (lambda r: r.update(milestone_info="{'to_next_intersection_heading': '10 (north)', 'landmarks': 'a shop'}"),
-         "landmarks"),
+        (
+            lambda r: r.update(milestone_info="{'to_next_intersection_heading': '10 (north)', 'landmarks': 'a shop'}"),
+            "landmarks",
+        ),
         (lambda r: r.update(milestone_info="no blocks at all"), "no intersection blocks"),
         (lambda r: r.update(milestone_info="{'landmarks': '', 'human_heading': '0'}"), "to_next_intersection_heading"),
-        (lambda r: r.update(milestone_info=r["milestone_info"].replace('"259 (west)"', '"259 (north)"')),
-         "names north but 259 degrees is west"),
-        (lambda r: r.update(milestone_info=r["milestone_info"].replace('idx": "1"', 'idx": "0"')),
-         r"intersection_idx: expected 1"),
+        (
+            lambda r: r.update(milestone_info=r["milestone_info"].replace('"259 (west)"', '"259 (north)"')),
+            "names north but 259 degrees is west",
+        ),
+        (
+            lambda r: r.update(milestone_info=r["milestone_info"].replace('idx": "1"', 'idx": "0"')),
+            r"intersection_idx: expected 1",
+        ),
         (lambda r: r["route_results"]["geocode_list"].pop(), "2 points for 3 milestone blocks"),
     ],
 )
@@ -241,7 +294,8 @@ def test_same_seed_same_route_and_same_street_view_bytes():
         obs.images[0].save(buffer, format="PNG")
         return info["task"], buffer.getvalue()
 
-    assert first(5) == first(5) and first(5) != first(6)
+    assert first(5) == first(5)
+    assert first(5) != first(6)
     city = generate_city(TRAIN_CITY.name, 0)
     assert generate_route(city, random.Random(1)) == generate_route(city, random.Random(1))
 
@@ -249,12 +303,16 @@ def test_same_seed_same_route_and_same_street_view_bytes():
 def test_cities_differ_and_routes_turn_at_recognisable_places():
     names = {generate_city(c.name).places[k] for c in OOD_CITIES for k in list(generate_city(c.name).places)[:3]}
     train = set(generate_city(TRAIN_CITY.name).places.values())
-    assert names and not names & train
+    assert names
+    assert not names & train
     for seed in range(20):
         route = generate_route(generate_city(), random.Random(seed), turns=3)
         assert all(node.landmarks for node in route.intersections)
-        assert all(d.action.removeprefix("turn_direction(").rstrip(")") in RELATIVE_TURNS.values()
-                   for d in route.decisions("relative") if d.action.startswith("turn"))
+        assert all(
+            d.action.removeprefix("turn_direction(").rstrip(")") in RELATIVE_TURNS.values()
+            for d in route.decisions("relative")
+            if d.action.startswith("turn")
+        )
 
 
 def test_wrong_actions_are_not_executed_and_the_budget_is_two_per_point():
@@ -273,7 +331,8 @@ def test_hostile_and_off_space_answers_get_defined_outcomes():
     for text in ("", "{" * 10_000, "x" * 100_000, '{"action": "__import__(\\"os\\")"}', '{"action": ["left"]}'):
         env.reset(seed=1)
         _, reward, _, _, info = env.step(text)
-        assert reward == -1.0 and info["verdict"]["outcome"] in ("unparseable", "invalid_action")
+        assert reward == -1.0
+        assert info["verdict"]["outcome"] in ("unparseable", "invalid_action")
         assert not info["verdict"]["other_rule_used"]  # an action of neither space
     env.reset(seed=1)
     _, _, _, _, info = env.step('{"action": "turn_direction(north)"}')
@@ -295,7 +354,8 @@ def test_vl_charges_missed_landmarks():
         env.step(expert_answer(env))
     decision = env.decisions[env.position]
     _, reward, _, _, info = env.step(format_answer("I see nothing special", "", decision.action))
-    assert reward == 1.0 - 1.5 and info["verdict"]["recognition_correct"] is False
+    assert reward == 1.0 - 1.5
+    assert info["verdict"]["recognition_correct"] is False
 
 
 def vl_env_at(wanted):
@@ -337,7 +397,8 @@ def test_vl_recognition_where_no_place_is_in_view():
     for observation, expected in (("No named places in view.", True), ("Bleecker Books is on your left.", False)):
         env, decision = vl_env_at(lambda d: not d.landmarks)
         _, reward, _, _, info = env.step(format_answer(observation, "", decision.action))
-        assert info["verdict"]["recognition_correct"] is expected and reward == (1.0 if expected else -0.5)
+        assert info["verdict"]["recognition_correct"] is expected
+        assert reward == (1.0 if expected else -0.5)
     text = make("virl-l")
     text.reset(seed=3)
     assert text.step(format_answer("", "", text.decisions[0].action))[4]["verdict"]["recognition_correct"] is None
@@ -363,7 +424,8 @@ def test_vl_recognition_reaches_evaluations_recognition_accuracy():
         env = make("virl-vl")
         episodes = rollout(Player(env, observe), [env], SamplingConfig(temperature=0.0), seeds=[4], progress=False)
         accuracy[name] = episode_metrics(episodes)["recognition_accuracy"]
-    assert accuracy["exact"]["value"] == 1.0 and accuracy["exact"]["trials"] > 0
+    assert accuracy["exact"]["value"] == 1.0
+    assert accuracy["exact"]["trials"] > 0
     assert accuracy["everything"]["value"] == 0.0
 
 
@@ -382,11 +444,14 @@ def test_rollouts_start_a_new_conversation_at_each_point(tiny_policy):
     env = make("virl-l")
     player = Expert(env)
     episode = rollout(player, [env], SamplingConfig(temperature=0.0), seeds=[4], progress=False)[0]
-    assert episode.success and set(player.prompts) == {1}  # every point is a fresh single message
+    assert episode.success
+    assert set(player.prompts) == {1}
     assert all(t.outcome == "correct" for t in episode.turns)
-    tiny = rollout(tiny_policy, [make("virl-l")], SamplingConfig(temperature=0.0, max_new_tokens=8), seeds=[4],
-                   progress=False)[0]
-    assert len(tiny.turns) == 2 and not tiny.success  # two failed attempts at the first point
+    tiny = rollout(
+        tiny_policy, [make("virl-l")], SamplingConfig(temperature=0.0, max_new_tokens=8), seeds=[4], progress=False
+    )[0]
+    assert len(tiny.turns) == 2
+    assert not tiny.success
 
 
 def test_real_street_views_from_a_folder_replace_the_rendered_ones(tmp_path):
@@ -403,7 +468,8 @@ def test_real_street_views_from_a_folder_replace_the_rendered_ones(tmp_path):
     obs, _, _, _, info = env.step(expert_answer(env))  # the turn keeps the agent at point 0
     assert info["verdict"]["recognition_correct"] is None  # a route file says what is in view only at intersections
     obs, _, _, _, info = env.step(expert_answer(env))  # forward: point 1
-    assert obs.images[0].getpixel((0, 0)) == (20, 0, 0) and info["verdict"]["recognition_correct"] is None
+    assert obs.images[0].getpixel((0, 0)) == (20, 0, 0)
+    assert info["verdict"]["recognition_correct"] is None
     (folder / "002.png").unlink()
     _, _, _, _, info = env.step(expert_answer(env))  # the turn at the first intersection: checked
     assert info["verdict"]["recognition_correct"] is True

@@ -3,6 +3,7 @@ import re
 from collections import Counter
 
 import pytest
+from conftest import REPO  # noqa: E402
 from scripted import ScriptedResponder
 
 from sftrl_kit.data import load_eval_set
@@ -10,20 +11,42 @@ from sftrl_kit.envs import make
 from sftrl_kit.episodes import Episode, Turn
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.rollout import rollout
-from sftrl_kit.widgets import (EpisodeViewer, episode_html, export_html, filter_episodes, read_as, summary_html,
-                               summary_rows, turn_html)
-
-from conftest import REPO  # noqa: E402
+from sftrl_kit.widgets import (
+    EpisodeViewer,
+    episode_html,
+    export_html,
+    filter_episodes,
+    read_as,
+    summary_html,
+    summary_rows,
+    turn_html,
+)
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 LONG_TOKEN = "x" * 3000
 
 
 def episode(success, outcomes, env_id="gp-l", split="gp-id", task=None):
-    turns = [Turn(f"<script>alert({i})</script>", 5.0 if o == "correct" else -3.0, o, "You failed because: x",
-                  {"formula": "1+2", "value": "3"}) for i, o in enumerate(outcomes)]
-    return Episode(env_id, {"face_rule": "ten", "colours": "black", "modality": "image"}, task or {}, "the prompt",
-                   turns, success, split, 7)
+    turns = [
+        Turn(
+            f"<script>alert({i})</script>",
+            5.0 if o == "correct" else -3.0,
+            o,
+            "You failed because: x",
+            {"formula": "1+2", "value": "3"},
+        )
+        for i, o in enumerate(outcomes)
+    ]
+    return Episode(
+        env_id,
+        {"face_rule": "ten", "colours": "black", "modality": "image"},
+        task or {},
+        "the prompt",
+        turns,
+        success,
+        split,
+        7,
+    )
 
 
 def with_formula(answer: str, suffix: str) -> str:
@@ -47,11 +70,23 @@ class ScriptedAnswers(ScriptedResponder):
 def played():
     """Six GP-L episodes played by a scripted model: right, right with '=24' written out,
     a wrong claim, hostile HTML, one 3,000-character token, and a shrug."""
-    answers = [lambda a: a, lambda a: with_formula(a, "=24"), lambda a: with_formula(a, "=25"),
-               lambda a: HOSTILE, lambda a: LONG_TOKEN, lambda a: "I am not sure."]
+    answers = [
+        lambda a: a,
+        lambda a: with_formula(a, "=24"),
+        lambda a: with_formula(a, "=25"),
+        lambda a: HOSTILE,
+        lambda a: LONG_TOKEN,
+        lambda a: "I am not sure.",
+    ]
     envs = [make("gp-l", max_attempts=2) for _ in answers]
-    return rollout(ScriptedAnswers(answers), envs, SamplingConfig(), seeds=list(range(len(answers))),
-                   splits=["gp-id"] * len(answers), progress=False)
+    return rollout(
+        ScriptedAnswers(answers),
+        envs,
+        SamplingConfig(),
+        seeds=list(range(len(answers))),
+        splits=["gp-id"] * len(answers),
+        progress=False,
+    )
 
 
 def test_rendering_escapes_model_text_and_shows_the_verdict():
@@ -118,14 +153,23 @@ def test_cards_name_their_source_and_position(played, tmp_path):
 
 def summary_table(page: str) -> dict[str, tuple[int, int, int, int, dict[str, int]]]:
     rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td>(\d+) \((\d+)%\)</td><td>(\d+): ([^<]*)</td></tr>", page)
-    return {name: (int(n), int(solved), int(percent), int(answers),
-                   {o: int(c) for o, c in (item.rsplit(" ", 1) for item in outcomes.split(", "))})
-            for name, n, solved, percent, answers, outcomes in rows}
+    return {
+        name: (
+            int(n),
+            int(solved),
+            int(percent),
+            int(answers),
+            {o: int(c) for o, c in (item.rsplit(" ", 1) for item in outcomes.split(", "))},
+        )
+        for name, n, solved, percent, answers, outcomes in rows
+    }
 
 
 def test_the_summary_counts_episodes_solved_and_outcomes(played, tmp_path):
-    routes = [episode(True, ["correct"] * 3, env_id="virl-l"),  # V-IRL: one correct answer per step
-              episode(False, ["correct", "wrong_action"], env_id="virl-l")]
+    routes = [
+        episode(True, ["correct"] * 3, env_id="virl-l"),  # V-IRL: one correct answer per step
+        episode(False, ["correct", "wrong_action"], env_id="virl-l"),
+    ]
     extra = [episode(False, ["numbers_mismatch", "wrong_value"]), episode(True, ["correct"]), *routes]
     page = export_html({"a": played, "b": extra}, tmp_path / "view.html", limit=2).read_text()
     table = summary_table(page.split('class="sftrl-ep"')[0])  # at the top, before any card
@@ -136,8 +180,13 @@ def test_the_summary_counts_episodes_solved_and_outcomes(played, tmp_path):
         for e in group:
             for t in e.turns:
                 outcomes[t.outcome] += 1
-        assert table[name] == (len(group), solved, round(100 * solved / len(group)), sum(outcomes.values()),
-                               dict(outcomes)), name
+        assert table[name] == (
+            len(group),
+            solved,
+            round(100 * solved / len(group)),
+            sum(outcomes.values()),
+            dict(outcomes),
+        ), name
     assert table["all"][:3] == (10, 4, 40)  # solved: right, written out, and two extra
     assert "8 more episodes not shown" in page
     one = summary_table(summary_html(played))  # plain episodes: one row, all of them
@@ -152,8 +201,11 @@ def test_gp_vl_images_are_redrawn_from_the_task():
 
 
 def test_filters_summary_rows_and_static_export(tmp_path):
-    episodes = [episode(True, ["correct"]), episode(False, ["numbers_mismatch"], split="gp-rule-ood"),
-                episode(False, ["unparseable"])]
+    episodes = [
+        episode(True, ["correct"]),
+        episode(False, ["numbers_mismatch"], split="gp-rule-ood"),
+        episode(False, ["unparseable"]),
+    ]
     assert len(filter_episodes(episodes, split="gp-rule-ood")) == 1
     assert len(filter_episodes(episodes, outcome="unparseable", success=False)) == 1
     assert [r["success"] for r in summary_rows(episodes)] == [True, False, False]
@@ -183,8 +235,9 @@ def test_the_viewer_wires_filters_to_the_renderer():
 def test_the_viewer_filters_by_source_and_points_to_its_static_page(played, tmp_path, monkeypatch):
     import IPython.display
 
-    viewer = EpisodeViewer({"sft · step-40": played[:2], "rl · step-40": played[:3]}, page=tmp_path / "eps.html",
-                           title="two runs")
+    viewer = EpisodeViewer(
+        {"sft · step-40": played[:2], "rl · step-40": played[:3]}, page=tmp_path / "eps.html", title="two runs"
+    )
     assert viewer.page.read_text().count('class="sftrl-ep"') == 5
     assert list(viewer.source.options) == ["any", "sft · step-40", "rl · step-40"]
     viewer.source.value = "rl · step-40"

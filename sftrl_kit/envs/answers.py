@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 MAX_ANSWER_CHARS = 8_000  # answers of 512 new tokens stay far below this
 _MAX_SPANS = 32
@@ -121,12 +122,7 @@ def _object_spans(text: str) -> list[str]:
 
 def _is_apostrophe(text: str, index: int) -> bool:
     """A single quote between two letters (don't, it's) is not a string delimiter."""
-    return (
-        text[index] == "'"
-        and 0 < index < len(text) - 1
-        and text[index - 1].isalpha()
-        and text[index + 1].isalpha()
-    )
+    return text[index] == "'" and 0 < index < len(text) - 1 and text[index - 1].isalpha() and text[index + 1].isalpha()
 
 
 def read_json_object(span: str) -> dict | None:

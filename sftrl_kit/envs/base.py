@@ -10,8 +10,9 @@ correct answer moves the task on (V-IRL), the next prompt. `Env` documents every
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 

@@ -50,9 +50,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -135,7 +136,7 @@ class PPOSettings:
     advantage: Literal["gae", "grpo", "rloo"] = "gae"
     """'gae' (value head and GAE: the paper's), or critic-free 'grpo' (return z-scored within its group) or
     'rloo' (return minus the mean of the group's other episodes)"""
-    normalize_advantages: bool = True
+    normalise_advantages: bool = True
     """normalise the advantages of an update to mean 0, std 1 over the turns of all processes"""
     bootstrap_truncated: bool = False
     """when a budget runs out, bootstrap from the value of the state after it (else 0); one-conversation envs only"""
@@ -280,7 +281,9 @@ def answer_token_weights(tokenizer, response_ids: Sequence[int], answer_field: s
 class ActorCritic(nn.Module):
     """The policy network and its value head as one module, so DDP syncs both."""
 
-    def __init__(self, model: nn.Module, value_head: nn.Module | None, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, value_head: nn.Module | None, autocast_dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.value_head = value_head
@@ -289,13 +292,22 @@ class ActorCritic(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], responses: list[list[int]], images: dict, logit_scale: float):
         """Per-token log-probs and entropies of each row's response, and V of each row's
         state (read at its last prompt token), or None without a critic."""
-        scores = response_token_logprobs(self.model, batch, responses, images, logit_scale,
-                                         autocast_dtype=self.autocast_dtype, entropies=True,
-                                         last_hidden=self.value_head is not None)
+        scores = response_token_logprobs(
+            self.model,
+            batch,
+            responses,
+            images,
+            logit_scale,
+            autocast_dtype=self.autocast_dtype,
+            entropies=True,
+            last_hidden=self.value_head is not None,
+        )
         values = None
         if self.value_head is not None:
             input_ids = batch["input_ids"]
-            last_prompt_index = torch.tensor([input_ids.shape[1] - len(r) - 1 for r in responses], device=input_ids.device)
+            last_prompt_index = torch.tensor(
+                [input_ids.shape[1] - len(r) - 1 for r in responses], device=input_ids.device
+            )
             with autocast(input_ids.device, self.autocast_dtype):
                 values = self.value_head(scores.last_hidden, last_prompt_index).float()
         return scores.logprobs, scores.entropies, values
@@ -317,7 +329,7 @@ class RolloutBatch:
     the first gradient step."""
 
     logprobs: torch.Tensor  # log pi_old(a|s): the learner's weighted sum over the response tokens
-    advantages: torch.Tensor  # float64; normalised over all processes if normalize_advantages
+    advantages: torch.Tensor  # float64; normalised over all processes if normalise_advantages
     values: torch.Tensor | None = None  # V_old(s); None without a critic
     returns: torch.Tensor | None = None  # GAE returns, the value targets; None without a critic
     ref_logprobs: list[torch.Tensor] | None = None  # per-token log pi_ref(a|s) for the KL term; None without one
@@ -357,16 +369,22 @@ def train_ppo(settings: PPOSettings) -> Path:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start_update + 1, settings.updates + 1), desc="ppo updates", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        range(start_update + 1, settings.updates + 1), desc="ppo updates", disable=not accelerator.is_main_process
+    )
     for update in bar:
         started = time.perf_counter()
-        episodes, turns, stats = _ppo_update(update, actor_critic, optimizer, policy, reference, settings,
-                                             accelerator, tasks, answer_field)
+        episodes, turns, stats = _ppo_update(
+            update, actor_critic, optimizer, policy, reference, settings, accelerator, tasks, answer_field
+        )
         counters["tokens"] += int(stats["trained_tokens"])
         counters["generated_tokens"] += int(_global_sum(accelerator, sum(len(t.response_ids) for t in turns)))
         counters["seconds"] += time.perf_counter() - started
-        row = {**_counter_row(update, counters, policy, settings, buffer_lambda),
-               **_episode_stats(episodes, accelerator), **stats}
+        row = {
+            **_counter_row(update, counters, policy, settings, buffer_lambda),
+            **_episode_stats(episodes, accelerator),
+            **stats,
+        }
         if accelerator.is_main_process:
             run_folder.append_metrics(run_dir, row)
             write_episodes(run_dir / "episodes" / f"update-{update:04d}.jsonl", episodes)
@@ -378,8 +396,17 @@ def train_ppo(settings: PPOSettings) -> Path:
     return run_dir
 
 
-def _ppo_update(update: int, actor_critic, optimizer, policy: Policy, reference, settings: PPOSettings,
-                accelerator, tasks, answer_field) -> tuple[list[Episode], list[_Turn], dict[str, float]]:
+def _ppo_update(
+    update: int,
+    actor_critic,
+    optimizer,
+    policy: Policy,
+    reference,
+    settings: PPOSettings,
+    accelerator,
+    tasks,
+    answer_field,
+) -> tuple[list[Episode], list[_Turn], dict[str, float]]:
     """One PPO update, top to bottom: this update's episodes, their turns and its statistics."""
     # 1. Rollout: every process plays its own episodes with the current policy.
     episodes = _collect(policy, settings, update, accelerator, tasks)
@@ -400,7 +427,7 @@ def _ppo_update(update: int, actor_critic, optimizer, policy: Policy, reference,
     stats = {"advantage_mean_raw": float(b_advantages.mean()) if len(b_advantages) else 0.0}
 
     # 4. Normalisation over the turns of all processes.
-    if settings.normalize_advantages:
+    if settings.normalise_advantages:
         mean, std = _global_mean_std(accelerator, b_advantages)
         b_advantages = (b_advantages - mean) / (std + 1e-8)
 
@@ -415,7 +442,8 @@ def _record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
     DDP they must be equal."""
     checksum = torch.tensor(
         [sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(actor_critic).parameters())],
-        dtype=torch.float64, device=accelerator.device,
+        dtype=torch.float64,
+        device=accelerator.device,
     )
     sums = accelerator.gather(checksum).tolist()
     if accelerator.is_main_process:
@@ -431,13 +459,21 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
         config["max_attempts"] = settings.max_attempts
     envs = [make(settings.env_id, **config) for _ in range(settings.episodes_per_update)]
     sampling = SamplingConfig(
-        temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
         seed=training_deal_seed(settings.seed, first),
     )
     if tasks:
         picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
-        return rollout(policy, envs, sampling, tasks=[t["task"] for t in picked],
-                       batch_size=settings.rollout_batch_size, progress=False)
+        return rollout(
+            policy,
+            envs,
+            sampling,
+            tasks=[t["task"] for t in picked],
+            batch_size=settings.rollout_batch_size,
+            progress=False,
+        )
     seeds = [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
     return rollout(policy, envs, sampling, seeds=seeds, batch_size=settings.rollout_batch_size, progress=False)
 
@@ -445,9 +481,14 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
 def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answer_field) -> list[_Turn]:
     """Every turn of every episode, in order."""
     return [
-        _Turn(turn.prompt_token_ids, turn.response_token_ids, turn.images,
-              answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef))
-        for episode in episodes for turn in episode.turns
+        _Turn(
+            turn.prompt_token_ids,
+            turn.response_token_ids,
+            turn.images,
+            answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef),
+        )
+        for episode in episodes
+        for turn in episode.turns
     ]
 
 
@@ -455,7 +496,9 @@ def _actor_critic_pass(actor_critic, policy: Policy, turns: list[_Turn], setting
     """The learner on turns: per-token log-probs and entropies of each response, and V of
     each turn's state (None without a critic). Gradients flow if enabled."""
     responses = [t.response_ids for t in turns]
-    batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
+    batch = pack_prompt_responses(
+        [t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device
+    )
     return actor_critic(batch, responses, policy.image_inputs([t.images for t in turns]), settings.logit_scale)
 
 
@@ -483,8 +526,9 @@ def _episode_gae(actor_critic, policy, episodes, b_values, settings) -> tuple[to
         values = b_values[start : start + len(episode.turns)].tolist()
         start += len(episode.turns)
         last_value = _bootstrap_value(actor_critic, policy, episode, settings) if _truncated(episode, settings) else 0.0
-        episode_advantages, episode_returns = gae([t.reward for t in episode.turns], values, last_value,
-                                                  settings.gamma, settings.gae_lambda)
+        episode_advantages, episode_returns = gae(
+            [t.reward for t in episode.turns], values, last_value, settings.gamma, settings.gae_lambda
+        )
         advantages += episode_advantages
         returns += episode_returns
     return torch.tensor(advantages, dtype=torch.float64), torch.tensor(returns, dtype=torch.float32)
@@ -516,8 +560,16 @@ def _episode_group_advantages(episodes: list[Episode], settings: PPOSettings) ->
     return torch.tensor([a for e, a in zip(episodes, advantages) for _ in e.turns], dtype=torch.float64)
 
 
-def _optimise(actor_critic, optimizer, policy, turns: list[_Turn], batch: RolloutBatch, settings: PPOSettings,
-              accelerator, update: int) -> dict[str, float]:
+def _optimise(
+    actor_critic,
+    optimizer,
+    policy,
+    turns: list[_Turn],
+    batch: RolloutBatch,
+    settings: PPOSettings,
+    accelerator,
+    update: int,
+) -> dict[str, float]:
     """ppo_epochs passes over every turn in shuffled minibatches. Every process takes the
     same number of optimizer steps (DDP needs it): ceil(largest turn count over processes
     / minibatch_size), each process splitting its turns into that many near-equal parts.
@@ -547,7 +599,9 @@ def _optimise(actor_critic, optimizer, policy, turns: list[_Turn], batch: Rollou
                     device = newlogprobs.device
                     mb_logprobs = batch.logprobs[inds].to(device)
                     losses = ppo_losses(
-                        newlogprobs, mb_logprobs, batch.advantages[inds].to(device, newlogprobs.dtype),
+                        newlogprobs,
+                        mb_logprobs,
+                        batch.advantages[inds].to(device, newlogprobs.dtype),
                         settings.clip_range,
                         new_values=newvalues,
                         old_values=batch.values[inds].to(device) if newvalues is not None else None,
@@ -559,8 +613,9 @@ def _optimise(actor_critic, optimizer, policy, turns: list[_Turn], batch: Rollou
                     if newvalues is not None:
                         loss = loss + settings.value_coef * losses["value_loss"]
                     if settings.kl_coef > 0:
-                        kl = torch.stack([_k3(lp, batch.ref_logprobs[i].to(device))
-                                          for lp, i in zip(token_logprobs, inds)]).mean()
+                        kl = torch.stack(
+                            [_k3(lp, batch.ref_logprobs[i].to(device)) for lp, i in zip(token_logprobs, inds)]
+                        ).mean()
                         loss = loss + settings.kl_coef * kl
                         losses["kl_to_initial"] = kl
                     losses.update(entropy=entropy, loss=loss)
@@ -605,9 +660,11 @@ def _reference_logprobs_fn(settings: PPOSettings, policy: Policy, device):
     if settings.kl_coef <= 0:
         return None
     if settings.lora is not None:
+
         def reference(turns):
             with policy.model.disable_adapter():
                 return _token_logprobs(policy.model, policy, turns, settings)
+
         return reference
     frozen = load_policy(settings.model, device=device, mixed_precision=settings.mixed_precision).model.eval()
     for parameter in frozen.parameters():
@@ -618,9 +675,17 @@ def _reference_logprobs_fn(settings: PPOSettings, policy: Policy, device):
 @torch.no_grad()
 def _token_logprobs(model, policy: Policy, turns: list[_Turn], settings: PPOSettings) -> list[torch.Tensor]:
     responses = [t.response_ids for t in turns]
-    batch = pack_prompt_responses([t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device)
-    return response_token_logprobs(model, batch, responses, policy.image_inputs([t.images for t in turns]),
-                                   settings.logit_scale, autocast_dtype=policy.autocast_dtype).logprobs
+    batch = pack_prompt_responses(
+        [t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device
+    )
+    return response_token_logprobs(
+        model,
+        batch,
+        responses,
+        policy.image_inputs([t.images for t in turns]),
+        settings.logit_scale,
+        autocast_dtype=policy.autocast_dtype,
+    ).logprobs
 
 
 def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -635,27 +700,57 @@ def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 def _episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:
     local = torch.tensor(
-        [len(episodes), sum(e.success for e in episodes), sum(e.total_reward for e in episodes),
-         sum(len(e.turns) for e in episodes)],
-        dtype=torch.float64, device=accelerator.device,
+        [
+            len(episodes),
+            sum(e.success for e in episodes),
+            sum(e.total_reward for e in episodes),
+            sum(len(e.turns) for e in episodes),
+        ],
+        dtype=torch.float64,
+        device=accelerator.device,
     )
     count, successes, reward, turns = accelerator.reduce(local, reduction="sum").tolist()
-    return {"episodes": int(count), "success_rate": successes / count, "mean_return": reward / count,
-            "mean_episode_length": turns / count}
+    return {
+        "episodes": int(count),
+        "success_rate": successes / count,
+        "mean_return": reward / count,
+        "mean_episode_length": turns / count,
+    }
 
 
 # The counters a checkpoint's checkpoint.json holds (of the update's metrics row).
-COUNTERS = ("method", "update", "step", "tokens", "generated_tokens", "init_tokens", "num_parameters",
-            "buffer_lambda", "flops", "gflops", "seconds")
+COUNTERS = (
+    "method",
+    "update",
+    "step",
+    "tokens",
+    "generated_tokens",
+    "init_tokens",
+    "num_parameters",
+    "buffer_lambda",
+    "flops",
+    "gflops",
+    "seconds",
+)
 
 
-def _counter_row(update: int, counters: dict, policy: Policy, settings: PPOSettings,
-                 buffer_lambda: float) -> dict[str, Any]:
+def _counter_row(
+    update: int, counters: dict, policy: Policy, settings: PPOSettings, buffer_lambda: float
+) -> dict[str, Any]:
     flops = rl_flops(policy.num_parameters, settings.init_tokens, counters["tokens"], buffer_lambda)
-    return {"method": "ppo", "update": update, "step": update, "tokens": counters["tokens"],
-            "generated_tokens": counters["generated_tokens"], "init_tokens": settings.init_tokens,
-            "num_parameters": policy.num_parameters, "buffer_lambda": buffer_lambda, "flops": flops, "gflops": gflops(flops),
-            "seconds": round(counters["seconds"], 2)}
+    return {
+        "method": "ppo",
+        "update": update,
+        "step": update,
+        "tokens": counters["tokens"],
+        "generated_tokens": counters["generated_tokens"],
+        "init_tokens": settings.init_tokens,
+        "num_parameters": policy.num_parameters,
+        "buffer_lambda": buffer_lambda,
+        "flops": flops,
+        "gflops": gflops(flops),
+        "seconds": round(counters["seconds"], 2),
+    }
 
 
 def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
@@ -677,8 +772,9 @@ def _load_learner(settings: PPOSettings, resume_folder: Path | None, device) -> 
     LoRA a resumed run loads the initial base plus the checkpoint's adapters, so that
     adapters-off stays the initial policy (the KL reference) and the optimizer state
     still matches the trainable parameters."""
-    load = dict(device=device, lora=settings.lora, value_head=settings.uses_critic,
-                mixed_precision=settings.mixed_precision)
+    load = dict(
+        device=device, lora=settings.lora, value_head=settings.uses_critic, mixed_precision=settings.mixed_precision
+    )
     if resume_folder is None or settings.lora is None:
         return load_policy(resume_folder or settings.model, **load)
     from peft import set_peft_model_state_dict
@@ -686,8 +782,10 @@ def _load_learner(settings: PPOSettings, resume_folder: Path | None, device) -> 
 
     adapter = resume_folder / run_folder.ADAPTER / "adapter_model.safetensors"
     if not adapter.is_file():
-        raise ValueError(f"{resume_folder} holds no LoRA adapters ({adapter}); it cannot resume a LoRA run. "
-                         "Start a new run folder, or resume with the settings it was trained with.")
+        raise ValueError(
+            f"{resume_folder} holds no LoRA adapters ({adapter}); it cannot resume a LoRA run. "
+            "Start a new run folder, or resume with the settings it was trained with."
+        )
     policy = load_policy(settings.model, **load)
     outcome = set_peft_model_state_dict(policy.model, load_file(adapter))
     if getattr(outcome, "unexpected_keys", None):
@@ -747,9 +845,11 @@ def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:
     records = load_eval_set(path)
     evaluation = sorted({r["split"] for r in records if int(r["seed"]) < EVAL_SEED_LIMIT})
     if evaluation:
-        raise ValueError(f"{path} holds evaluation deals (split {', '.join(evaluation)}: seeds below "
-                         f"{EVAL_SEED_LIMIT:,}); PPO never trains on them. Deal training tasks from seeds "
-                         f">= {EVAL_SEED_LIMIT:,}.")
+        raise ValueError(
+            f"{path} holds evaluation deals (split {', '.join(evaluation)}: seeds below "
+            f"{EVAL_SEED_LIMIT:,}); PPO never trains on them. Deal training tasks from seeds "
+            f">= {EVAL_SEED_LIMIT:,}."
+        )
     return records
 
 
@@ -778,8 +878,9 @@ def _global_sums(accelerator, values: list[int]) -> list[int]:
 
 def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float]:
     """Mean and standard deviation over every process's values."""
-    local = torch.tensor([len(values), float(values.sum()), float((values**2).sum())],
-                         dtype=torch.float64, device=accelerator.device)
+    local = torch.tensor(
+        [len(values), float(values.sum()), float((values**2).sum())], dtype=torch.float64, device=accelerator.device
+    )
     count, total, squares = accelerator.reduce(local, reduction="sum").tolist()
     mean = total / count
     return mean, math.sqrt(max(squares / count - mean * mean, 0.0))
@@ -788,5 +889,3 @@ def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float]:
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-

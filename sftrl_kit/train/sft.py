@@ -93,7 +93,9 @@ def train_sft(settings: SFTSettings) -> Path:
     save_yaml(settings, run_dir / "sft.yaml")
     policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
     if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
-        raise ValueError(f"SFT trains fp32 master weights; {settings.model} loaded as {next(policy.model.parameters()).dtype}")
+        raise ValueError(
+            f"SFT trains fp32 master weights; {settings.model} loaded as {next(policy.model.parameters()).dtype}"
+        )
     dataset = load_sft_dataset(settings.dataset)
     dataset = dataset.select_columns([c for c in ("messages", "images") if c in dataset.column_names])
     if settings.max_records is not None:
@@ -137,8 +139,15 @@ def train_sft(settings: SFTSettings) -> Path:
         def counters(self, state) -> dict[str, Any]:
             tokens = int(state.num_input_tokens_seen or 0)
             flops = sft_flops(num_parameters, settings.init_tokens, tokens)
-            return {"method": "sft", "step": state.global_step, "tokens": tokens, "init_tokens": settings.init_tokens,
-                    "num_parameters": num_parameters, "flops": flops, "gflops": gflops(flops)}
+            return {
+                "method": "sft",
+                "step": state.global_step,
+                "tokens": tokens,
+                "init_tokens": settings.init_tokens,
+                "num_parameters": num_parameters,
+                "flops": flops,
+                "gflops": gflops(flops),
+            }
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero and not resume:

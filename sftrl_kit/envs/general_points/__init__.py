@@ -8,7 +8,20 @@ from .solver import is_solvable, solve
 from .verifier import OUTCOMES, Verdict, verify
 
 __all__ = [
-    "Card", "card_value", "deal", "deck", "hand_values", "GPConfig", "GPRewards",
-    "GeneralPointsEnv", "build_prompt", "format_answer", "rule_text", "is_solvable",
-    "solve", "OUTCOMES", "Verdict", "verify",
+    "Card",
+    "card_value",
+    "deal",
+    "deck",
+    "hand_values",
+    "GPConfig",
+    "GPRewards",
+    "GeneralPointsEnv",
+    "build_prompt",
+    "format_answer",
+    "rule_text",
+    "is_solvable",
+    "solve",
+    "OUTCOMES",
+    "Verdict",
+    "verify",
 ]

@@ -52,7 +52,7 @@ class Card:
         return self.suit in RED_SUITS
 
     @classmethod
-    def from_code(cls, code: str) -> "Card":
+    def from_code(cls, code: str) -> Card:
         if not isinstance(code, str) or len(code) < 2:
             raise ValueError(f"card code must look like 'QH' or '10S', got {code!r}")
         return cls(rank=code[:-1].upper(), suit=code[-1].upper())

@@ -69,9 +69,7 @@ def _tokenize(text: str) -> list[str]:
         elif symbol is not None and not symbol.isspace():
             symbol = _OPERATOR_ALIASES.get(symbol, symbol)
             if symbol not in "+-*/()=":
-                raise FormulaError(
-                    f"the formula contains {symbol!r}; only digits, + - * / ( ) and '=' are allowed"
-                )
+                raise FormulaError(f"the formula contains {symbol!r}; only digits, + - * / ( ) and '=' are allowed")
             tokens.append(symbol)
     return tokens
 

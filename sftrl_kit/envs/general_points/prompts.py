@@ -8,7 +8,7 @@ JSON schema, the rule repeated). The rule sentence is the only place the rule ap
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from .cards import Card
 from .config import GPConfig

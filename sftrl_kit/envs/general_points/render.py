@@ -10,8 +10,8 @@ and is downsampled, which anti-aliases edges without depending on font hinting.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -65,7 +65,9 @@ def _draw_suit(draw: ImageDraw.ImageDraw, suit: str, cx: float, cy: float, r: fl
         lobe = 0.52 * r
         for dx in (-lobe, lobe):
             draw.ellipse((cx + dx - lobe, cy - r, cx + dx + lobe, cy - r + 2 * lobe), fill=colour)
-        draw.polygon([(cx - 2 * lobe, cy - r + lobe * 1.1), (cx + 2 * lobe, cy - r + lobe * 1.1), (cx, cy + r)], fill=colour)
+        draw.polygon(
+            [(cx - 2 * lobe, cy - r + lobe * 1.1), (cx + 2 * lobe, cy - r + lobe * 1.1), (cx, cy + r)], fill=colour
+        )
     elif suit == "S":
         lobe = 0.5 * r
         for dx in (-lobe, lobe):

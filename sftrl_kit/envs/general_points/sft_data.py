@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .cards import RANKS
 from .env import GeneralPointsEnv
@@ -45,8 +46,13 @@ def suboptimal_demonstrations(env: GeneralPointsEnv, size: int, seed: int) -> It
                 raise RuntimeError(f"a wrong answer ended the episode of {info['task']}")
             exchanges.append((wrong, feedback.text))
         answer = correct_answer(env, info, rng)
-        yield {"prompt": observation, "exchanges": exchanges, "answer": answer, "seed": seed + index,
-               "task": info["task"]}
+        yield {
+            "prompt": observation,
+            "exchanges": exchanges,
+            "answer": answer,
+            "seed": seed + index,
+            "task": info["task"],
+        }
 
 
 def correct_answer(env: GeneralPointsEnv, info: dict[str, Any], rng: random.Random) -> str:

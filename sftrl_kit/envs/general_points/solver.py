@@ -16,11 +16,11 @@ parentheses.
 
 from __future__ import annotations
 
-from fractions import Fraction
-from functools import lru_cache
-from itertools import combinations
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from fractions import Fraction
+from functools import cache, lru_cache
+from itertools import combinations
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,7 @@ def solve(numbers: Sequence[int], target: int = 24) -> list[str]:
         for a, left_set in _forms(left).items():
             for b in set(_partners(a, goal, right_forms)) & right_forms.keys():
                 for op in _ops_reaching(a, b, goal):
-                    found.update(
-                        _join(op, fa, fb).text() for fa in left_set for fb in right_forms[b]
-                    )
+                    found.update(_join(op, fa, fb).text() for fa in left_set for fb in right_forms[b])
     return sorted(found)
 
 
@@ -119,7 +117,7 @@ def _ops_reaching(a: Fraction, b: Fraction, goal: Fraction) -> list[str]:
     return [op for op, value in _combine(a, b) if value == goal]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _values(key: tuple[int, ...]) -> frozenset[Fraction]:
     if len(key) == 1:
         return frozenset({Fraction(key[0])})
@@ -142,9 +140,7 @@ def _forms(key: tuple[int, ...]) -> dict[Fraction, frozenset[_Form]]:
         for a, left_set in _forms(left).items():
             for b, right_set in right_forms.items():
                 for op, value in _combine(a, b):
-                    out.setdefault(value, set()).update(
-                        _join(op, fa, fb) for fa in left_set for fb in right_set
-                    )
+                    out.setdefault(value, set()).update(_join(op, fa, fb) for fa in left_set for fb in right_set)
     return {value: frozenset(forms) for value, forms in out.items()}
 
 

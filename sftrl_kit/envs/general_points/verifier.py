@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 from ..answers import AnswerError, as_text_list, parse_answer
 from .cards import RANKS, Card, hand_values
@@ -155,4 +156,3 @@ def normalise_rank(item: str) -> str:
 
 def _show(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-

@@ -20,8 +20,24 @@ from .routes import COMPASS, Intersection, Landmark, Route, compass_name, relati
 
 CORNERS = {"northeast": 45, "southeast": 135, "southwest": 225, "northwest": 315}
 STEPS = {0: (0, 1), 45: (1, 1), 90: (1, 0), 135: (1, -1), 180: (0, -1), 225: (-1, -1), 270: (-1, 0), 315: (-1, 1)}
-KINDS = ("Cafe", "Bakery", "Books", "Museum", "Pharmacy", "Diner", "Gallery", "Market", "Florist", "Bank",
-         "Cinema", "Tailor", "Hotel", "Library", "Gym", "Noodle Bar")
+KINDS = (
+    "Cafe",
+    "Bakery",
+    "Books",
+    "Museum",
+    "Pharmacy",
+    "Diner",
+    "Gallery",
+    "Market",
+    "Florist",
+    "Bank",
+    "Cinema",
+    "Tailor",
+    "Hotel",
+    "Library",
+    "Gym",
+    "Noodle Bar",
+)
 
 
 @dataclass(frozen=True)
@@ -35,29 +51,110 @@ class CityStyle:
     light: float  # brightness multiplier
 
 
-TRAIN_CITY = CityStyle("Arden", ("Hudson", "Maple", "Liberty", "Empire", "Union", "Harbor", "Park", "Bowery",
-                                 "Chelsea", "Soho", "Astor", "Bleecker"),
-                       (150, 190, 235), ((150, 80, 60), (120, 110, 100), (180, 160, 130), (90, 90, 110)),
-                       "flat", 1.0, 1.0)
+TRAIN_CITY = CityStyle(
+    "Arden",
+    (
+        "Hudson",
+        "Maple",
+        "Liberty",
+        "Empire",
+        "Union",
+        "Harbor",
+        "Park",
+        "Bowery",
+        "Chelsea",
+        "Soho",
+        "Astor",
+        "Bleecker",
+    ),
+    (150, 190, 235),
+    ((150, 80, 60), (120, 110, 100), (180, 160, 130), (90, 90, 110)),
+    "flat",
+    1.0,
+    1.0,
+)
 OOD_CITIES = (
-    CityStyle("Belmora", ("Duomo", "Brera", "Navigli", "Sforza", "Porta", "Verdi"), (170, 200, 230),
-              ((210, 170, 120), (200, 120, 90), (230, 210, 170)), "peaked", 0.9, 1.05),
-    CityStyle("Chandpur", ("Lotus", "Saffron", "Raja", "Indigo", "Monsoon", "Banyan"), (230, 200, 150),
-              ((200, 90, 60), (230, 160, 60), (160, 60, 90)), "flat", 1.1, 1.1),
-    CityStyle("Palermo Alto", ("Tango", "Plata", "Pampa", "Recoleta", "Malbec", "Bosque"), (140, 180, 220),
-              ((220, 200, 90), (90, 160, 200), (200, 100, 120)), "stepped", 1.0, 0.95),
-    CityStyle("Kingsmere", ("Regent", "Thames", "Crown", "Victoria", "Baker", "Camden"), (170, 180, 190),
-              ((120, 60, 50), (170, 170, 160), (60, 70, 80)), "peaked", 0.85, 0.85),
-    CityStyle("Lantau Bay", ("Jade", "Harbour", "Dragon", "Peak", "Lotus Moon", "Star"), (120, 140, 180),
-              ((60, 160, 150), (200, 60, 60), (220, 220, 230)), "stepped", 1.2, 0.9),
-    CityStyle("Eastbank", ("Pier", "Ferry", "Garnet", "Orchard", "Lumber", "Canal"), (160, 200, 240),
-              ((110, 80, 60), (150, 140, 130), (200, 180, 150)), "flat", 0.95, 1.0),
-    CityStyle("Yarra Heights", ("Wattle", "Laneway", "Collins", "Southbank", "Fitz", "Carlton"), (110, 170, 230),
-              ((180, 120, 70), (90, 120, 90), (210, 200, 190)), "stepped", 1.05, 1.15),
-    CityStyle("Ikoyi", ("Lagoon", "Marina", "Adeola", "Broad", "Palm", "Victoria Isle"), (240, 190, 120),
-              ((60, 140, 90), (230, 190, 60), (150, 80, 50)), "flat", 1.15, 1.2),
-    CityStyle("Mission Hill", ("Golden", "Bay", "Mission", "Castro", "Presidio", "Cable"), (200, 210, 230),
-              ((230, 150, 140), (150, 190, 210), (240, 230, 200)), "peaked", 1.0, 1.05),
+    CityStyle(
+        "Belmora",
+        ("Duomo", "Brera", "Navigli", "Sforza", "Porta", "Verdi"),
+        (170, 200, 230),
+        ((210, 170, 120), (200, 120, 90), (230, 210, 170)),
+        "peaked",
+        0.9,
+        1.05,
+    ),
+    CityStyle(
+        "Chandpur",
+        ("Lotus", "Saffron", "Raja", "Indigo", "Monsoon", "Banyan"),
+        (230, 200, 150),
+        ((200, 90, 60), (230, 160, 60), (160, 60, 90)),
+        "flat",
+        1.1,
+        1.1,
+    ),
+    CityStyle(
+        "Palermo Alto",
+        ("Tango", "Plata", "Pampa", "Recoleta", "Malbec", "Bosque"),
+        (140, 180, 220),
+        ((220, 200, 90), (90, 160, 200), (200, 100, 120)),
+        "stepped",
+        1.0,
+        0.95,
+    ),
+    CityStyle(
+        "Kingsmere",
+        ("Regent", "Thames", "Crown", "Victoria", "Baker", "Camden"),
+        (170, 180, 190),
+        ((120, 60, 50), (170, 170, 160), (60, 70, 80)),
+        "peaked",
+        0.85,
+        0.85,
+    ),
+    CityStyle(
+        "Lantau Bay",
+        ("Jade", "Harbour", "Dragon", "Peak", "Lotus Moon", "Star"),
+        (120, 140, 180),
+        ((60, 160, 150), (200, 60, 60), (220, 220, 230)),
+        "stepped",
+        1.2,
+        0.9,
+    ),
+    CityStyle(
+        "Eastbank",
+        ("Pier", "Ferry", "Garnet", "Orchard", "Lumber", "Canal"),
+        (160, 200, 240),
+        ((110, 80, 60), (150, 140, 130), (200, 180, 150)),
+        "flat",
+        0.95,
+        1.0,
+    ),
+    CityStyle(
+        "Yarra Heights",
+        ("Wattle", "Laneway", "Collins", "Southbank", "Fitz", "Carlton"),
+        (110, 170, 230),
+        ((180, 120, 70), (90, 120, 90), (210, 200, 190)),
+        "stepped",
+        1.05,
+        1.15,
+    ),
+    CityStyle(
+        "Ikoyi",
+        ("Lagoon", "Marina", "Adeola", "Broad", "Palm", "Victoria Isle"),
+        (240, 190, 120),
+        ((60, 140, 90), (230, 190, 60), (150, 80, 50)),
+        "flat",
+        1.15,
+        1.2,
+    ),
+    CityStyle(
+        "Mission Hill",
+        ("Golden", "Bay", "Mission", "Castro", "Presidio", "Cable"),
+        (200, 210, 230),
+        ((230, 150, 140), (150, 190, 210), (240, 230, 200)),
+        "peaked",
+        1.0,
+        1.05,
+    ),
 )
 CITIES = {style.name: style for style in (TRAIN_CITY, *OOD_CITIES)}
 
@@ -82,9 +179,11 @@ class City:
 
     def landmarks(self, node: tuple[int, int], heading: float) -> list[Landmark]:
         """Places at an intersection's corners, as seen facing `heading`."""
-        return [Landmark(name, relation_of(heading, bearing))
-                for corner, bearing in CORNERS.items()
-                if (name := self.places.get((node[0], node[1], corner)))]
+        return [
+            Landmark(name, relation_of(heading, bearing))
+            for corner, bearing in CORNERS.items()
+            if (name := self.places.get((node[0], node[1], corner)))
+        ]
 
 
 @lru_cache(maxsize=32)
@@ -105,8 +204,9 @@ def generate_city(name: str = TRAIN_CITY.name, seed: int = 0, size: int = 9) -> 
     return City(style, size, places, diagonals)
 
 
-def generate_route(city: City, rng: random.Random, turns: int = 2, max_blocks: int = 3,
-                   max_straight: int = 5, route_id: str = "") -> Route:
+def generate_route(
+    city: City, rng: random.Random, turns: int = 2, max_blocks: int = 3, max_straight: int = 5, route_id: str = ""
+) -> Route:
     """A walk with `turns` turns (of 45 or 90 degrees) from a place to a place."""
     for _ in range(1000):
         route = _try_route(city, rng, turns, max_blocks, max_straight, route_id)
@@ -157,9 +257,18 @@ def _build_route(city, path, segments, init_heading, start, destination, max_str
         heading_out = None if is_last else path[position + 1][1]
         intersections.append(Intersection(city.landmarks(node, heading_in), heading_in, heading_out, blocks * 80.0))
     steps = [min(blocks, max_straight) for blocks in segments]
-    route = Route(route_id or f"{city.style.name}-{path[0][0]}", city.style.name, start, destination,
-                  float(init_heading), "", intersections, steps, {"source": "generated", "nodes": [list(n) for n, _ in path]},
-                  views)
+    route = Route(
+        route_id or f"{city.style.name}-{path[0][0]}",
+        city.style.name,
+        start,
+        destination,
+        float(init_heading),
+        "",
+        intersections,
+        steps,
+        {"source": "generated", "nodes": [list(n) for n, _ in path]},
+        views,
+    )
     route.instruction = write_instruction(route)
     return route
 
@@ -171,8 +280,12 @@ def write_instruction(route: Route) -> str:
     first = route.intersections[0].heading_in
     sentences.append(f"First, {_turn_phrase(heading, first)} to face {compass_name(first)}.")
     heading = first
-    for index, node in enumerate(route.intersections):
-        mark = f", where {node.landmarks[0].name} is {relation_phrase(node.landmarks[0].relation)}" if node.landmarks else ""
+    for node in route.intersections:
+        mark = (
+            f", where {node.landmarks[0].name} is {relation_phrase(node.landmarks[0].relation)}"
+            if node.landmarks
+            else ""
+        )
         if node.heading_out is None:
             sentences.append(f"Move forward until you reach {route.destination}{mark}. Finally, stop there.")
             break
@@ -188,5 +301,14 @@ def _turn_phrase(current: float, target: float) -> str:
     return f"turn {relative_turn(current, target)}"
 
 
-__all__ = ["CITIES", "COMPASS", "City", "CityStyle", "OOD_CITIES", "TRAIN_CITY", "generate_city", "generate_route",
-           "write_instruction"]
+__all__ = [
+    "CITIES",
+    "COMPASS",
+    "City",
+    "CityStyle",
+    "OOD_CITIES",
+    "TRAIN_CITY",
+    "generate_city",
+    "generate_route",
+    "write_instruction",
+]

@@ -108,8 +108,14 @@ class VirlEnv:
             city = generate_city(self.config.city, self.config.city_seed)
             turns = self._rng.randint(self.config.min_turns, self.config.max_turns)
             route_seed = self._rng.getrandbits(32)
-            self.route = generate_route(city, random.Random(route_seed), turns, self.config.max_blocks,
-                                        self.config.max_straight, route_id=f"{self.config.city}-{route_seed}")
+            self.route = generate_route(
+                city,
+                random.Random(route_seed),
+                turns,
+                self.config.max_blocks,
+                self.config.max_straight,
+                route_id=f"{self.config.city}-{route_seed}",
+            )
             self.route.meta["city_seed"] = self.config.city_seed
         self.decisions = self.route.decisions(self.config.action_space)
         self.task = {"route": self.route.to_json()}
@@ -151,10 +157,13 @@ class VirlEnv:
             return Image.open(path).convert("RGB")
         nodes = self.route.meta.get("nodes")
         if not nodes:
-            raise ValueError(f"route {self.route.route_id} has no generated geometry; give views_dir with its street views")
+            raise ValueError(
+                f"route {self.route.route_id} has no generated geometry; give views_dir with its street views"
+            )
         city = generate_city(self.route.city, int(self.route.meta.get("city_seed", self.config.city_seed)))
-        return render_views(city, tuple(nodes[decision.point]), decision.heading, seed=decision.point,
-                            panel=self.config.panel_size)
+        return render_views(
+            city, tuple(nodes[decision.point]), decision.heading, seed=decision.point, panel=self.config.panel_size
+        )
 
     def _info(self, verdict: Verdict | None = None, new_prompt: bool = False) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import VirlConfig
 from .routes import COMPASS, RELATIVE_TURNS, Landmark, relation_phrase
@@ -22,7 +22,10 @@ def action_space_text(space: str) -> str:
     if space == "absolute":
         directions = ", ".join(COMPASS)
         return f"turn_direction(x) with x one of {directions}; forward(); stop()"
-    turns = ", ".join(f"{name} ({abs(angle)} degrees)" for angle, name in sorted(RELATIVE_TURNS.items(), key=lambda kv: (abs(kv[0]), kv[0])))
+    turns = ", ".join(
+        f"{name} ({abs(angle)} degrees)"
+        for angle, name in sorted(RELATIVE_TURNS.items(), key=lambda kv: (abs(kv[0]), kv[0]))
+    )
     return f"turn_direction(x) with x one of {turns}, relative to where you face; forward(); stop()"
 
 
@@ -39,13 +42,15 @@ def describe_landmarks(landmarks: Sequence[Landmark]) -> str:
 
 def build_prompt(instruction: str, observation: str, history: Sequence[tuple[str, str]], config: VirlConfig) -> str:
     space = action_space_text(config.action_space)
-    recent = list(history)[-config.history:] if config.history else []
+    recent = list(history)[-config.history :] if config.history else []
     lines = [f"O_{i}: {o} A_{i}: {a}" for i, (o, a) in enumerate(recent, len(history) - len(recent) + 1)]
     if config.modality == "image":
-        seen = ("The image shows the street around you: front (top left), right (top right), back (bottom left), "
-                "left (bottom right). In \"current observation\", name every place whose sign you see and no other, "
-                "as in \"PLACE A is on your left; PLACE B is in front of you.\" "
-                "(\"No named places in view.\" if there is none).")
+        seen = (
+            "The image shows the street around you: front (top left), right (top right), back (bottom left), "
+            'left (bottom right). In "current observation", name every place whose sign you see and no other, '
+            'as in "PLACE A is on your left; PLACE B is in front of you." '
+            '("No named places in view." if there is none).'
+        )
     else:
         seen = f"Current observation: {observation}"
     return "\n".join(
@@ -75,7 +80,9 @@ def instruction_sentences(instruction: str) -> list[str]:
 
 
 def format_answer(observation: str, instruction_sentence: str, action: str) -> str:
-    return json.dumps({"current observation": observation, "current instruction": instruction_sentence, "action": action})
+    return json.dumps(
+        {"current observation": observation, "current instruction": instruction_sentence, "action": action}
+    )
 
 
 def sentence_per_decision(decisions, instruction: str) -> list[str]:

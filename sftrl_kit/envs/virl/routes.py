@@ -165,7 +165,7 @@ class Route:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "Route":
+    def from_json(cls, record: dict[str, Any]) -> Route:
         record = dict(record)
         record["intersections"] = [
             Intersection(**{**i, "landmarks": [Landmark(**m) for m in i["landmarks"]]}) for i in record["intersections"]
@@ -197,7 +197,7 @@ FILE_LAYOUTS = "a database [routes, dest_idx] as V-IRL's collector writes it, a 
 _BLOCK = re.compile(r"\{[^{}]*\}")
 _HEADING = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:\(\s*([a-z]+)\s*\))?\s*$", re.IGNORECASE)
 _METRES = re.compile(r"(\d+(?:\.\d+)?)\s*(m|meters?|metres?|km)\b", re.IGNORECASE)
-_EXPRESSION = re.compile(r"^(?P<name>.+) is on your (?P<relation>%s)\.?$" % "|".join(RELATIONS), re.IGNORECASE)
+_EXPRESSION = re.compile(r"^(?P<name>.+) is on your (?P<relation>{})\.?$".format("|".join(RELATIONS)), re.IGNORECASE)
 _NO_LANDMARK = ("", "none", "no landmark nearby", "no landmarks nearby")
 _DESTINATION = "the destination "
 
@@ -214,8 +214,10 @@ def load_routes(path: str | Path, max_straight: int = 5) -> list[Route]:
     records = _route_records(data, path)
     if not records:
         raise RouteError(f"{path}: the database holds no routes")
-    return [parse_virl_route(record, route_id=f"{path.stem}-{i}", max_straight=max_straight, where=where)
-            for i, (record, where) in enumerate(records)]
+    return [
+        parse_virl_route(record, route_id=f"{path.stem}-{i}", max_straight=max_straight, where=where)
+        for i, (record, where) in enumerate(records)
+    ]
 
 
 def _route_records(data: Any, path: Path) -> list[tuple[Any, str]]:
@@ -255,8 +257,10 @@ def parse_virl_route(record: Any, route_id: str, max_straight: int = 5, where: s
     streets = [_street(block, i, i == last, f"{where}.milestone_info[{i}]") for i, block in enumerate(blocks)]
     _check_geocodes(record, len(blocks), where)
     next_headings = [heading for heading, _, _ in streets[1:]] + [None]
-    intersections = [Intersection(landmarks, heading, heading_out, distance)
-                     for (heading, distance, landmarks), heading_out in zip(streets, next_headings)]
+    intersections = [
+        Intersection(landmarks, heading, heading_out, distance)
+        for (heading, distance, landmarks), heading_out in zip(streets, next_headings)
+    ]
     return Route(
         route_id=route_id,
         city=str(start.get("region") or start.get("vicinity") or "unknown"),
@@ -274,10 +278,12 @@ def _street(block: dict[str, Any], index: int, is_last: bool, at: str) -> tuple[
     """One milestone block -> (street heading, length in metres, landmarks at its end)."""
     number = block.get("intersection_idx", index + 1)
     if str(number).strip() != str(index + 1):
-        raise RouteError(f"{at}.intersection_idx: expected {index + 1} (V-IRL numbers the blocks from 1, in order), "
-                         f"got {number!r}")
-    heading = _heading(_required(block, "to_next_intersection_heading", (int, float, str), at),
-                       f"{at}.to_next_intersection_heading")
+        raise RouteError(
+            f"{at}.intersection_idx: expected {index + 1} (V-IRL numbers the blocks from 1, in order), got {number!r}"
+        )
+    heading = _heading(
+        _required(block, "to_next_intersection_heading", (int, float, str), at), f"{at}.to_next_intersection_heading"
+    )
     return heading, _metres(block.get("distance")), _landmarks(block.get("landmarks"), is_last, at)
 
 
@@ -285,8 +291,10 @@ def _check_geocodes(record: dict[str, Any], blocks: int, where: str) -> None:
     """route_results.geocode_list, when present, ends one street per block."""
     geocodes = (record.get("route_results") or {}).get("geocode_list")
     if isinstance(geocodes, list) and len(geocodes) != blocks:
-        raise RouteError(f"{where}.route_results.geocode_list: {len(geocodes)} points for {blocks} milestone blocks "
-                         "(V-IRL writes one block per point)")
+        raise RouteError(
+            f"{where}.route_results.geocode_list: {len(geocodes)} points for {blocks} milestone blocks "
+            "(V-IRL writes one block per point)"
+        )
 
 
 def _required(record: dict, key: str, kind, where: str):
@@ -338,11 +346,13 @@ def _landmarks(raw: Any, is_last: bool, where: str) -> list[Landmark]:
         raise RouteError(f"{where}.landmarks: expected a string, got {type(raw).__name__}")
     match = _EXPRESSION.match(raw.strip())
     if not match:
-        raise RouteError(f"{where}.landmarks: cannot read {raw!r} (expected 'NAME is on your RELATION', "
-                         f"RELATION one of {', '.join(RELATIONS)})")
+        raise RouteError(
+            f"{where}.landmarks: cannot read {raw!r} (expected 'NAME is on your RELATION', "
+            f"RELATION one of {', '.join(RELATIONS)})"
+        )
     name = match.group("name").strip()
     if is_last and name.lower().startswith(_DESTINATION):
-        name = name[len(_DESTINATION):].strip()
+        name = name[len(_DESTINATION) :].strip()
     return [Landmark(name, match.group("relation").lower())]
 
 

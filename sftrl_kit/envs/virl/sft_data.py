@@ -12,7 +12,8 @@ Demonstrations are dicts {"prompt", "exchanges", "answer", "seed", "task"};
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .env import VirlEnv
 from .prompts import describe_landmarks, format_answer, sentence_per_decision, valid_actions
@@ -25,8 +26,13 @@ def expert_demonstrations(env: VirlEnv, routes: int, seed: int) -> Iterator[dict
         sentences = sentence_per_decision(env.decisions, env.route.instruction)
         for decision, sentence in zip(list(env.decisions), sentences):
             answer = format_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
-            yield {"prompt": observation, "exchanges": [], "answer": answer, "seed": seed + index,
-                   "task": {**info["task"], "point": decision.point}}
+            yield {
+                "prompt": observation,
+                "exchanges": [],
+                "answer": answer,
+                "seed": seed + index,
+                "task": {**info["task"], "point": decision.point},
+            }
             observation, _, _, _, _ = env.step(answer)
 
 
@@ -44,6 +50,11 @@ def suboptimal_demonstrations(env: VirlEnv, routes: int, seed: int) -> Iterator[
             if truncated or step_info["verdict"]["outcome"] != "wrong_action":
                 raise RuntimeError(f"the wrong action {wrong_action!r} was not scored as wrong")
             answer = format_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
-            yield {"prompt": observation, "exchanges": [(wrong, feedback.text)], "answer": answer,
-                   "seed": seed + index, "task": info["task"]}
+            yield {
+                "prompt": observation,
+                "exchanges": [(wrong, feedback.text)],
+                "answer": answer,
+                "seed": seed + index,
+                "task": info["task"],
+            }
             observation, _, _, _, _ = env.step(answer)

@@ -41,14 +41,21 @@ def _render_panel(city: City, node, direction: float, seed: int, size: int) -> I
     draw = ImageDraw.Draw(image)
     horizon = int(size * 0.45)
     draw.rectangle((0, horizon, size, size), fill=light(_GROUND))
-    draw.polygon([(size * 0.42, horizon), (size * 0.58, horizon), (size * 0.95, size), (size * 0.05, size)], fill=light(_ROAD))
+    draw.polygon(
+        [(size * 0.42, horizon), (size * 0.58, horizon), (size * 0.95, size), (size * 0.05, size)], fill=light(_ROAD)
+    )
     signs = _signs(city, node, direction)
-    boxes = {"left": (0, size * 0.12, size * 0.36, size * 0.78), "ahead": (size * 0.38, size * 0.25, size * 0.62, horizon + 2),
-             "right": (size * 0.64, size * 0.1, size, size * 0.8)}
+    boxes = {
+        "left": (0, size * 0.12, size * 0.36, size * 0.78),
+        "ahead": (size * 0.38, size * 0.25, size * 0.62, horizon + 2),
+        "right": (size * 0.64, size * 0.1, size, size * 0.8),
+    }
     for side, box in boxes.items():
         _building(draw, box, light(rng.choice(style.facades)), style.roof, rng)
         if side in signs:
-            _sign(draw, box, signs[side], max(7, int(size * 0.075 * style.sign_scale * (0.7 if side == "ahead" else 1))))
+            _sign(
+                draw, box, signs[side], max(7, int(size * 0.075 * style.sign_scale * (0.7 if side == "ahead" else 1)))
+            )
     return image
 
 
@@ -95,8 +102,13 @@ def _sign(draw: ImageDraw.ImageDraw, box, name: str, pixels: int) -> None:
     y0 = bottom - (bottom - top) * 0.42
     draw.rectangle((left + 2, y0, right - 2, y0 + height), fill=(250, 245, 230), outline=(40, 40, 40))
     for i, line in enumerate(lines):
-        draw.text(((left + right) / 2, y0 + 2 + pixels * 1.25 * (i + 0.5)), line, fill=(20, 20, 20),
-                  font=_font(pixels), anchor="mm")
+        draw.text(
+            ((left + right) / 2, y0 + 2 + pixels * 1.25 * (i + 0.5)),
+            line,
+            fill=(20, 20, 20),
+            font=_font(pixels),
+            anchor="mm",
+        )
 
 
 @lru_cache(maxsize=32)

@@ -72,19 +72,28 @@ def verify(answer_text: str, decision: Decision, config: VirlConfig) -> Verdict:
     try:
         answer = parse_answer(answer_text, fields=ANSWER_FIELDS, required=("action",))
     except AnswerError as error:
-        return Verdict(rewards.wrong_action, "unparseable",
-                       f'I could not read your answer ({error}). Reply with one JSON object with "current observation", '
-                       '"current instruction" and "action".',
-                       recognition_correct=False if _checks_recognition(decision, config) else None)
+        return Verdict(
+            rewards.wrong_action,
+            "unparseable",
+            f'I could not read your answer ({error}). Reply with one JSON object with "current observation", '
+            '"current instruction" and "action".',
+            recognition_correct=False if _checks_recognition(decision, config) else None,
+        )
     action = normalise_action(answer.get("action", ""))
     allowed = valid_actions(config.action_space)
     if action not in allowed:
         other = "relative" if config.action_space == "absolute" else "absolute"
-        verdict = Verdict(rewards.wrong_action, "invalid_action",
-                          f"{action or 'an empty action'} is not an action here; use one of: {', '.join(sorted(allowed))}.",
-                          action, other_rule_used=action in valid_actions(other))
+        verdict = Verdict(
+            rewards.wrong_action,
+            "invalid_action",
+            f"{action or 'an empty action'} is not an action here; use one of: {', '.join(sorted(allowed))}.",
+            action,
+            other_rule_used=action in valid_actions(other),
+        )
     elif action != decision.action:
-        verdict = Verdict(rewards.wrong_action, "wrong_action", f"{action} is not the right action at this point.", action)
+        verdict = Verdict(
+            rewards.wrong_action, "wrong_action", f"{action} is not the right action at this point.", action
+        )
     else:
         verdict = Verdict(rewards.correct, "correct", f"Correct: {action}.", action)
     if not _checks_recognition(decision, config):
@@ -93,8 +102,11 @@ def verify(answer_text: str, decision: Decision, config: VirlConfig) -> Verdict:
     correct = claimed == {normalise_place(m.name) for m in decision.landmarks}
     verdict = replace(verdict, recognised_places=sorted(claimed), recognition_correct=correct)
     if not correct:
-        verdict = replace(verdict, reward=verdict.reward + rewards.landmark_missed,
-                          feedback=verdict.feedback + " Also, the places you named are not the places in view.")
+        verdict = replace(
+            verdict,
+            reward=verdict.reward + rewards.landmark_missed,
+            feedback=verdict.feedback + " Also, the places you named are not the places in view.",
+        )
     return verdict
 
 
