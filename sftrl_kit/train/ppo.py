@@ -464,6 +464,7 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
         max_new_tokens=settings.max_new_tokens,
         seed=training_deal_seed(settings.seed, first),
     )
+    # The learner recomputes the old log-probs (step 2), so the rollout skips its own pass.
     if tasks:
         picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
         return rollout(
@@ -473,9 +474,18 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
             tasks=[t["task"] for t in picked],
             batch_size=settings.rollout_batch_size,
             progress=False,
+            with_logprobs=False,
         )
     seeds = [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
-    return rollout(policy, envs, sampling, seeds=seeds, batch_size=settings.rollout_batch_size, progress=False)
+    return rollout(
+        policy,
+        envs,
+        sampling,
+        seeds=seeds,
+        batch_size=settings.rollout_batch_size,
+        progress=False,
+        with_logprobs=False,
+    )
 
 
 def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answer_field) -> list[_Turn]:
