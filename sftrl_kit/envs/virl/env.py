@@ -90,7 +90,6 @@ class VirlEnv:
         self.decisions: list[Decision] = []
         self.position = 0
         self.attempts = 0
-        self.correct_first_try = 0
         self.history: list[tuple[str, str]] = []
         self.task: dict[str, Any] = {}
         self._done = True
@@ -119,7 +118,7 @@ class VirlEnv:
             self.route.meta["city_seed"] = self.config.city_seed
         self.decisions = self.route.decisions(self.config.action_space)
         self.task = {"route": self.route.to_json()}
-        self.position, self.attempts, self.correct_first_try, self.history, self._done = 0, 0, 0, [], False
+        self.position, self.attempts, self.history, self._done = 0, 0, [], False
         return self._observation(), self._info()
 
     def step(self, action: str):
@@ -130,7 +129,6 @@ class VirlEnv:
         verdict = verify(action, decision, self.config)
         self.attempts += 1
         if verdict.success:
-            self.correct_first_try += int(self.attempts == 1)
             self.history.append((describe_landmarks(decision.landmarks), decision.action))
             self.position += 1
             self.attempts = 0

@@ -55,12 +55,6 @@ def compass_name(heading: float) -> str:
     return COMPASS[_nearest_eighth(heading)]
 
 
-def compass_heading(name: str) -> int:
-    if name not in COMPASS:
-        raise ValueError(f"unknown direction {name!r}; expected one of {COMPASS}")
-    return COMPASS.index(name) * 45
-
-
 def relative_turn(current: float, target: float) -> str:
     """V-IRL's relative action for a turn: below -45 degrees left, above 45 right,
     [-45, 0] slightly left, (0, 45] slightly right (the study's test order, so a
