@@ -468,24 +468,23 @@ def evaluate_model(
     """One model on each set {name: path}, stored under run_dir/eval/; an evaluation with
     the identical key already there is read back, not re-run, and the model (a responder,
     or anything load_policy takes) is loaded only if one is missing."""
-    results, todo = {}, []
+    results, todo = {}, {}
     for name, path in eval_sets.items():
-        key = evaluation_key(
-            name, load_eval_set(path), env_id, sampling, limit, getattr(model, "engine", ENGINE), **env_overrides
-        )
+        records = load_eval_set(path)  # read once: for the key, and for playing if it must be
+        key = evaluation_key(name, records, env_id, sampling, limit, getattr(model, "engine", ENGINE), **env_overrides)
         stored = run_folder.read_evaluation(run_dir, key)
         if stored is not None:
             results[name] = stored
         else:
-            todo.append(name)
+            todo[name] = records
     if todo:
         from .models import load_policy
 
         policy = model if hasattr(model, "respond") else load_policy(model)
-        for name in todo:
+        for name, records in todo.items():
             results[name] = evaluate(
                 policy,
-                eval_sets[name],
+                records,
                 env_id,
                 sampling,
                 limit=limit,
