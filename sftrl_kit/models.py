@@ -44,6 +44,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "tiny", "tiny-vl")
 MixedPrecision = Literal["auto", "fp32", "bf16"]
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes
+TINY_VERSION = "v3"  # the tiny models' own: v3 has head_dim 32 (vLLM-servable)
 
 # SmolLM2's own chat template, rendering the same text, with {% generation %} marks
 # around assistant content and its end-of-turn token, so SFT can train on assistant
@@ -160,6 +161,14 @@ def resolve_autocast(mixed_precision: MixedPrecision, device: torch.device) -> t
 
 
 class Policy:
+    """A transformers model with its tokenizer (and processor), the value head if any.
+
+    It is also the "hf" generation engine (`respond`): its answers always come from its
+    current weights, so it never needs a sync (see `sftrl_kit.engines`).
+    """
+
+    engine = "hf"
+
     def __init__(
         self,
         model,
@@ -207,6 +216,10 @@ class Policy:
     def prompt_text(self, messages: list[dict[str, Any]]) -> str:
         template_owner = self.processor or self.tokenizer
         return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_token_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The token ids of a conversation's prompt: what every engine is fed."""
+        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
 
     def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> dict:
         """Left-padded model inputs for a batch of templated texts (and their images)."""
@@ -411,9 +424,9 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if str(name_or_path) == "default":
         return default_model_dir()
     if str(name_or_path) == "tiny":
-        return _cached_build(f"tiny-text-{CACHE_VERSION}", build_tiny_text_model)
+        return _cached_build(f"tiny-text-{TINY_VERSION}", build_tiny_text_model)
     if str(name_or_path) == "tiny-vl":
-        return _cached_build(f"tiny-vl-{CACHE_VERSION}", build_tiny_vision_model)
+        return _cached_build(f"tiny-vl-{TINY_VERSION}", build_tiny_vision_model)
     folder = Path(name_or_path).expanduser()
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -500,8 +513,8 @@ def _tiny_llama_config(tokenizer, vocab_size: int):
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,  # head_dim 32: the smallest vLLM's CPU attention serves
+        num_key_value_heads=1,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -24,9 +24,17 @@ from .models import Conversation, Generation, SamplingConfig
 
 
 class Responder(Protocol):
+    """What writes responses: a generation engine (`sftrl_kit.engines`) or a scripted
+    policy. `engine` (optional) names it in episodes and evaluation keys."""
+
     def respond(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
     ) -> list[Generation]: ...
+
+
+def engine_of(responder: Responder) -> str:
+    """The engine name recorded for a responder: its `engine`, or "hf" (a Policy's)."""
+    return str(getattr(responder, "engine", "hf"))
 
 
 @dataclass
@@ -67,6 +75,7 @@ def rollout(
             None if seeds is None else seeds[i],
             None if splits is None else splits[i],
             sampling,
+            engine_of(policy),
         )
         for i, env in enumerate(envs)
     ]
@@ -85,7 +94,7 @@ def rollout(
     return [item.episode for item in running]
 
 
-def _start(env: Env, task, seed, split, sampling: SamplingConfig) -> _Running:
+def _start(env: Env, task, seed, split, sampling: SamplingConfig, engine: str) -> _Running:
     observation, info = env.reset(seed=seed, options=None if task is None else {"task": task})
     config = getattr(env, "config", None)
     episode = Episode(
@@ -96,6 +105,7 @@ def _start(env: Env, task, seed, split, sampling: SamplingConfig) -> _Running:
         split=split,
         seed=seed,
         sampling=dataclasses.asdict(sampling),
+        engine=engine,
         images=list(observation.images),
     )
     return _Running(env, observation, episode)

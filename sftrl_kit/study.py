@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
+from .engines import resolve_engine
 from .evaluation import (
     KEY_FIELDS,
     compare_rates,
@@ -81,6 +82,7 @@ class StudySettings:
     eval_limit: int | None = 40  # first N deals of each frozen set; None: all 300
     eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
     seed: int = 0
+    engine: str = "auto"  # who generates rollouts and evaluations: vllm, hf, or auto (vLLM where installed)
 
     def eval_sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)
@@ -95,6 +97,7 @@ class StudySettings:
                 "gp-l",
                 self.eval_sampling(),
                 self.eval_limit,
+                engine=resolve_engine(self.engine),
                 max_attempts=self.eval_max_attempts,
             )
             for name in self.eval_sets
@@ -206,6 +209,7 @@ def ppo_settings(
         temperature=settings.temperature,
         save_every=_every(settings.ppo_updates, settings.checkpoints),
         seed=settings.seed,
+        engine=settings.engine,
         init_tokens=counters(start)["tokens"] if Path(start).is_dir() else 0,
     )
     return replace(ppo, **overrides)
@@ -283,6 +287,7 @@ def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
         sampling=settings.eval_sampling(),
         limit=settings.eval_limit,
         batch_size=settings.eval_limit or 64,
+        engine=settings.engine,
         max_attempts=settings.eval_max_attempts,
     )
 

