@@ -70,9 +70,7 @@ class VLLMEngine:
 
     def __init__(self, policy: Policy, options: VLLMOptions = VLLMOptions()) -> None:
         if policy.is_vision:
-            raise NotImplementedError(
-                "the vLLM engine serves text models here; vision-language models use engine='hf'"
-            )
+            raise NotImplementedError("the vLLM engine serves text models here; vision-language models use engine='hf'")
         from vllm import LLM
 
         self.options = options
