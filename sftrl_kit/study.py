@@ -70,7 +70,7 @@ class StudySettings:
     start_learning_rate: float = 1e-4
     sft_learning_rate: float = 2e-5  # the SFT branch, continuing from the start
     sft_batch_size: int = 8
-    ppo_updates: int = 2
+    ppo_updates: int = 4
     episodes_per_update: int = 8
     ppo_epochs: int = 1
     ppo_learning_rate: float = 2e-6
@@ -79,7 +79,7 @@ class StudySettings:
     temperature: float = 1.0  # PPO's sampling
     checkpoints: int = 2  # evaluated checkpoints per branch after the start
     eval_sets: list[str] = field(default_factory=lambda: ["gp-id", "gp-rule-ood"])
-    eval_limit: int | None = 40  # first N deals of each frozen set; None: all 300
+    eval_limit: int | None = 100  # first N deals of each frozen set; None: all 300
     eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
     seed: int = 0
     engine: str = "auto"  # who generates rollouts and evaluations: vllm, hf, or auto (vLLM where installed)

@@ -28,7 +28,9 @@ def synthetic_run(root, name, method, successes, budget=5):
         folder = root / name / "checkpoints" / f"step-{step:06d}"
         for eval_set, k in (("id", id_k), ("ood", ood_k)):
             attempts = budget[eval_set] if isinstance(budget, dict) else budget
-            key = evaluation_key(eval_set, [{"env_config": {}}] * 50, "gp-l", SAMPLING, max_attempts=attempts)
+            key = evaluation_key(
+                eval_set, [{"env_config": {}}] * 50, "gp-l", SAMPLING, engine="hf", max_attempts=attempts
+            )
             target = evaluation_folder(folder, key)
             target.mkdir(parents=True)
             tasks = [f"{eval_set}:{i}" for i in range(50)]
@@ -142,25 +144,35 @@ def test_an_identical_key_is_reused_not_run_again(tmp_path):
 
 def test_keys_resolve_defaults_so_equal_evaluations_get_equal_keys():
     records = [json.loads(line) for line in GP_ID.read_text().splitlines()]
-    key = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64))
+    key = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64), engine="hf")
     assert key["limit"] == len(records) == 300
     assert key["max_attempts"] == 5
     assert key["temperature"] == 0.0
     same = evaluation_key(
-        "gp-id", records, "gp-l", SamplingConfig(temperature=0.0, max_new_tokens=64), limit=1000, max_attempts=5
+        "gp-id",
+        records,
+        "gp-l",
+        SamplingConfig(temperature=0.0, max_new_tokens=64),
+        limit=1000,
+        engine="hf",
+        max_attempts=5,
     )
     assert key_digest(same) == key_digest(key)
     for changed in ({"limit": 40}, {"max_attempts": 2}):
-        other = evaluation_key("gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64), **changed)
+        other = evaluation_key(
+            "gp-id", records, "gp-l", SamplingConfig(temperature=0, max_new_tokens=64), engine="hf", **changed
+        )
         assert key_digest(other) != key_digest(key)
     assert key_digest(evaluation_key("gp-id", records, "gp-l", SAMPLING, engine="vllm")) != key_digest(
-        evaluation_key("gp-id", records, "gp-l", SAMPLING)
+        evaluation_key("gp-id", records, "gp-l", SAMPLING, engine="hf")
     )
 
 
 def test_study_settings_name_the_evaluations_they_write(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    settings = study.StudySettings(eval_sets=["gp-id"], eval_limit=3, eval_max_attempts=2, max_new_tokens=16)
+    settings = study.StudySettings(
+        eval_sets=["gp-id"], eval_limit=3, eval_max_attempts=2, max_new_tokens=16, engine="hf"
+    )  # a scripted responder's evaluations are recorded as the HF engine's
     player = ScriptedResponder(lambda episode, attempt: True)
     evaluate_model(
         player, tmp_path, {"gp-id": GP_ID}, "gp-l", settings.eval_sampling(), limit=3, progress=False, max_attempts=2
