@@ -45,6 +45,8 @@ from ..models import Conversation, Generation, Policy, SamplingConfig
 # The engine core must run in this process: weights are handed over as tensors, and a
 # notebook or script not guarded by __main__ cannot spawn one.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM logs every step of its start at INFO; a notebook wants its warnings only.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 @dataclass(frozen=True)
