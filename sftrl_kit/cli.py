@@ -153,7 +153,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .data import eval_set_path
     from .engines import resolve_engine
     from .evaluation import compare_rates, evaluate_model
-    from .models import SamplingConfig
+    from .models import SamplingConfig, is_vision_model
     from .run_folder import new_run_dir
 
     sets = {f"{args.env}-{name}": eval_set_path(name) for name in args.sets}
@@ -162,7 +162,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
     run_dir = Path(args.out) if args.out else new_run_dir("eval")
-    engine = resolve_engine(args.engine)
+    engine = resolve_engine(args.engine, is_vision_model(args.model))
     print(f"model {args.model} on {args.env}; sampling {sampling}; engine {engine}; run folder {run_dir}")
     results = evaluate_model(
         args.model,

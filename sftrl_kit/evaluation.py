@@ -475,8 +475,9 @@ def evaluate_model(
     process's one vLLM engine takes each model's weights, see `engines.open_engine`); a
     responder answers with its own."""
     from .engines import resolve_engine
+    from .models import is_vision_model
 
-    engine_name = engine_of(model) if hasattr(model, "respond") else resolve_engine(engine)
+    engine_name = engine_of(model) if hasattr(model, "respond") else resolve_engine(engine, is_vision_model(model))
     results, todo = {}, {}
     for name, path in eval_sets.items():
         records = load_eval_set(path)  # read once: for the key, and for playing if it must be

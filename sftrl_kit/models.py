@@ -394,8 +394,7 @@ def load_policy(
         dtype = torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    config = json.loads((folder / "config.json").read_text())
-    is_vision = "vision_config" in config
+    is_vision = is_vision_model(folder)
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
@@ -417,6 +416,15 @@ def load_policy(
         model = _with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
     return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
+
+
+def is_vision_model(name_or_path: str | Path) -> bool:
+    """Whether a built-in name or checkpoint folder is a vision-language model (its
+    config has a vision_config), read from config.json without loading weights."""
+    if str(name_or_path) in BUILT_IN:
+        return str(name_or_path) == "tiny-vl"
+    config = json.loads((resolve_model(name_or_path) / "config.json").read_text())
+    return "vision_config" in config
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

@@ -61,6 +61,8 @@ def rollout(
     """Play one episode in each env; returns them in the order of `envs`.
 
     tasks replays fixed tasks (eval sets); otherwise each env is reset with its seed.
+    batch_size: conversations per respond call, for responders that do not schedule
+    their own batches (`batches_itself`, as the vLLM engine does: it gets them all).
     """
     count = len(envs)
     for name, values in (("tasks", tasks), ("seeds", seeds), ("splits", splits)):
@@ -83,8 +85,9 @@ def rollout(
     bar = tqdm(total=count, desc="episodes", disable=not progress, leave=False)
     active = list(running)
     while active:
-        for start in range(0, len(active), batch_size):
-            chunk = active[start : start + batch_size]
+        size = len(active) if getattr(policy, "batches_itself", False) else batch_size
+        for start in range(0, len(active), size):
+            chunk = active[start : start + size]
             conversations = [Conversation(chat_messages(r.prompt, r.exchanges), r.prompt.images) for r in chunk]
             for item, generation in zip(chunk, policy.respond(conversations, sampling, with_logprobs)):
                 _advance(item, generation)

@@ -45,6 +45,19 @@ def test_the_hf_engine_is_the_policy_itself(tiny_policy):
     assert tiny_policy.engine == "hf"
 
 
+def test_vision_language_models_get_the_hf_engine_under_auto(tiny_vl_policy):
+    """The vLLM engine serves text models only: 'auto' gives a VLM the HF engine, and
+    evaluation keys record it (wherever vLLM is installed)."""
+    from sftrl_kit.models import is_vision_model
+
+    assert is_vision_model("tiny-vl")
+    assert not is_vision_model("tiny")
+    assert open_engine(tiny_vl_policy, "auto") is tiny_vl_policy
+    assert resolve_engine("auto", vision=True) == "hf"
+    with pytest.raises(NotImplementedError, match="text models only"):
+        resolve_engine("vllm", vision=True)
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_policy):
     """The tiny policy served by vLLM; closed when the module is done."""
@@ -139,11 +152,12 @@ def test_a_lora_policy_is_served_with_its_adapters_merged(tiny_policy, engine):
         for name, parameter in policy.model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.5)
+    frozen = {name: p.detach().clone() for name, p in policy.model.named_parameters() if "lora_" not in name}
     engine.sync(policy)
+    after = dict(policy.model.named_parameters())
+    assert all(torch.equal(after[name], value) for name, value in frozen.items())  # the base is not touched
     assert _ids(_episodes(engine, "gp-l", GREEDY, count=4)) == _ids(_episodes(policy, "gp-l", GREEDY, count=4))
     assert _ids(_episodes(tiny_policy, "gp-l", GREEDY, count=4)) != _ids(_episodes(policy, "gp-l", GREEDY, count=4))
-    merged_back = _ids(_episodes(policy, "gp-l", GREEDY, count=4))  # the adapters were taken out again
-    assert merged_back == _ids(_episodes(engine, "gp-l", GREEDY, count=4))
     engine.sync(tiny_policy)
 
 

@@ -11,7 +11,9 @@ episode and evaluation key, and `sync(policy)`, which hands the engine new weigh
             conversation; new weights are copied in after every PPO update and for every
             checkpoint evaluated, without restarting the engine.
 
-"auto" (the default everywhere) is vLLM where it is installed and starts, HF otherwise.
+"auto" (the default everywhere) is vLLM where it is installed, for text models; HF for
+vision-language models (the vLLM engine serves text models only, so far) and where vLLM
+is missing.
 Both engines see identical token ids (the Policy's one chat-templating path), sample
 with every setting of `SamplingConfig` set explicitly, and return the text decoded by the
 Policy's tokenizer, the token ids and, if asked, the sampled tokens' log-probs.
@@ -38,12 +40,15 @@ def vllm_missing() -> str | None:
     return None
 
 
-def resolve_engine(name: str) -> Literal["hf", "vllm"]:
-    """The engine a setting names: "auto" is vLLM where it is installed, HF otherwise."""
+def resolve_engine(name: str, vision: bool = False) -> Literal["hf", "vllm"]:
+    """The engine a setting names for a text (or, vision=True, a vision-language) model:
+    "auto" is vLLM for text models where it is installed, HF otherwise."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     if name == "auto":
-        return "hf" if vllm_missing() else "vllm"
+        return "hf" if vision or vllm_missing() else "vllm"
+    if name == "vllm" and vision:
+        raise NotImplementedError("the vLLM engine serves text models only; use engine='hf' or 'auto' for a VLM")
     if name == "vllm" and (reason := vllm_missing()):
         raise RuntimeError(f"engine='vllm' was asked for, but {reason}; use engine='hf' or 'auto'")
     return name
@@ -54,10 +59,12 @@ def open_engine(policy: Policy, name: str = "auto", **options):
 
     "hf" is the policy itself. "vllm" is the process's one running vLLM engine, started
     on first use and reused while the model's architecture is the same (its weights
-    replaced by `policy`'s): starting vLLM costs seconds to a minute, a sync about one.
+    replaced by `policy`'s): starting vLLM costs seconds to a minute, a sync under one.
+    The engine is process-wide: a later open_engine gives it other weights, so use the
+    responder it returns before opening another.
     options: VLLMEngine settings (kv_cache_gib, max_model_len, enforce_eager, seed).
     """
-    if resolve_engine(name) == "hf":
+    if resolve_engine(name, policy.is_vision) == "hf":
         return policy
     from .vllm_engine import shared_engine
 

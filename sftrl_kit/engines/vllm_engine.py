@@ -23,10 +23,15 @@ post-load processing, e.g. the CPU build's weight repacking); with LoRA the adap
 are merged into the copy that is sent and taken out again. Sampling draws from torch's
 global generator (the engine runs in this process), which `rollout` seeds per call:
 the same seed gives the same episodes. (vLLM's per-request seeds fail on its CPU build.)
+One caveat: the CPU sampler draws per row of each step's batch, and how many prompts fit
+into a step depends on what the prefix cache already holds, so a sampled rollout in a
+warm engine can differ from the same rollout in a fresh one (greedy decoding cannot; PPO
+empties the cache at every sync).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import json
@@ -71,6 +76,7 @@ class VLLMEngine:
     """A colocated vLLM engine that answers conversations with a policy's weights."""
 
     engine = "vllm"
+    batches_itself = True  # rollout hands it every running conversation at once
 
     def __init__(self, policy: Policy, options: VLLMOptions = VLLMOptions()) -> None:
         if policy.is_vision:
@@ -81,25 +87,30 @@ class VLLMEngine:
         self.name = policy.name
         self.architecture = architecture_key(policy)
         self._folder = Path(tempfile.mkdtemp(prefix="sftrl-vllm-"))
-        _write_model_files(policy, self._folder)
         started = time.perf_counter()
-        self.llm = LLM(
-            model=str(self._folder),
-            tokenizer=str(self._folder),
-            dtype=_engine_dtype(policy),
-            load_format="dummy",  # the real weights come from memory, below
-            seed=options.seed,
-            enable_prefix_caching=True,
-            enforce_eager=options.enforce_eager,
-            max_model_len=options.max_model_len or _max_model_len(policy),
-            kv_cache_memory_bytes=kv_cache_bytes(policy, options),
-            max_num_seqs=options.max_num_seqs,
-            generation_config="vllm",
-            logprobs_mode="processed_logprobs",
-        )
-        self.start_seconds = time.perf_counter() - started
-        self.sync_seconds: list[float] = []
-        self.sync(policy)
+        try:
+            _write_model_files(policy, self._folder)
+            self.llm = LLM(
+                model=str(self._folder),
+                tokenizer=str(self._folder),
+                dtype=_engine_dtype(policy),
+                load_format="dummy",  # the real weights come from memory, below
+                seed=options.seed,
+                enable_prefix_caching=True,
+                enforce_eager=options.enforce_eager,
+                max_model_len=options.max_model_len or _max_model_len(policy),
+                kv_cache_memory_bytes=kv_cache_bytes(policy, options),
+                max_num_seqs=options.max_num_seqs,
+                generation_config="vllm",
+                logprobs_mode="processed_logprobs",
+                **_gpu_memory(policy, options),
+            )
+            self.start_seconds = time.perf_counter() - started
+            self.sync_seconds: list[float] = []
+            self.sync(policy)
+        except BaseException:
+            self.close()
+            raise
         self._tokenizer = policy.tokenizer
         self._policy = policy
 
@@ -117,7 +128,8 @@ class VLLMEngine:
             if len(ids) + sampling.max_new_tokens > limit:
                 raise ValueError(
                     f"a prompt of {len(ids)} tokens + max_new_tokens {sampling.max_new_tokens} exceeds the "
-                    f"engine's max_model_len {limit}; start it with a larger VLLMOptions.max_model_len"
+                    f"engine's max_model_len {limit} (the model's max_position_embeddings, at most 8192); "
+                    "use engine='hf', or open_engine(policy, 'vllm', max_model_len=...) before the run"
                 )
         params = sampling_params(sampling, self._policy.stop_token_ids(), with_logprobs)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
@@ -186,20 +198,30 @@ def sampling_params(sampling: SamplingConfig, stop_token_ids: Sequence[int], wit
 @contextlib.contextmanager
 def merged_weights(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """(name, tensor) of the model's weights in checkpoint naming; a peft model's
-    adapters are merged into the base weights for the duration, then taken out."""
+    adapters are added to copies of their base weights (W + scale * B A), never in place:
+    merging and unmerging in place would drift the frozen base (the KL reference) by
+    rounding, update after update."""
     if not type(model).__module__.startswith("peft"):
         yield list(model.state_dict().items())
         return
-    model.merge_adapter()
-    try:
-        base = model.get_base_model()
-        yield [
-            (name.replace(".base_layer.", "."), tensor)
-            for name, tensor in base.state_dict().items()
-            if "lora_" not in name and "modules_to_save" not in name
-        ]
-    finally:
-        model.unmerge_adapter()
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A:
+                        delta = module.get_delta_weight(adapter)
+                        deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
+        weights = []
+        for name, tensor in base.state_dict().items():
+            if "lora_" in name or "modules_to_save" in name:
+                continue
+            clean = name.replace(".base_layer.", ".")
+            weights.append((clean, tensor + deltas[clean] if clean in deltas else tensor))
+    yield weights
 
 
 def architecture_key(policy: Policy) -> str:
@@ -236,6 +258,18 @@ def _max_model_len(policy: Policy) -> int:
     return min(int(getattr(text, "max_position_embeddings", 8192)), 8192)
 
 
+def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
+    """On a GPU, the share of its memory the engine may take: its weights and KV cache and
+    2 GiB of activations, not vLLM's default 90% (the learner lives on the same GPU). On
+    a CPU nothing (the KV cache size alone decides)."""
+    if not torch.cuda.is_available():
+        return {}
+    weights = sum(p.numel() for p in policy.model.parameters()) * (2 if _engine_dtype(policy) == "bfloat16" else 4)
+    total = torch.cuda.get_device_properties(0).total_memory
+    wanted = weights + kv_cache_bytes(policy, options) + 2 * 2**30
+    return {"gpu_memory_utilization": min(0.9, max(0.05, wanted / total))}
+
+
 def _write_model_files(policy: Policy, folder: Path) -> None:
     """config.json and the tokenizer: all vLLM reads from disk (weights: load_format=dummy)."""
     policy.model.config.save_pretrained(folder)
@@ -243,6 +277,7 @@ def _write_model_files(policy: Policy, folder: Path) -> None:
 
 
 _shared: VLLMEngine | None = None
+atexit.register(lambda: close_shared_engine())  # frees the engine and its temporary folder
 
 
 def shared_engine(policy: Policy, **options) -> VLLMEngine:

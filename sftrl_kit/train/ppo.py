@@ -113,7 +113,7 @@ class PPOSettings:
     max_new_tokens: int = 128
     """longest response, in tokens"""
     rollout_batch_size: int = 16
-    """conversations per generate call (the vLLM engine schedules its own batches: one call per turn)"""
+    """conversations per generate call of the HF engine (vLLM gets every running conversation at once)"""
     engine: str = "auto"
     """who writes the rollouts: 'vllm' (in this process; the learner's weights are copied in after every update),
     'hf' (transformers generate on the learner itself), or 'auto' (vLLM where it is installed)"""
@@ -361,7 +361,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         _load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
-    generator = open_engine(policy, _engine_for(settings.engine, accelerator.num_processes))  # 'hf': the policy
+    generator = open_engine(policy, _engine_for(settings.engine, accelerator.num_processes, policy.is_vision))
     probe = make(settings.env_id, **settings.env_config)
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
@@ -406,11 +406,11 @@ def train_ppo(settings: PPOSettings) -> Path:
     return run_dir
 
 
-def _engine_for(engine: str, processes: int) -> str:
+def _engine_for(engine: str, processes: int, vision: bool) -> str:
     """The engine of this run: vLLM runs in single-process runs only (several processes
     would each start an engine inside accelerate's process group, which the kit does not
     set up yet); "auto" falls back to HF there, an explicit "vllm" is an error."""
-    if processes == 1 or resolve_engine(engine) == "hf":
+    if processes == 1 or resolve_engine(engine, vision) == "hf":
         return engine
     if engine == "vllm":
         raise ValueError(
