@@ -624,10 +624,14 @@ def _with_lora(model, settings: LoraSettings):
     return get_peft_model(model, config)
 
 
-def hidden_size(model) -> int:
+def text_config(model):
+    """The language model's config (a VLM's text_config; a text model's own)."""
     config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.hidden_size)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def hidden_size(model) -> int:
+    return int(text_config(model).hidden_size)
 
 
 def _load_value_head(folder: Path, model, device: torch.device) -> ValueHead:

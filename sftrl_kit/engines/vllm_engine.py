@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import Conversation, Generation, Policy, SamplingConfig
+from ..models import Conversation, Generation, Policy, SamplingConfig, text_config
 
 # The engine core must run in this process: weights are handed over as tensors, and a
 # notebook or script not guarded by __main__ cannot spawn one.
@@ -238,12 +238,10 @@ def kv_cache_bytes(policy: Policy, options: VLLMOptions) -> int:
     values for this model, between 0.25 and 8 GiB."""
     if options.kv_cache_gib is not None:
         return int(options.kv_cache_gib * 2**30)
-    config = policy.model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(policy.model)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    element = 2 if _engine_dtype(policy) == "bfloat16" else 4
-    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * element  # keys and values
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * _element_bytes(policy)  # keys and values
     return int(min(max(per_token * options.max_num_seqs * 2048, 2**28), 8 * 2**30))
 
 
@@ -252,9 +250,12 @@ def _engine_dtype(policy: Policy) -> str:
     return "bfloat16" if policy.autocast_dtype == torch.bfloat16 else "float32"
 
 
+def _element_bytes(policy: Policy) -> int:
+    return 2 if _engine_dtype(policy) == "bfloat16" else 4
+
+
 def _max_model_len(policy: Policy) -> int:
-    config = policy.model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(policy.model)
     return min(int(getattr(text, "max_position_embeddings", 8192)), 8192)
 
 
@@ -264,7 +265,7 @@ def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
     a CPU nothing (the KV cache size alone decides)."""
     if not torch.cuda.is_available():
         return {}
-    weights = sum(p.numel() for p in policy.model.parameters()) * (2 if _engine_dtype(policy) == "bfloat16" else 4)
+    weights = sum(p.numel() for p in policy.model.parameters()) * _element_bytes(policy)
     total = torch.cuda.get_device_properties(0).total_memory
     wanted = weights + kv_cache_bytes(policy, options) + 2 * 2**30
     return {"gpu_memory_utilization": min(0.9, max(0.05, wanted / total))}
