@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+ENVIRONMENT_AT_START = dict(os.environ)  # before any test imported vLLM or torch
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from conftest import ENVIRONMENT_AT_START
 
 from sftrl_kit.engines import close_engines, open_engine, resolve_engine, vllm_missing
 from sftrl_kit.envs import make
@@ -63,6 +64,14 @@ def engine(tiny_policy):
     """The tiny policy served by vLLM; closed when the module is done."""
     yield open_engine(tiny_policy, "vllm")
     close_engines()
+
+
+@requires_vllm
+def test_programs_started_after_the_engine_inherit_the_environment_from_before_it(engine):
+    """vLLM's CPU start sets LD_PRELOAD (its OpenMP) and LOCAL_WORLD_SIZE process-wide;
+    an `accelerate launch` or notebook kernel started afterwards must not inherit them."""
+    for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE"):
+        assert os.environ.get(name) == ENVIRONMENT_AT_START.get(name), name
 
 
 def _episodes(responder, env_id: str, sampling: SamplingConfig, count: int = 8, **config):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import socket
 import subprocess
 import sys
 
@@ -128,6 +129,12 @@ TINY_PPO = [
 ]
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_processes_under_accelerate_launch_agree_on_the_weights(tmp_path):
     command = [
         sys.executable,
@@ -135,13 +142,16 @@ def test_two_processes_under_accelerate_launch_agree_on_the_weights(tmp_path):
         "accelerate.commands.launch",
         "--config_file",
         str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "--main_process_port",
+        str(_free_port()),  # the config's fixed port may be taken on a shared machine
         "-m",
         "sftrl_kit.cli",
         "ppo",
         f"run_dir={tmp_path}",
         *TINY_PPO,
     ]
-    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=600)
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, f"accelerate launch exited {finished.returncode}:\n{finished.stderr[-6000:]}"
     processes = json.loads((tmp_path / "processes.json").read_text())
     assert processes["processes"] == 2
     assert processes["weight_checksums"][0] == processes["weight_checksums"][1]

@@ -81,7 +81,6 @@ class VLLMEngine:
     def __init__(self, policy: Policy, options: VLLMOptions = VLLMOptions()) -> None:
         if policy.is_vision:
             raise NotImplementedError("the vLLM engine serves text models here; vision-language models use engine='hf'")
-        from vllm import LLM
 
         self.options = options
         self.name = policy.name
@@ -90,21 +89,24 @@ class VLLMEngine:
         started = time.perf_counter()
         try:
             _write_model_files(policy, self._folder)
-            self.llm = LLM(
-                model=str(self._folder),
-                tokenizer=str(self._folder),
-                dtype=_engine_dtype(policy),
-                load_format="dummy",  # the real weights come from memory, below
-                seed=options.seed,
-                enable_prefix_caching=True,
-                enforce_eager=options.enforce_eager,
-                max_model_len=options.max_model_len or _max_model_len(policy),
-                kv_cache_memory_bytes=kv_cache_bytes(policy, options),
-                max_num_seqs=options.max_num_seqs,
-                generation_config="vllm",
-                logprobs_mode="processed_logprobs",
-                **_gpu_memory(policy, options),
-            )
+            with _child_environment_kept():
+                from vllm import LLM
+
+                self.llm = LLM(
+                    model=str(self._folder),
+                    tokenizer=str(self._folder),
+                    dtype=_engine_dtype(policy),
+                    load_format="dummy",  # the real weights come from memory, below
+                    seed=options.seed,
+                    enable_prefix_caching=True,
+                    enforce_eager=options.enforce_eager,
+                    max_model_len=options.max_model_len or _max_model_len(policy),
+                    kv_cache_memory_bytes=kv_cache_bytes(policy, options),
+                    max_num_seqs=options.max_num_seqs,
+                    generation_config="vllm",
+                    logprobs_mode="processed_logprobs",
+                    **_gpu_memory(policy, options),
+                )
             self.start_seconds = time.perf_counter() - started
             self.sync_seconds: list[float] = []
             self.sync(policy)
@@ -132,7 +134,8 @@ class VLLMEngine:
                     "use engine='hf', or open_engine(policy, 'vllm', max_model_len=...) before the run"
                 )
         params = sampling_params(sampling, self._policy.stop_token_ids(), with_logprobs)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        with _child_environment_kept():
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
         generations = []
         for ids, output in zip(prompts, outputs):
             completion = output.outputs[0]
@@ -149,7 +152,7 @@ class VLLMEngine:
         if architecture_key(policy) != self.architecture:
             raise ValueError("this engine was started for another architecture; open a new one (open_engine)")
         started = time.perf_counter()
-        with merged_weights(policy.model) as weights:
+        with merged_weights(policy.model) as weights, _child_environment_kept():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # its keys and values were computed with the old weights
         self._policy, self._tokenizer, self.name = policy, policy.tokenizer, policy.name
@@ -269,6 +272,27 @@ def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
     total = torch.cuda.get_device_properties(0).total_memory
     wanted = weights + kv_cache_bytes(policy, options) + 2 * 2**30
     return {"gpu_memory_utilization": min(0.9, max(0.05, wanted / total))}
+
+
+# Set process-wide by vLLM's CPU start (LD_PRELOAD: its OpenMP; LOCAL_WORLD_SIZE) and by
+# the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
+# afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
+# into vLLM runs inside _child_environment_kept.
+_PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _child_environment_kept() -> Iterator[None]:
+    """Restore the variables a call into vLLM sets process-wide (what it loaded stays)."""
+    before = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _write_model_files(policy: Policy, folder: Path) -> None:
