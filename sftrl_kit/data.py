@@ -15,12 +15,15 @@ picks their training seeds and settings and turns them into records.
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .envs import Observation, make
+from .envs.base import PROMPT_VARIANTS
 from .envs.general_points import sft_data as gp_sft
 from .envs.virl import sft_data as virl_sft
 from .envs.virl.city import OOD_CITIES, TRAIN_CITY
@@ -53,6 +56,13 @@ GP_EVAL_SPLITS = {
             "new rule (J, Q, K = 11, 12, 13), at least one face card, black suits",
         ),
         EvalSplit(
+            "gp-fake-rule",
+            {"face_rule": "ten", "prompt_face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
+            50_000,
+            "fake rule: the prompt states J, Q, K = 11, 12, 13, the verifier scores the trained rule (10); "
+            "at least one face card, black suits",
+        ),
+        EvalSplit(
             "gp-visual-ood",
             {"face_rule": "ten", "colours": "red", "sampling": "uniform"},
             30_000,
@@ -78,6 +88,14 @@ VIRL_EVAL_SPLITS = {
             {"action_space": "relative", "city": TRAIN_CITY.name},
             40_000,
             "relative actions on the same routes as virl-id",
+            "virl-l",
+        ),
+        EvalSplit(
+            "virl-fake-rule",
+            {"action_space": "absolute", "prompt_action_space": "relative", "city": TRAIN_CITY.name},
+            40_000,
+            "fake rule: the routes of virl-id, the prompt states relative actions, the verifier scores the "
+            "trained absolute ones",
             "virl-l",
         ),
         EvalSplit(
@@ -176,12 +194,91 @@ _TRAINING = {
     "virl-l": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
     "virl-vl": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
 }
+OTHER_RULE_SEED_OFFSET = 500_000  # the other rule's records of a "both rules" set are dealt from base + this
 
 
-def expert_records(env_id: str, size: int, seed: int | None = None, **env_config: Any) -> Iterator[dict[str, Any]]:
+@dataclass(frozen=True)
+class StudyTask:
+    """What a study needs to know about its task (study.StudySettings.task)."""
+
+    env_id: str
+    rule_field: str  # the environment setting that is the task's rule
+    other_rule: dict[str, Any]  # the settings that put the other (rule-OOD) rule in force
+    eval_sets: tuple[str, str]  # ID, rule-OOD
+    fake_rule_set: str  # rule-OOD's prompt, the trained rule's verifier
+    metric: str  # the headline rate: what one number per checkpoint should be
+    unit: str  # what one SFT record count counts (deals or routes)
+    answer_tokens: int  # room for the longest expert answer (GP: 52 tokens, V-IRL: 72, SmolLM2's tokenizer)
+
+
+STUDY_TASKS = {
+    "gp-l": StudyTask(
+        "gp-l",
+        "face_rule",
+        {"face_rule": "ordinal", "sampling": "with_face"},
+        ("gp-id", "gp-rule-ood"),
+        "gp-fake-rule",
+        "success_rate",
+        "deals",
+        64,
+    ),
+    "virl-l": StudyTask(
+        "virl-l",
+        "action_space",
+        {"action_space": "relative"},
+        ("virl-id", "virl-rule-ood"),
+        "virl-fake-rule",
+        "per_step_accuracy",
+        "routes",
+        96,
+    ),
+}
+
+
+def training_config(env_id: str) -> dict[str, Any]:
+    """The settings an environment trains under (its rule at the trained value)."""
+    if env_id not in _TRAINING:
+        raise ValueError(f"no training settings for {env_id!r}; known: {sorted(_TRAINING)}")
+    return dict(_TRAINING[env_id][1])
+
+
+def study_task(name: str) -> StudyTask:
+    if name not in STUDY_TASKS:
+        raise ValueError(f"unknown study task {name!r}; tasks: {', '.join(STUDY_TASKS)}")
+    return STUDY_TASKS[name]
+
+
+def expert_records(
+    env_id: str,
+    size: int,
+    seed: int | None = None,
+    *,
+    rules: str = "trained",
+    prompt_variants: bool = False,
+    reasoning: bool = False,
+    **env_config: Any,
+) -> Iterator[dict[str, Any]]:
     """Single-turn SFT records, the prompt and a correct answer: one per deal (GP), one
-    per decision point of each of `size` routes (V-IRL)."""
-    return _sft_records("expert", env_id, size, seed, env_config)
+    per decision point of each of `size` routes (V-IRL).
+
+    rules: "trained" (every record under the training rule) or "both" (deals/routes
+    alternate between the training rule and the other one, dealt OTHER_RULE_SEED_OFFSET
+    further on; each prompt states its own rule, so the model learns to follow the
+    prompt). prompt_variants: each deal's prompt in a wording and layout drawn from its
+    seed (envs.base.PROMPT_VARIANTS; evaluation always uses variant 0). reasoning: each
+    answer starts with a short "thought" applying the stated rule."""
+    if rules not in ("trained", "both"):
+        raise ValueError(f"rules must be 'trained' or 'both', got {rules!r}")
+    options = {"prompt_variants": prompt_variants, "reasoning": reasoning}
+    trained = _sft_records("expert", env_id, size - size // 2 if rules == "both" else size, seed, env_config, **options)
+    if rules == "trained":
+        return trained
+    task = next((t for t in STUDY_TASKS.values() if t.env_id == env_id.replace("-vl", "-l")), None)
+    if task is None:
+        raise ValueError(f"no other rule is known for {env_id!r}")
+    first = (_TRAINING[env_id][2] if seed is None else seed) + OTHER_RULE_SEED_OFFSET
+    other = _sft_records("expert", env_id, size // 2, first, {**env_config, **task.other_rule}, **options)
+    return _alternate(_by_task(trained), _by_task(other))
 
 
 def suboptimal_records(env_id: str, size: int, seed: int | None = None, **env_config: Any) -> Iterator[dict[str, Any]]:
@@ -190,15 +287,44 @@ def suboptimal_records(env_id: str, size: int, seed: int | None = None, **env_co
     return _sft_records("suboptimal", env_id, size, seed, env_config)
 
 
-def _sft_records(kind: str, env_id: str, size: int, seed: int | None, env_config: dict[str, Any]) -> Iterator[dict]:
+def _sft_records(
+    kind: str,
+    env_id: str,
+    size: int,
+    seed: int | None,
+    env_config: dict[str, Any],
+    prompt_variants: bool = False,
+    reasoning: bool = False,
+) -> Iterator[dict]:
     if env_id not in _TRAINING:
         raise ValueError(f"no SFT data for {env_id!r}; known: {sorted(_TRAINING)}")
     task, train_config, base_seed = _TRAINING[env_id]
     seed = (base_seed if kind == "expert" else 2 * base_seed) if seed is None else seed
     _check_training_seed(seed)
-    env = make(env_id, **{**train_config, **env_config})
+    config = {**train_config, **env_config}
     demonstrations = task.expert_demonstrations if kind == "expert" else task.suboptimal_demonstrations
-    return (_record(kind, **demonstration) for demonstration in demonstrations(env, size, seed))
+    extra = {"reasoning": True} if reasoning else {}
+    if not prompt_variants:
+        env = make(env_id, **config)
+        return (_record(kind, **d) for d in demonstrations(env, size, seed, **extra))
+    envs = [make(env_id, **config, prompt_variant=v) for v in range(PROMPT_VARIANTS)]
+    return (
+        _record(kind, **d)
+        for index in range(size)
+        for d in demonstrations(envs[random.Random(seed + index).randrange(PROMPT_VARIANTS)], 1, seed + index, **extra)
+    )
+
+
+def _by_task(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive records of one deal or route, as lists (a route gives one per point)."""
+    return (list(group) for _, group in itertools.groupby(records, key=lambda r: r["seed"]))
+
+
+def _alternate(a: Iterator[list[dict]], b: Iterator[list[dict]]) -> Iterator[dict[str, Any]]:
+    """Groups of a and b in turn (then the rest of the longer), flattened."""
+    for pair in itertools.zip_longest(a, b, fillvalue=[]):
+        for group in pair:
+            yield from group
 
 
 def _record(

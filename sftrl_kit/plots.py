@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
 # What the kind of a split is called, from the end of its id (gp-rule-ood -> rule OOD).
-_SET_KINDS = {"id": "ID", "rule-ood": "rule OOD", "visual-ood": "visual OOD", "ood": "OOD"}
+_SET_KINDS = {"id": "ID", "rule-ood": "rule OOD", "fake-rule": "fake rule", "visual-ood": "visual OOD", "ood": "OOD"}
 # One look per run, in the order runs come: colour, marker and line style all differ,
 # so two runs stay apart in greyscale and where their lines coincide.
 _STYLES = [
@@ -126,10 +126,10 @@ def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     return {r["run"]: r.get("label", r["run"]) for r in rows}
 
 
-def _series(rows: Sequence[dict[str, Any]], run: str, eval_set: str, metric: str) -> list[dict[str, Any]]:
+def _series(rows: Sequence[dict[str, Any]], run: str, eval_set: str, metric: str, x: str = "gflops") -> list[dict]:
     return sorted(
         (r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
-        key=lambda r: r["gflops"],
+        key=lambda r: r[x],
     )
 
 
@@ -165,8 +165,11 @@ def plot_curves(
     metric: str = "success_rate",
     eval_sets: Sequence[str] | None = None,
     smooth_window: int = 5,
+    x: str = "gflops",
 ) -> Figure:
-    """Metric (%) against training GFLOPs; one panel per eval set, one line per run.
+    """Metric (%) against training GFLOPs (x="gflops", the paper's axis) or optimizer
+    steps (x="step", e.g. the SFT window of one run); one panel per eval set, one line
+    per run.
 
     Points carry the 95% interval each evaluation stored (`<metric>_low`/`_high`, Wilson's:
     wide at 0/n, where a binomial standard error would be zero). Runs' points are moved
@@ -179,26 +182,28 @@ def plot_curves(
     sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
     _one_setting([r for r in rows if r["eval_set"] in sets], f"the {metric} curves")
     runs = _runs(r for r in rows if r["eval_set"] in sets)
-    gflops = [r["gflops"] for r in rows] or [0.0]
-    dodge = 0.01 * ((max(gflops) - min(gflops)) or 1.0)
+    if x not in ("gflops", "step"):
+        raise ValueError(f"x must be 'gflops' or 'step', got {x!r}")
+    xs = [r[x] for r in rows] or [0.0]
+    dodge = 0.01 * ((max(xs) - min(xs)) or 1.0)
     figure, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4.2), squeeze=False)
     handles = []
     for ax, eval_set in zip(axes[0], sets):
         top = 10.0
         shown = []
         for index, (run, label) in enumerate(runs.items()):
-            series = _series(rows, run, eval_set, metric)
+            series = _series(rows, run, eval_set, metric, x)
             if not series:
                 continue
             shown += series
             colour, marker, linestyle = _STYLES[index % len(_STYLES)]
-            x = np.array([r["gflops"] for r in series])
+            at = np.array([r[x] for r in series])
             y = np.array([100 * r[metric] for r in series])
             low = np.array([100 * r[f"{metric}_low"] for r in series])
             high = np.array([100 * r[f"{metric}_high"] for r in series])
             offset = (index - (len(runs) - 1) / 2) * dodge
             ax.errorbar(
-                x + offset,
+                at + offset,
                 y,
                 yerr=_below_above(y, low, high),
                 fmt=marker,
@@ -211,7 +216,7 @@ def plot_curves(
             )
             # a rate's smoothed line stays within 0..100 (Savitzky-Golay overshoots at jumps)
             ax.plot(
-                x,
+                at,
                 np.clip(smooth(y, smooth_window), 0, 100),
                 color=colour,
                 linestyle=linestyle,
@@ -222,7 +227,7 @@ def plot_curves(
             top = max(top, float(high.max()) * 1.1)
         ax.set_ylim(-0.03 * top, min(100.0, top) + 0.03 * top)  # points at 0 and 100 stay off the frame
         ax.set_title(_wrap(f"{set_label(eval_set)}\n{_episodes_text(shown)}, 95% intervals", 52), fontsize=10)
-        ax.set_xlabel("training GFLOPs")
+        ax.set_xlabel("training GFLOPs" if x == "gflops" else "optimizer steps")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
     unique = list({h.get_label(): h for h in handles}.values())

@@ -1,11 +1,16 @@
-"""The paper's comparison as library steps: one SFT start, two branches, one verdict.
+"""The paper's comparison as library steps: one SFT start, two branches, one verdict,
+for either text task (StudySettings.task: gp-l or virl-l).
 
-    prepare_sft_data   expert (or sub-optimal) GP records into the run folder
-    sft_start          the shared SFT initialisation
+    prepare_sft_data   the task's expert (or sub-optimal) records into the run folder: the
+                       trained rule, or both rules each stated in its prompt (the general
+                       start of the positive control); prompt variants, reasoning
+    sft_start          the shared SFT initialisation, with start_checkpoints checkpoints
+    pick_start         the SFT window: every start checkpoint on ID and rule-OOD, and the
+                       one the branches start from (choose_start's stated rule)
     ppo_settings       the PPO branch's PPOSettings from the study's sizes (notebook 04 launches them)
-    ppo_branch         PPO from the start, with those settings
+    ppo_branch         PPO from the start, with those settings (value head, or grpo / rloo)
     sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
-    evaluate_runs      every checkpoint of every run on the frozen sets
+    evaluate_runs      every checkpoint of every run on the study's sets
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
                        once and its results copied to each branch's step 0)
     what_moved         per run and set: start -> end with intervals and a test; and the
@@ -25,11 +30,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import eval_set_path, expert_records, load_eval_set, suboptimal_records, write_sft_dataset
+from .data import (
+    eval_set_path,
+    expert_records,
+    load_eval_set,
+    study_task,
+    suboptimal_records,
+    training_config,
+    write_sft_dataset,
+)
 from .engines import resolve_engine
 from .evaluation import (
     KEY_FIELDS,
@@ -57,35 +70,87 @@ if TYPE_CHECKING:
     from .train.ppo import PPOSettings
 
 
+REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (data.expert_records(reasoning=True))
+
+
 @dataclass
 class StudySettings:
-    """The GP-L study's sizes. Defaults are the quickstart: the embedded default model
-    on a 2-core CPU in about half an hour. The presets (presets.py: quickstart, study,
-    smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn them
-    into SFTSettings and PPOSettings."""
+    """The study's sizes and design. Defaults are the quickstart: the embedded default
+    model on a 2-core CPU in about half an hour. The presets (presets.py: quickstart,
+    study, smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn
+    them into SFTSettings and PPOSettings."""
 
+    task: str = "gp-l"  # the task studied: gp-l or virl-l (data.STUDY_TASKS)
     model: str = "default"
-    sft_records: int = 2000  # expert GP-L records generated into the run folder
+    sft_records: int = 2000  # deals (GP) or routes (V-IRL) of expert SFT data generated into the run folder
+    start_rules: str = "trained"  # the shared start's data: "trained" rule only (the paper's) or "both" rules,
+    # each stated in its prompt, so that the start follows whichever rule its prompt states
     start_steps: int = 16  # SFT steps of the shared initialisation
+    start_checkpoints: int = 1  # checkpoints of the start evaluated (> 1: the SFT window curve; pick_start chooses)
     start_learning_rate: float = 1e-4
     sft_learning_rate: float = 2e-5  # the SFT branch, continuing from the start
     sft_batch_size: int = 8
+    prompt_variants: bool = False  # SFT records in varied wordings and layouts (evaluation: the canonical prompt)
+    reasoning: bool = False  # expert answers start with a short "thought" applying the stated rule
     ppo_updates: int = 4
     episodes_per_update: int = 8
     ppo_epochs: int = 1
     ppo_learning_rate: float = 2e-6
+    advantage: str = "gae"  # PPO's advantages: "gae" (value head, the paper's), or critic-free "grpo" / "rloo"
+    group_size: int = 1  # episodes per deal or route in PPO (grpo / rloo need >= 2)
     train_max_attempts: int = 2  # verification budget in training (the paper: 5)
-    max_new_tokens: int = 64  # an expert answer is at most ~51 tokens
+    max_new_tokens: int | None = None  # None: the task's longest expert answer and a margin (new_tokens)
     temperature: float = 1.0  # PPO's sampling
     checkpoints: int = 2  # evaluated checkpoints per branch after the start
-    eval_sets: list[str] = field(default_factory=lambda: ["gp-id", "gp-rule-ood"])
-    eval_limit: int | None = 100  # first N deals of each frozen set; None: all 300
+    eval_sets: list[str] | None = None  # None: the task's ID and rule-OOD sets (eval_set_names)
+    fake_rule: bool = False  # also evaluate the fake-rule set (rule-OOD prompt, trained-rule verifier)
+    eval_limit: int | None = 100  # first N deals or routes of each frozen set; None: all
     eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
     seed: int = 0
     engine: str = "auto"  # who generates rollouts and evaluations: vllm, hf, or auto (vLLM where installed)
 
+    def __post_init__(self) -> None:
+        study_task(self.task)  # a clear error for an unknown task
+        if self.start_rules not in ("trained", "both"):
+            raise ValueError(f"start_rules must be 'trained' or 'both', got {self.start_rules!r}")
+        if self.start_checkpoints < 1 or self.start_checkpoints > self.start_steps:
+            raise ValueError(f"start_checkpoints must be in [1, start_steps], got {self.start_checkpoints}")
+
+    @property
+    def env_id(self) -> str:
+        return study_task(self.task).env_id
+
+    @property
+    def metric(self) -> str:
+        """The headline rate: success_rate (GP), per_step_accuracy (V-IRL, the paper's)."""
+        return study_task(self.task).metric
+
+    @property
+    def eval_set_names(self) -> list[str]:
+        """The evaluated sets: eval_sets, or the task's ID and rule-OOD sets; the fake-rule
+        set last when fake_rule is on."""
+        task = study_task(self.task)
+        names = list(self.eval_sets) if self.eval_sets is not None else list(task.eval_sets)
+        return names + [task.fake_rule_set] if self.fake_rule and task.fake_rule_set not in names else names
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens a response may take: max_new_tokens, or the task's answer_tokens (its
+        longest expert answer and a margin), REASONING_TOKENS more with reasoning on."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return study_task(self.task).answer_tokens + (REASONING_TOKENS if self.reasoning else 0)
+
+    @property
+    def id_set(self) -> str:
+        return study_task(self.task).eval_sets[0]
+
+    @property
+    def rule_ood_set(self) -> str:
+        return study_task(self.task).eval_sets[1]
+
     def eval_sampling(self) -> SamplingConfig:
-        return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        return SamplingConfig(temperature=0.0, max_new_tokens=self.new_tokens, seed=self.seed)
 
     def eval_keys(self) -> dict[str, dict[str, Any]]:
         """{set: the key of its evaluation under these settings}: what tables and figures
@@ -94,23 +159,50 @@ class StudySettings:
             name: evaluation_key(
                 name,
                 load_eval_set(eval_set_path(name)),
-                "gp-l",
+                self.env_id,
                 self.eval_sampling(),
                 self.eval_limit,
                 engine=resolve_engine(self.engine),
                 max_attempts=self.eval_max_attempts,
             )
-            for name in self.eval_sets
+            for name in self.eval_set_names
         }
 
 
-def prepare_sft_data(run_dir: Path, records: int, kind: str = "expert", seed: int | None = None) -> Path:
-    """GP-L SFT records (deterministic in the seed) written into run_dir/data/."""
-    path = Path(run_dir) / "data" / f"gp-l-{kind}.jsonl"
+def prepare_sft_data(
+    settings: StudySettings,
+    run_dir: Path,
+    kind: str = "expert",
+    rules: str = "trained",
+    records: int | None = None,
+) -> Path:
+    """The task's SFT records (deterministic in the seed) in run_dir/data/: `kind` expert
+    or suboptimal, under the trained rule or `rules="both"` (the general start), with the
+    settings' prompt_variants and reasoning; `records` deals or routes (default
+    settings.sft_records). An existing file is reused."""
+    records = settings.sft_records if records is None else records
+    options = [
+        rules == "both" and "both-rules",
+        settings.prompt_variants and "varied",
+        settings.reasoning and "reasoning",
+    ]
+    name = "-".join([settings.task, kind, *(o for o in options if o)])
+    path = Path(run_dir) / "data" / f"{name}-{records}.jsonl"
     if path.is_file():
         return path
-    make_records = {"expert": expert_records, "suboptimal": suboptimal_records}[kind]
-    write_sft_dataset(path, make_records("gp-l", records, **({"seed": seed} if seed is not None else {})))
+    if kind == "expert":
+        made = expert_records(
+            settings.env_id,
+            records,
+            rules=rules,
+            prompt_variants=settings.prompt_variants,
+            reasoning=settings.reasoning,
+        )
+    elif kind == "suboptimal" and rules == "trained" and not (settings.prompt_variants or settings.reasoning):
+        made = suboptimal_records(settings.env_id, records)
+    else:
+        raise ValueError("suboptimal records come under the trained rule, without prompt variants or reasoning")
+    write_sft_dataset(path, made)
     return path
 
 
@@ -167,7 +259,8 @@ def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, 
 
 
 def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str = "sft-start") -> Path:
-    """The shared initialisation: SFT of the base model; returns its last checkpoint."""
+    """The shared initialisation: SFT of the base model, with settings.start_checkpoints
+    checkpoints (the window pick_start chooses from); returns its last checkpoint."""
     from .train.sft import SFTSettings, train_sft
 
     folder = train_sft(
@@ -177,7 +270,7 @@ def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str =
             run_dir=str(Path(run_dir) / name),
             learning_rate=settings.start_learning_rate,
             max_steps=settings.start_steps,
-            save_steps=settings.start_steps,
+            save_steps=_every(settings.start_steps, settings.start_checkpoints),
             batch_size=settings.sft_batch_size,
             logging_steps=1,
             seed=settings.seed,
@@ -198,6 +291,10 @@ def ppo_settings(
     ppo = PPOSettings(
         model=str(start),
         run_dir=str(Path(run_dir) / name),
+        env_id=settings.env_id,
+        env_config=training_config(settings.env_id),
+        advantage=settings.advantage,
+        group_size=settings.group_size,
         max_attempts=settings.train_max_attempts,
         episodes_per_update=settings.episodes_per_update,
         rollout_batch_size=settings.episodes_per_update,
@@ -205,7 +302,7 @@ def ppo_settings(
         learning_rate=settings.ppo_learning_rate,
         ppo_epochs=settings.ppo_epochs,
         minibatch_size=settings.episodes_per_update,
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=settings.new_tokens,
         temperature=settings.temperature,
         save_every=_every(settings.ppo_updates, settings.checkpoints),
         seed=settings.seed,
@@ -279,11 +376,55 @@ def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = 
     return evaluate_model(folder, folder, **_evaluation_settings(settings), progress=progress)
 
 
+FORMAT_SHARE = 0.9  # pick_start: a start "answers in format" when this share of its ID answers is readable
+
+
+def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
+    """The shared start, chosen from the SFT window: every trained checkpoint of start_run
+    is evaluated on the task's ID and rule-OOD sets, and the one with the highest rule-OOD headline metric
+    among those that answer in format (at least FORMAT_SHARE of their ID answers
+    readable) is picked; ties go to the earliest; if none answers in format, the last.
+    Returns the checkpoint and one row per checkpoint (step, the metric on ID and
+    rule-OOD, the readable share, `picked`), the window curve's numbers."""
+    window = replace(settings, eval_sets=[settings.id_set, settings.rule_ood_set], fake_rule=False)
+    keys = window.eval_keys()
+    rows = []
+    for checkpoint in list_checkpoints(start_run):
+        if counters(checkpoint)["step"] == 0:  # the base model: no format to answer in yet
+            continue
+        evaluate_checkpoint(window, checkpoint, progress)
+        at = {name: select_evaluation(checkpoint, name, keys[name]) for name in window.eval_set_names}
+        unreadable = at[settings.id_set]["failure_modes"]["unparseable"]["rate"]["value"]
+        rows.append(
+            {
+                "checkpoint": str(checkpoint),
+                "step": counters(checkpoint)["step"],
+                f"{settings.id_set} {settings.metric}": at[settings.id_set][settings.metric]["value"],
+                f"{settings.rule_ood_set} {settings.metric}": at[settings.rule_ood_set][settings.metric]["value"],
+                "readable share (ID)": 1 - unreadable,
+                "in format": 1 - unreadable >= FORMAT_SHARE,
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"{start_run} has no trained checkpoint to pick from")
+    best = choose_start(rows, f"{settings.rule_ood_set} {settings.metric}")
+    for row in rows:
+        row["picked"] = row is best
+    return Path(best["checkpoint"]), rows
+
+
+def choose_start(rows: Sequence[dict[str, Any]], ood: str) -> dict[str, Any]:
+    """pick_start's rule over rows in step order: the highest `ood` among the rows "in
+    format", the earliest of equals; the last row when none is in format."""
+    candidates = [r for r in rows if r["in format"]] or list(rows[-1:])
+    return max(candidates, key=lambda r: (r[ood], -r["step"]))
+
+
 def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
     """The study's evaluation as evaluate_model's and evaluate_checkpoints' arguments."""
     return dict(
-        eval_sets={name: eval_set_path(name) for name in settings.eval_sets},
-        env_id="gp-l",
+        eval_sets={name: eval_set_path(name) for name in settings.eval_set_names},
+        env_id=settings.env_id,
         sampling=settings.eval_sampling(),
         limit=settings.eval_limit,
         batch_size=settings.eval_limit or 64,

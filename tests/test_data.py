@@ -49,7 +49,7 @@ def test_eval_splits_hold_what_they_claim():
         assert {r["split"] for r in records} == {name}
         assert [r["seed"] for r in records] == [split.base_seed + i for i in range(len(records))]
         hands = [[Card.from_code(c) for c in r["task"]["hand"]] for r in records]
-        if name == "gp-rule-ood":
+        if name in ("gp-rule-ood", "gp-fake-rule"):
             assert all(any(c.rank in FACE_RANKS for c in hand) for hand in hands)
         reds = {c.is_red for hand in hands for c in hand}
         assert reds == ({True} if name == "gp-visual-ood" else {False})
@@ -218,6 +218,7 @@ def test_virl_data_stage_names_sets_and_samples_by_route(tmp_path):
     assert {name: item["records"] for name, item in summary["eval"].items()} == {
         "virl-id": 2,
         "virl-rule-ood": 2,
+        "virl-fake-rule": 2,
         "virl-visual-ood": 3,
     }
     assert list(summary["sft"]) == ["virl-l-expert", "virl-l-suboptimal", "virl-vl-expert", "virl-vl-suboptimal"]

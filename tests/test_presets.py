@@ -15,26 +15,35 @@ def test_quickstart_sizes_are_the_measured_ones():
     for exactly these (re-budgeted with the vLLM engine: 4 PPO updates, 100 deals per set)."""
     quickstart = presets.PRESETS["quickstart"].study
     assert dataclasses.asdict(quickstart) == {
+        "task": "gp-l",
         "model": "default",
         "sft_records": 2000,
+        "start_rules": "trained",
         "start_steps": 16,
+        "start_checkpoints": 1,
         "start_learning_rate": 1e-4,
         "sft_learning_rate": 2e-5,
         "sft_batch_size": 8,
+        "prompt_variants": False,
+        "reasoning": False,
         "ppo_updates": 4,
         "episodes_per_update": 8,
         "ppo_epochs": 1,
         "ppo_learning_rate": 2e-6,
+        "advantage": "gae",
+        "group_size": 1,
         "train_max_attempts": 2,
-        "max_new_tokens": 64,
+        "max_new_tokens": None,
         "temperature": 1.0,
         "checkpoints": 2,
-        "eval_sets": ["gp-id", "gp-rule-ood"],
+        "eval_sets": None,
+        "fake_rule": False,
         "eval_limit": 100,
         "eval_max_attempts": 2,
         "seed": 0,
         "engine": "auto",
     }
+    assert quickstart.new_tokens == 64
     assert presets.PRESETS["quickstart"].notebooks == ("00_quickstart",)
 
 
@@ -79,9 +88,14 @@ def test_overrides_change_a_copy_and_none_keeps_the_presets_value():
     )
     assert (chosen.study.eval_limit, chosen.study.ppo_updates, chosen.budgets) == (7, 20, [2, 4])
     assert (chosen.gp_data.sft_text, chosen.gp_data.sft_image) == (10, presets.STUDY.gp_data.sft_image)
-    chosen.study.eval_sets.append("gp-visual-ood")
+    chosen.study.eval_sets = ["gp-id"]
     assert presets.PRESETS["study"].study.eval_limit == 100  # the preset itself is untouched
-    assert presets.PRESETS["study"].study.eval_sets == ["gp-id", "gp-rule-ood"]
+    assert presets.PRESETS["study"].study.eval_set_names == ["gp-id", "gp-rule-ood"]
+    virl = presets.choose("quickstart", {"task": "virl-l", "fake_rule": True})
+    assert virl.study.eval_set_names == ["virl-id", "virl-rule-ood", "virl-fake-rule"]
+    assert (virl.study.env_id, virl.study.metric) == ("virl-l", "per_step_accuracy")
+    with pytest.raises(ValueError, match="unknown study task 'virl'"):
+        presets.choose("quickstart", {"task": "virl"})
     with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['eval_limt'\]"):
         presets.choose("study", {"eval_limt": 3})
     with pytest.raises(ValueError, match="unknown preset 'big'; presets: quickstart, study, smoke"):

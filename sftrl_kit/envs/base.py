@@ -16,6 +16,16 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+PROMPT_VARIANTS = 4
+"""Wordings and layouts of each task's prompt (its prompts.build_prompt); 0 is the
+canonical one, which evaluation always uses. SFT data can vary them (the prompt-varied
+SFT control); the rule sentence stays the only place the rule appears in each."""
+
+
+def check_prompt_variant(variant: int) -> None:
+    if not isinstance(variant, int) or isinstance(variant, bool) or not 0 <= variant < PROMPT_VARIANTS:
+        raise ValueError(f"prompt_variant must be an integer in [0, {PROMPT_VARIANTS}), got {variant!r}")
+
 
 @dataclass
 class Observation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..base import check_prompt_variant
 from .cards import COLOURS, FACE_RULES, SAMPLINGS, Colours, FaceRule, Sampling, check_choice
 
 Modality = Literal["text", "image"]
@@ -33,9 +34,16 @@ class GPConfig:
     modality: Modality = "text"
     image_size: int = IMAGE_SIZES["small"]
     rewards: GPRewards = field(default_factory=GPRewards)
+    prompt_face_rule: FaceRule | None = (
+        None  # the rule the prompt states; None: face_rule (the fake-rule control sets it apart)
+    )
+    prompt_variant: int = 0  # the prompt's wording and layout (envs.base.PROMPT_VARIANTS; 0: canonical)
 
     def __post_init__(self) -> None:
         check_choice("face_rule", self.face_rule, FACE_RULES)
+        if self.prompt_face_rule is not None:
+            check_choice("prompt_face_rule", self.prompt_face_rule, FACE_RULES)
+        check_prompt_variant(self.prompt_variant)
         check_choice("colours", self.colours, COLOURS)
         check_choice("sampling", self.sampling, SAMPLINGS)
         check_choice("modality", self.modality, ("text", "image"))
@@ -47,6 +55,11 @@ class GPConfig:
             raise ValueError(f"image_size must be an integer in [64, 2048], got {self.image_size!r}")
         if isinstance(self.rewards, dict):
             self.rewards = GPRewards(**self.rewards)
+
+    @property
+    def stated_face_rule(self) -> FaceRule:
+        """The face-card rule the prompt states (the verifier always scores face_rule)."""
+        return self.prompt_face_rule or self.face_rule
 
     @property
     def checks_recognition(self) -> bool:

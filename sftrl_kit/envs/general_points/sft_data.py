@@ -17,19 +17,22 @@ from typing import Any
 
 from .cards import RANKS
 from .env import GeneralPointsEnv
-from .prompts import format_answer
+from .prompts import format_answer, number_thought
 from .solver import solve
 from .verifier import verify
 
 ERROR_KINDS = ("wrong_value", "numbers_mismatch", "illegal_formula")
 
 
-def expert_demonstrations(env: GeneralPointsEnv, size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Deal i (seed + i) and one of its correct answers, drawn with random.Random(seed + i)."""
+def expert_demonstrations(
+    env: GeneralPointsEnv, size: int, seed: int, reasoning: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Deal i (seed + i) and one of its correct answers, drawn with random.Random(seed + i);
+    with `reasoning`, the answer starts with a "thought" applying the stated rule to each card."""
     for index in range(size):
         observation, info = env.reset(seed=seed + index)
         rng = random.Random(seed + index)
-        answer = correct_answer(env, info, rng)
+        answer = correct_answer(env, info, rng, reasoning)
         yield {"prompt": observation, "exchanges": [], "answer": answer, "seed": seed + index, "task": info["task"]}
 
 
@@ -55,9 +58,11 @@ def suboptimal_demonstrations(env: GeneralPointsEnv, size: int, seed: int) -> It
         }
 
 
-def correct_answer(env: GeneralPointsEnv, info: dict[str, Any], rng: random.Random) -> str:
+def correct_answer(env: GeneralPointsEnv, info: dict[str, Any], rng: random.Random, reasoning: bool = False) -> str:
     formula = rng.choice(solve(info["values"], env.config.target))
-    return format_answer(_ranks(env), info["values"], f"{formula}={env.config.target}")
+    cards, numbers = _ranks(env), info["values"]
+    thought = number_thought(cards, numbers, env.config.face_rule) if reasoning else None
+    return format_answer(cards, numbers, f"{formula}={env.config.target}", thought)
 
 
 def wrong_answer(env: GeneralPointsEnv, info: dict[str, Any], rng: random.Random) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..base import check_prompt_variant
 from ..general_points.cards import check_choice
 from .city import CITIES, TRAIN_CITY
 from .routes import ACTION_SPACES, ActionSpace
@@ -33,9 +34,16 @@ class VirlConfig:
     views_dir: str | None = None  # real street-view grids: <views_dir>/<route_id>/<point>.png
     history: int = 8  # earlier (observation, action) pairs shown in the prompt
     rewards: VirlRewards = field(default_factory=VirlRewards)
+    prompt_action_space: ActionSpace | None = (
+        None  # the space the prompt states; None: action_space (the fake-rule control sets it apart)
+    )
+    prompt_variant: int = 0  # the prompt's wording and layout (envs.base.PROMPT_VARIANTS; 0: canonical)
 
     def __post_init__(self) -> None:
         check_choice("action_space", self.action_space, ACTION_SPACES)
+        if self.prompt_action_space is not None:
+            check_choice("prompt_action_space", self.prompt_action_space, ACTION_SPACES)
+        check_prompt_variant(self.prompt_variant)
         check_choice("modality", self.modality, ("text", "image"))
         check_choice("city", self.city, tuple(CITIES))
         if not 1 <= self.min_turns <= self.max_turns:
@@ -44,6 +52,11 @@ class VirlConfig:
             raise ValueError("max_attempts, max_straight and max_blocks must be >= 1")
         if isinstance(self.rewards, dict):
             self.rewards = VirlRewards(**self.rewards)
+
+    @property
+    def stated_action_space(self) -> ActionSpace:
+        """The action space the prompt states (the verifier always scores action_space)."""
+        return self.prompt_action_space or self.action_space
 
     @property
     def checks_landmarks(self) -> bool:

@@ -41,9 +41,11 @@ def describe_landmarks(landmarks: Sequence[Landmark]) -> str:
 
 
 def build_prompt(instruction: str, observation: str, history: Sequence[tuple[str, str]], config: VirlConfig) -> str:
-    space = action_space_text(config.action_space)
+    """The prompt in config.prompt_variant's wording and layout (0: task, instruction,
+    observation, output), stating config.stated_action_space."""
+    space = action_space_text(config.stated_action_space)
     recent = list(history)[-config.history :] if config.history else []
-    lines = [f"O_{i}: {o} A_{i}: {a}" for i, (o, a) in enumerate(recent, len(history) - len(recent) + 1)]
+    steps = " ".join(f"O_{i}: {o} A_{i}: {a}" for i, (o, a) in enumerate(recent, len(history) - len(recent) + 1))
     if config.modality == "image":
         seen = (
             "The image shows the street around you: front (top left), right (top right), back (bottom left), "
@@ -53,6 +55,17 @@ def build_prompt(instruction: str, observation: str, history: Sequence[tuple[str
         )
     else:
         seen = f"Current observation: {observation}"
+    return _VARIANTS[config.prompt_variant](instruction, steps or "none yet.", seen, space)
+
+
+_SCHEMA = (
+    '{{"current observation": "the places you see and where", '
+    '"current instruction": "the sentence of the instruction you are following now", '
+    '"action": "one action: {space}"}}'
+)
+
+
+def _canonical(instruction: str, history: str, seen: str, space: str) -> str:
     return "\n".join(
         [
             "[Task]",
@@ -63,26 +76,85 @@ def build_prompt(instruction: str, observation: str, history: Sequence[tuple[str
             instruction,
             "",
             "[Observation]",
-            "History: " + (" ".join(lines) if lines else "none yet."),
+            f"History: {history}",
             seen,
             "",
             "[Output]",
             "Reply with one JSON object and nothing else:",
-            '{"current observation": "the places you see and where", '
-            '"current instruction": "the sentence of the instruction you are following now", '
-            f'"action": "one action: {space}"}}',
+            _SCHEMA.format(space=space),
         ]
     )
+
+
+def _reworded(instruction: str, history: str, seen: str, space: str) -> str:
+    return "\n".join(
+        [
+            "## Goal",
+            "You navigate city streets well. Walk to the destination by following the directions below, "
+            f"taking one action per reply. The actions you may take: {space}.",
+            "",
+            "## Directions",
+            instruction,
+            "",
+            "## Where you are",
+            f"Earlier steps: {history}",
+            seen,
+            "",
+            "## Answer format",
+            "A single JSON object only:",
+            _SCHEMA.format(space=space),
+        ]
+    )
+
+
+def _observation_first(instruction: str, history: str, seen: str, space: str) -> str:
+    return "\n".join(
+        [
+            "[Observation]",
+            seen,
+            f"History: {history}",
+            "",
+            "[Instruction]",
+            instruction,
+            "",
+            "[Task]",
+            f"Take the next action on the way to the destination, as an expert navigator would. Actions: {space}.",
+            "",
+            "[Output]",
+            "One JSON object, nothing else:",
+            _SCHEMA.format(space=space),
+        ]
+    )
+
+
+def _plain(instruction: str, history: str, seen: str, space: str) -> str:
+    return "\n".join(
+        [
+            f"You are walking through a city along this route: {instruction}",
+            f"So far: {history} {seen}",
+            f"What is your next action? You can use: {space}. Write only a JSON object:",
+            _SCHEMA.format(space=space),
+        ]
+    )
+
+
+_VARIANTS = (_canonical, _reworded, _observation_first, _plain)  # envs.base.PROMPT_VARIANTS of them
 
 
 def instruction_sentences(instruction: str) -> list[str]:
     return [s for s in re.split(r"(?<=\.)\s+", instruction.strip()) if s]
 
 
-def format_answer(observation: str, instruction_sentence: str, action: str) -> str:
-    return json.dumps(
-        {"current observation": observation, "current instruction": instruction_sentence, "action": action}
-    )
+def format_answer(observation: str, instruction_sentence: str, action: str, thought: str | None = None) -> str:
+    """A well-formed answer, as the expert writes it; with `thought`, a short reasoning field comes first."""
+    answer = {"current observation": observation, "current instruction": instruction_sentence, "action": action}
+    return json.dumps({"thought": thought, **answer} if thought is not None else answer)
+
+
+def action_thought(instruction_sentence: str, action: str, space: str) -> str:
+    """The expert's reasoning before its answer: the sentence it follows, read in the stated action space."""
+    kind = "compass directions" if space == "absolute" else "turns relative to where I face"
+    return f'I am at "{instruction_sentence}" Actions are {kind}, so: {action}.'
 
 
 def sentence_per_decision(decisions, instruction: str) -> list[str]:

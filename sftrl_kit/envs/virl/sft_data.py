@@ -16,16 +16,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from .env import VirlEnv
-from .prompts import describe_landmarks, format_answer, sentence_per_decision, valid_actions
+from .prompts import action_thought, describe_landmarks, format_answer, sentence_per_decision, valid_actions
 
 
-def expert_demonstrations(env: VirlEnv, routes: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Route i (seed + i): one demonstration per decision point; its task names the point."""
+def expert_demonstrations(env: VirlEnv, routes: int, seed: int, reasoning: bool = False) -> Iterator[dict[str, Any]]:
+    """Route i (seed + i): one demonstration per decision point; its task names the point.
+    With `reasoning`, each answer starts with a "thought" reading the sentence it follows
+    in the action space."""
     for index in range(routes):
         observation, info = env.reset(seed=seed + index)
         sentences = sentence_per_decision(env.decisions, env.route.instruction)
         for decision, sentence in zip(list(env.decisions), sentences):
-            answer = format_answer(describe_landmarks(decision.landmarks), sentence, decision.action)
+            thought = action_thought(sentence, decision.action, env.config.action_space) if reasoning else None
+            answer = format_answer(describe_landmarks(decision.landmarks), sentence, decision.action, thought)
             yield {
                 "prompt": observation,
                 "exchanges": [],

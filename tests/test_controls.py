@@ -1,0 +1,149 @@
+"""The critiques' controls and the positive control's data: the fake rule, prompt
+variants, reasoning answers, and SFT data that states both rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO
+
+from sftrl_kit.data import OTHER_RULE_SEED_OFFSET, STUDY_TASKS, expert_records, load_eval_set
+from sftrl_kit.envs import make
+from sftrl_kit.envs.base import PROMPT_VARIANTS
+from sftrl_kit.envs.general_points import rule_text
+from sftrl_kit.envs.general_points.cards import Card, hand_values
+from sftrl_kit.envs.general_points.solver import solve
+from sftrl_kit.envs.virl.prompts import action_space_text
+from sftrl_kit.study import StudySettings, choose_start, ppo_settings
+
+
+def _gp_answer(hand: list[Card], face_rule: str) -> str | None:
+    """A formula making 24 from the hand valued under face_rule, or None."""
+    values = hand_values(hand, face_rule)
+    solutions = solve(values, 24)
+    if not solutions:
+        return None
+    return json.dumps({"cards": [c.rank for c in hand], "number": values, "formula": f"{solutions[0]}=24"})
+
+
+def test_the_gp_fake_rule_states_the_new_rule_and_scores_the_trained_one():
+    records = load_eval_set(REPO / "data" / "eval" / "gp-fake-rule.jsonl")
+    scored = 0
+    for record in records[:40]:
+        env = make("gp-l", **record["env_config"])
+        observation, info = env.reset(options={"task": record["task"]})
+        assert rule_text("ordinal") in observation.text
+        assert rule_text("ten") not in observation.text
+        hand = [Card.from_code(code) for code in record["task"]["hand"]]
+        trained = _gp_answer(hand, "ten")
+        assert trained is not None  # every deal is solvable under the verifier's (trained) rule
+        _, _, terminated, _, step = env.step(trained)
+        assert terminated
+        assert step["verdict"]["outcome"] == "correct"
+        followed_prompt = _gp_answer(hand, "ordinal")
+        if followed_prompt is not None:  # the prompt's rule is scored as the other rule
+            env.reset(options={"task": record["task"]})
+            _, _, _, _, step = env.step(followed_prompt)
+            assert step["verdict"]["outcome"] == "numbers_mismatch"
+            assert step["verdict"]["other_rule_used"]
+            scored += 1
+    assert scored > 5
+
+
+def test_the_virl_fake_rule_states_relative_actions_and_scores_absolute_ones():
+    fake = load_eval_set(REPO / "data" / "eval" / "virl-fake-rule.jsonl")
+    ids = load_eval_set(REPO / "data" / "eval" / "virl-id.jsonl")
+    assert [r["task"] for r in fake] == [r["task"] for r in ids]  # paired with virl-id
+    record = fake[0]
+    env = make("virl-l", **record["env_config"])
+    observation, _ = env.reset(options={"task": record["task"]})
+    assert action_space_text("relative") in observation.text
+    assert action_space_text("absolute") not in observation.text
+    absolute = make("virl-l", action_space="absolute")
+    absolute.reset(options={"task": record["task"]})
+    relative = make("virl-l", action_space="relative")
+    relative.reset(options={"task": record["task"]})
+    turn, relative_turn = absolute.decisions[0].action, relative.decisions[0].action
+    _, _, _, _, step = env.step(json.dumps({"action": turn}))
+    assert step["verdict"]["outcome"] == "correct"
+    env.reset(options={"task": record["task"]})
+    _, _, _, _, step = env.step(json.dumps({"action": relative_turn}))
+    assert step["verdict"]["outcome"] == "invalid_action"
+    assert step["verdict"]["other_rule_used"]
+
+
+@pytest.mark.parametrize("env_id", ["gp-l", "virl-l"])
+def test_prompt_variants_differ_but_state_the_rule_and_only_that_rule(env_id):
+    rule, other = (
+        (rule_text("ordinal"), rule_text("ten"))
+        if env_id == "gp-l"
+        else (action_space_text("relative"), action_space_text("absolute"))
+    )
+    setting = {"face_rule": "ordinal"} if env_id == "gp-l" else {"action_space": "relative"}
+    texts = []
+    for variant in range(PROMPT_VARIANTS):
+        observation, _ = make(env_id, **setting, prompt_variant=variant).reset(seed=11)
+        assert rule in observation.text
+        assert other not in observation.text
+        texts.append(observation.text)
+    assert len(set(texts)) == PROMPT_VARIANTS
+    assert texts[0] == make(env_id, **setting).reset(seed=11)[0].text  # variant 0 is the canonical prompt
+    with pytest.raises(ValueError, match="prompt_variant"):
+        make(env_id, prompt_variant=PROMPT_VARIANTS)
+
+
+@pytest.mark.parametrize("env_id", ["gp-l", "virl-l"])
+def test_both_rules_data_alternate_rules_and_every_answer_follows_its_prompt(env_id):
+    task = STUDY_TASKS[env_id]
+    records = list(expert_records(env_id, 6, rules="both", reasoning=True, prompt_variants=True))
+    seeds = list(dict.fromkeys(r["seed"] for r in records))
+    base = seeds[0]
+    assert seeds == [base + i // 2 + (OTHER_RULE_SEED_OFFSET if i % 2 else 0) for i in range(6)]
+    for seed in seeds:  # one deal, or every decision point of one route in order
+        other = seed >= base + OTHER_RULE_SEED_OFFSET
+        config = task.other_rule if other else {}
+        env = make(env_id, **config)  # the environments' defaults are the trained rule
+        group = [r for r in records if r["seed"] == seed]
+        env.reset(options={"task": group[0]["task"]})
+        for record in group:
+            answer = json.loads(record["messages"][-1]["content"])
+            assert list(answer)[0] == "thought"
+            _, _, _, _, step = env.step(record["messages"][-1]["content"])
+            assert step["verdict"]["outcome"] == "correct"
+        if env_id == "gp-l":
+            stated = rule_text(config.get("face_rule", "ten"))
+            assert stated in group[0]["messages"][0]["content"]
+            assert stated in answer["thought"]
+    variants = {r["messages"][0]["content"].split("\n")[0] for r in records}
+    assert len(variants) > 1  # the wording varies across deals / routes
+
+
+def test_a_virl_study_trains_and_evaluates_on_virl(tmp_path):
+    settings = StudySettings(task="virl-l", fake_rule=True)
+    assert settings.eval_set_names == ["virl-id", "virl-rule-ood", "virl-fake-rule"]
+    ppo = ppo_settings(settings, tmp_path, "tiny")
+    assert (ppo.env_id, ppo.env_config["action_space"]) == ("virl-l", "absolute")
+    assert StudySettings().eval_set_names == ["gp-id", "gp-rule-ood"]
+    with pytest.raises(ValueError, match="start_rules"):
+        StudySettings(start_rules="all")
+
+
+@pytest.mark.parametrize("task", ["gp-l", "virl-l"])
+@pytest.mark.parametrize("reasoning", [False, True])
+def test_the_default_token_budget_holds_every_expert_answer(smollm2_tokenizer, task, reasoning):
+    """A response cut short is unreadable: the study's default budget (new_tokens) must
+    hold the longest expert answer of its task, with or without the reasoning field."""
+    budget = StudySettings(task=task, reasoning=reasoning).new_tokens
+    records = expert_records(STUDY_TASKS[task].env_id, 150, rules="both", reasoning=reasoning, prompt_variants=True)
+    longest = max(len(smollm2_tokenizer(r["messages"][-1]["content"])["input_ids"]) for r in records)
+    assert longest + 1 <= budget  # and the end-of-turn token
+
+
+def test_the_start_is_the_most_rule_following_checkpoint_that_answers_in_format():
+    def row(step, ood, in_format):
+        return {"step": step, "ood": ood, "in format": in_format}
+
+    window = [row(2, 0.9, False), row(4, 0.5, True), row(6, 0.7, True), row(8, 0.7, True), row(10, 0.2, True)]
+    assert choose_start(window, "ood")["step"] == 6  # step 2 reads best but not in format; 6 and 8 tie: earliest
+    assert choose_start([row(2, 0.1, False), row(4, 0.0, False)], "ood")["step"] == 4  # none in format: the last
