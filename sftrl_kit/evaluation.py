@@ -161,6 +161,9 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
                         GP numbers valued under the other face-card rule, or a V-IRL
                         action of the other action space. On a rule-OOD set the other
                         rule is the trained one: the memorisation signature
+    other_rule_numbers  GP: the "number" field lists the hand's values under the other
+                        face-card rule, whatever the formula (the verdict's numbers_rule);
+                        the signature in a model whose arithmetic does not work yet
     unparseable         no answer object could be read
     rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
                         without an SFT start)
@@ -170,6 +173,7 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     """
     checks = {
         "other_rule_used": lambda t: bool(t.verdict.get("other_rule_used")),
+        "other_rule_numbers": lambda t: t.verdict.get("numbers_rule") == "other",
         "unparseable": lambda t: t.outcome == "unparseable",
         "rambling": lambda t: t.outcome == "unparseable" and len(t.response) >= RAMBLING_CHARS,
     }

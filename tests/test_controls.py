@@ -147,3 +147,29 @@ def test_the_start_is_the_most_rule_following_checkpoint_that_answers_in_format(
     window = [row(2, 0.9, False), row(4, 0.5, True), row(6, 0.7, True), row(8, 0.7, True), row(10, 0.2, True)]
     assert choose_start(window, "ood")["step"] == 6  # step 2 reads best but not in format; 6 and 8 tie: earliest
     assert choose_start([row(2, 0.1, False), row(4, 0.0, False)], "ood")["step"] == 4  # none in format: the last
+
+
+def test_the_number_field_shows_which_rule_an_answer_applies_whatever_its_formula():
+    """numbers_rule reads the "number" field as a multiset: the scored rule's values,
+    the other rule's, or neither; hands without a face card name no rule."""
+    from sftrl_kit.envs.general_points.config import GPConfig
+    from sftrl_kit.envs.general_points.verifier import verify
+
+    hand = [Card.from_code(c) for c in ("KS", "3C", "JC", "7S")]
+    ordinal_values = {"K": 13, "3": 3, "J": 11, "7": 7}  # written out, not computed by the kit
+
+    def answer(numbers, formula="1+1=24"):
+        return json.dumps({"cards": ["K", "3", "J", "7"], "number": numbers, "formula": formula})
+
+    ordinal = GPConfig(face_rule="ordinal", colours="black")
+    shuffled = [ordinal_values[r] for r in ("J", "7", "K", "3")]
+    assert verify(answer(shuffled), hand, ordinal).numbers_rule == "scored"
+    assert verify(answer(["10", 3, 10.0, 7]), hand, ordinal).numbers_rule == "other"  # strings and floats read
+    assert verify(answer([10, 3, 10, 7]), hand, GPConfig(face_rule="ten")).numbers_rule == "scored"
+    for odd in ([10, 3, 11, 7], [13, 3, 11], "13, 3, 11, 7", [True, 3, 11, 7], None):
+        assert verify(answer(odd), hand, ordinal).numbers_rule is None
+    no_face = [Card.from_code(c) for c in ("2S", "3C", "4C", "7S")]
+    assert verify(answer([2, 3, 4, 7]), no_face, ordinal).numbers_rule is None
+    verdict = verify(answer([10, 3, 10, 7], "(10-7)*(10-3)=24"), hand, ordinal)
+    assert verdict.outcome == "numbers_mismatch"
+    assert verdict.numbers_rule == "other"

@@ -11,7 +11,9 @@ Outcomes and rewards follow the paper's appendix A.3 (values in `GPRewards`):
 
 A numbers mismatch whose numbers are the hand's under the other face-card rule sets
 `other_rule_used` (as a V-IRL action of the other action space does): the answer
-followed the rule that is not in force, on a rule-OOD set the trained one.
+followed the rule that is not in force, on a rule-OOD set the trained one. Whatever the
+formula, `numbers_rule` says whose values the "number" field lists ("scored", "other" or
+None): the rule a weak model applies shows there before its arithmetic works.
 
 GP-VL adds `recognition_wrong` to the reward when the "cards" field does not name the
 cards in the image; an unreadable answer gets only the illegal reward, but counts as a
@@ -51,6 +53,7 @@ class Verdict:
     recognised_cards: list[str] | None = None
     recognition_correct: bool | None = None  # None when recognition is not checked
     other_rule_used: bool = False  # its numbers are the hand's under the other face rule
+    numbers_rule: str | None = None  # whose values its "number" field lists: "scored" (face_rule), "other", or None
 
     @property
     def success(self) -> bool:
@@ -80,6 +83,7 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
         _score_formula(answer.get("formula"), hand, config),
         recognised_cards=recognised,
         recognition_correct=recognition_ok,
+        numbers_rule=_numbers_rule(answer.get("number"), hand, config.face_rule),
     )
     if recognition_ok is False:
         verdict = replace(
@@ -88,6 +92,25 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
             feedback=verdict.feedback + " Also, the cards you listed are not the cards in the image.",
         )
     return verdict
+
+
+def _numbers_rule(numbers: Any, hand: Sequence[Card], face_rule: str) -> str | None:
+    """Which face-card rule the "number" field applies: "scored" when it lists the hand's
+    values under face_rule, "other" under the other rule (in any order, numbers or
+    numeric strings); None for neither, for no list, and for hands without a face card
+    (both rules value them alike). It does not change the reward: it shows which rule a
+    model applies even when its formula is wrong."""
+    if not isinstance(numbers, list) or len(numbers) != len(hand):
+        return None
+    try:
+        listed = sorted(Fraction(str(n).strip()) for n in numbers)
+    except (ValueError, ZeroDivisionError):
+        return None
+    other = "ordinal" if face_rule == "ten" else "ten"
+    scored, others = sorted(hand_values(hand, face_rule)), sorted(hand_values(hand, other))
+    if scored == others:
+        return None
+    return "scored" if listed == scored else "other" if listed == others else None
 
 
 def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> Verdict:
