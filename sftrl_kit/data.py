@@ -209,6 +209,7 @@ class StudyTask:
     metric: str  # the headline rate: what one number per checkpoint should be
     unit: str  # what one SFT record count counts (deals or routes)
     answer_tokens: int  # room for the longest expert answer (GP: 52 tokens, V-IRL: 72, SmolLM2's tokenizer)
+    signatures: tuple[str, ...]  # evaluation.failure_modes that count answers following the rule not in force
 
 
 STUDY_TASKS = {
@@ -221,6 +222,7 @@ STUDY_TASKS = {
         "success_rate",
         "deals",
         64,
+        ("other_rule_used", "other_rule_numbers"),
     ),
     "virl-l": StudyTask(
         "virl-l",
@@ -231,6 +233,7 @@ STUDY_TASKS = {
         "per_step_accuracy",
         "routes",
         96,
+        ("other_rule_used",),
     ),
 }
 

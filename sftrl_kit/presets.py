@@ -59,7 +59,6 @@ STUDY = Preset(
         ppo_epochs=2,
         ppo_learning_rate=1e-6,
         train_max_attempts=5,
-        max_new_tokens=128,
         checkpoints=4,
         eval_limit=100,
         eval_max_attempts=5,

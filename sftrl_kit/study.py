@@ -131,7 +131,7 @@ class StudySettings:
         set last when fake_rule is on."""
         task = study_task(self.task)
         names = list(self.eval_sets) if self.eval_sets is not None else list(task.eval_sets)
-        return names + [task.fake_rule_set] if self.fake_rule and task.fake_rule_set not in names else names
+        return names + [self.fake_rule_set] if self.fake_rule and self.fake_rule_set not in names else names
 
     @property
     def new_tokens(self) -> int:
@@ -140,6 +140,23 @@ class StudySettings:
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         return study_task(self.task).answer_tokens + (REASONING_TOKENS if self.reasoning else 0)
+
+    @property
+    def signatures(self) -> tuple[str, ...]:
+        """The memorisation signatures to count (failure modes): other_rule_used, and for
+        GP other_rule_numbers (the number field valued under the rule not in force)."""
+        return study_task(self.task).signatures
+
+    @property
+    def fake_rule_set(self) -> str:
+        """The task's fake-rule set (rule-OOD's prompt, the trained rule's verifier)."""
+        return study_task(self.task).fake_rule_set
+
+    @property
+    def first_answer_metric(self) -> str:
+        """The rate that reads only first answers (the fake-rule control's clean number):
+        first_attempt_success for GP; V-IRL's per_step_accuracy counts each point's answers."""
+        return "first_attempt_success" if self.metric == "success_rate" else self.metric
 
     @property
     def id_set(self) -> str:
@@ -209,7 +226,7 @@ def prepare_sft_data(
 def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[Path], Path | None]:
     """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
     under one of its subfolders, such as the quickstart's), and the shared start's last
-    checkpoint if they include one. With none there, the newest folder under the runs
+    checkpoint (shared_start: the picked one, if pick_start ran) if they include one. With none there, the newest folder under the runs
     root that has some is used, so a notebook opened on its own picks up the last study."""
 
     def with_subfolders(folder: Path) -> list[Path]:
@@ -221,7 +238,7 @@ def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[
         runs = sorted(p for p in folder.glob("*") if list_checkpoints(p))
         if runs:
             start = folder / start_name
-            return [r for r in runs if r != start], last_checkpoint(start) if start in runs else None
+            return [r for r in runs if r != start], shared_start(start) if start in runs else None
     raise FileNotFoundError(
         f"no training runs under {run_dir} or {runs_root()}: run 03_sft and 04_ppo_launch (or 00_quickstart) first"
     )
@@ -376,6 +393,7 @@ def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = 
     return evaluate_model(folder, folder, **_evaluation_settings(settings), progress=progress)
 
 
+PICKED_START = "picked.json"  # in the start's run folder: the checkpoint pick_start chose, and its window
 FORMAT_SHARE = 0.9  # pick_start: a start "answers in format" when this share of its ID answers is readable
 
 
@@ -410,7 +428,20 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     best = choose_start(rows, f"{settings.rule_ood_set} {settings.metric}")
     for row in rows:
         row["picked"] = row is best
+    (Path(start_run) / PICKED_START).write_text(json.dumps({"picked": best["checkpoint"], "window": rows}, indent=2))
     return Path(best["checkpoint"]), rows
+
+
+def shared_start(start_run: str | Path) -> Path:
+    """The checkpoint the branches start from: the one pick_start chose (start_run/picked.json),
+    else the run's last."""
+    record = Path(start_run) / PICKED_START
+    if record.is_file():
+        picked = Path(json.loads(record.read_text())["picked"])
+        if not picked.is_dir():
+            raise FileNotFoundError(f"{record} names {picked}, which is gone; delete {record} or pick again")
+        return picked
+    return last_checkpoint(start_run)
 
 
 def choose_start(rows: Sequence[dict[str, Any]], ood: str) -> dict[str, Any]:

@@ -173,3 +173,18 @@ def test_the_number_field_shows_which_rule_an_answer_applies_whatever_its_formul
     verdict = verify(answer([10, 3, 10, 7], "(10-7)*(10-3)=24"), hand, ordinal)
     assert verdict.outcome == "numbers_mismatch"
     assert verdict.numbers_rule == "other"
+
+
+def test_the_picked_start_is_the_one_later_notebooks_start_from(tmp_path):
+    from sftrl_kit.study import PICKED_START, shared_start
+
+    run = tmp_path / "sft-start"
+    for step in (4, 8):
+        (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step-{step:06d}" / "checkpoint.json").write_text(json.dumps({"step": step}))
+    assert shared_start(run).name == "step-000008"  # nothing picked: the last
+    (run / PICKED_START).write_text(json.dumps({"picked": str(run / "checkpoints" / "step-000004")}))
+    assert shared_start(run).name == "step-000004"
+    (run / PICKED_START).write_text(json.dumps({"picked": str(run / "checkpoints" / "step-000002")}))
+    with pytest.raises(FileNotFoundError, match="is gone"):
+        shared_start(run)

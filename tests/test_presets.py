@@ -62,8 +62,8 @@ def test_study_and_smoke_sizes_and_their_notebooks():
         study_preset.study.episodes_per_update,
         study_preset.study.eval_limit,
         study_preset.study.train_max_attempts,
-        study_preset.study.max_new_tokens,
-    ) == (20, 16, 100, 5, 128)
+        study_preset.study.new_tokens,
+    ) == (20, 16, 100, 5, 64)  # the task's answer budget (presets.choose(..., {"task": "virl-l"}): 96)
     assert smoke.notebooks is None  # every notebook in the folder
     assert (smoke.study.model, smoke.study.start_steps, smoke.study.eval_limit, smoke.budgets) == ("tiny", 2, 4, (1, 3))
     assert smoke.data_root is None
