@@ -63,6 +63,7 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
     assert {name: item["records"] for name, item in summary["eval"].items()} == {
         "gp-id": 6,
         "gp-rule-ood": 6,
+        "gp-fake-rule": 6,
         "gp-visual-ood": 6,
     }
     assert summary["sft"]["gp-l-expert"]["records"] == 4
@@ -101,6 +102,7 @@ def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys)
     assert {n: i["records"] for n, i in summary["eval"].items()} == {
         "virl-id": 3,
         "virl-rule-ood": 3,
+        "virl-fake-rule": 3,
         "virl-visual-ood": 9,
     }
     assert summary["sft"]["virl-l-expert"]["records"] > 2
