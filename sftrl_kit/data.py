@@ -314,8 +314,14 @@ def _sft_records(
     return (
         _record(kind, **d)
         for index in range(size)
-        for d in demonstrations(envs[random.Random(seed + index).randrange(PROMPT_VARIANTS)], 1, seed + index, **extra)
+        for d in demonstrations(envs[_prompt_variant(seed + index)], 1, seed + index, **extra)
     )
+
+
+def _prompt_variant(seed: int) -> int:
+    """A deal's or route's prompt variant, from a stream of its own: random.Random(seed)
+    also deals the hand and picks the answer, and sharing its first draw tied wording to cards."""
+    return random.Random(f"prompt-variant:{seed}").randrange(PROMPT_VARIANTS)
 
 
 def _by_task(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -5,6 +5,9 @@ Metrics (the only place they are computed):
   first_attempt_success   episodes whose first answer was correct
   per_step_accuracy       correct answers / all answers, revisions included (the
                           paper's per-step accuracy)
+  first_answer_accuracy   correct first answers / first answers at each task point
+                          (revisions left out: what the fake-rule control reads, since
+                          the verifier's message after a wrong answer names its rule)
   recognition_accuracy    VL: answers whose recognition check passed / answers checked
                           (GP-VL: the four cards read right; V-IRL-VL: exactly the
                           places in view named)
@@ -53,7 +56,7 @@ EVAL_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=256, seed=0)
 # carry them as columns, and tables and figures refuse rows that differ in any of them.
 KEY_FIELDS = ("env_id", "limit", "max_attempts", *(f.name for f in fields(SamplingConfig)), "engine", "env_overrides")
 # The metrics that are rates (each a rate_by_task dict: value, interval, counts).
-RATES = ("success_rate", "first_attempt_success", "per_step_accuracy", "recognition_accuracy")
+RATES = ("success_rate", "first_attempt_success", "per_step_accuracy", "first_answer_accuracy", "recognition_accuracy")
 
 
 # --- rates and their intervals ---------------------------------------------------------
@@ -144,11 +147,20 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, Any]:
         "success_rate": rate(lambda e: (int(e.success), 1)),
         "first_attempt_success": rate(lambda e: (int(bool(e.turns) and e.turns[0].outcome == "correct"), 1)),
         "per_step_accuracy": rate(lambda e: (sum(t.outcome == "correct" for t in e.turns), len(e.turns))),
+        "first_answer_accuracy": rate(_first_answers_right),
         "recognition_accuracy": rate(lambda e: (sum(checked(e)), len(checked(e)))) if any_checked else None,
         "mean_attempts": len(turns) / len(episodes) if episodes else None,
         "mean_return": sum(e.total_reward for e in episodes) / len(episodes) if episodes else None,
         "outcome_histogram": dict(sorted(Counter(t.outcome for t in turns).items())),
     }
+
+
+def _first_answers_right(episode: Episode) -> tuple[int, int]:
+    """(right, given) over the first answers at each task point: the first turn and every
+    turn after a correct one (a correct answer ends a GP deal, and moves a V-IRL route on).
+    Revisions, which follow the verifier's message, are left out."""
+    firsts = [t for i, t in enumerate(episode.turns) if i == 0 or episode.turns[i - 1].outcome == "correct"]
+    return sum(t.outcome == "correct" for t in firsts), len(firsts)
 
 
 RAMBLING_CHARS = 600  # an unreadable answer this long is rambling, not a slip of format

@@ -113,6 +113,10 @@ class StudySettings:
         study_task(self.task)  # a clear error for an unknown task
         if self.start_rules not in ("trained", "both"):
             raise ValueError(f"start_rules must be 'trained' or 'both', got {self.start_rules!r}")
+        if self.advantage not in ("gae", "grpo", "rloo"):
+            raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2, got {self.group_size}")
         if self.start_checkpoints < 1 or self.start_checkpoints > self.start_steps:
             raise ValueError(f"start_checkpoints must be in [1, start_steps], got {self.start_checkpoints}")
 
@@ -154,9 +158,9 @@ class StudySettings:
 
     @property
     def first_answer_metric(self) -> str:
-        """The rate that reads only first answers (the fake-rule control's clean number):
-        first_attempt_success for GP; V-IRL's per_step_accuracy counts each point's answers."""
-        return "first_attempt_success" if self.metric == "success_rate" else self.metric
+        """The rate over first answers only (the fake-rule control's clean number: the
+        verifier's message after a wrong answer names the verifier's rule)."""
+        return "first_answer_accuracy"
 
     @property
     def id_set(self) -> str:
@@ -403,7 +407,12 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     among those that answer in format (at least FORMAT_SHARE of their ID answers
     readable) is picked; ties go to the earliest; if none answers in format, the last.
     Returns the checkpoint and one row per checkpoint (step, the metric on ID and
-    rule-OOD, the readable share, `picked`), the window curve's numbers."""
+    rule-OOD, the readable share, `picked`), the window curve's numbers.
+
+    The pick reads the same first eval_limit tasks the study's what_moved later compares
+    against: choosing the best of noisy estimates flatters the start, so both branches'
+    "end - start" on rule-OOD leans negative by that selection (more with more
+    checkpoints). A held-out validation split for the pick is not built yet."""
     window = replace(settings, eval_sets=[settings.id_set, settings.rule_ood_set], fake_rule=False)
     keys = window.eval_keys()
     rows = []
@@ -428,7 +437,8 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     best = choose_start(rows, f"{settings.rule_ood_set} {settings.metric}")
     for row in rows:
         row["picked"] = row is best
-    (Path(start_run) / PICKED_START).write_text(json.dumps({"picked": best["checkpoint"], "window": rows}, indent=2))
+    picked = str(Path(best["checkpoint"]).relative_to(start_run))  # the run folder may move
+    (Path(start_run) / PICKED_START).write_text(json.dumps({"picked": picked, "window": rows}, indent=2))
     return Path(best["checkpoint"]), rows
 
 
@@ -437,7 +447,7 @@ def shared_start(start_run: str | Path) -> Path:
     else the run's last."""
     record = Path(start_run) / PICKED_START
     if record.is_file():
-        picked = Path(json.loads(record.read_text())["picked"])
+        picked = Path(start_run) / json.loads(record.read_text())["picked"]
         if not picked.is_dir():
             raise FileNotFoundError(f"{record} names {picked}, which is gone; delete {record} or pick again")
         return picked

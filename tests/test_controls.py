@@ -3,6 +3,7 @@ variants, reasoning answers, and SFT data that states both rules."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -16,6 +17,11 @@ from sftrl_kit.envs.general_points.cards import Card, hand_values
 from sftrl_kit.envs.general_points.solver import solve
 from sftrl_kit.envs.virl.prompts import action_space_text
 from sftrl_kit.study import StudySettings, choose_start, ppo_settings
+
+CANONICAL_SHA256 = {  # the seed-11 prompt of each task under the other rule, from the kit at 210f486
+    "gp-l": "88d6500d5cee078979823c9fcd13ca7c8474ed969eba9cd78af170a94e2e1e94",
+    "virl-l": "510285cb2a08f68b066e52896f7041c0a0de622325f1e51e7d366439762b853c",
+}
 
 
 def _gp_answer(hand: list[Card], face_rule: str) -> str | None:
@@ -88,7 +94,8 @@ def test_prompt_variants_differ_but_state_the_rule_and_only_that_rule(env_id):
         assert other not in observation.text
         texts.append(observation.text)
     assert len(set(texts)) == PROMPT_VARIANTS
-    assert texts[0] == make(env_id, **setting).reset(seed=11)[0].text  # variant 0 is the canonical prompt
+    # variant 0 is the canonical prompt, byte for byte what the kit wrote before variants existed (210f486)
+    assert hashlib.sha256(texts[0].encode()).hexdigest() == CANONICAL_SHA256[env_id]
     with pytest.raises(ValueError, match="prompt_variant"):
         make(env_id, prompt_variant=PROMPT_VARIANTS)
 
@@ -166,7 +173,8 @@ def test_the_number_field_shows_which_rule_an_answer_applies_whatever_its_formul
     assert verify(answer(shuffled), hand, ordinal).numbers_rule == "scored"
     assert verify(answer(["10", 3, 10.0, 7]), hand, ordinal).numbers_rule == "other"  # strings and floats read
     assert verify(answer([10, 3, 10, 7]), hand, GPConfig(face_rule="ten")).numbers_rule == "scored"
-    for odd in ([10, 3, 11, 7], [13, 3, 11], "13, 3, 11, 7", [True, 3, 11, 7], None):
+    odd_lists = ([10, 3, 11, 7], [13, 3, 11], "13, 3, 11, 7", [True, 3, 11, 7], None, ["1e999999999", 3, 11, 7])
+    for odd in (*odd_lists, ["\u0661\u0663", 3, 11, 7], [13.5, 3, 11, 7]):  # Arabic-Indic 13, a fraction
         assert verify(answer(odd), hand, ordinal).numbers_rule is None
     no_face = [Card.from_code(c) for c in ("2S", "3C", "4C", "7S")]
     assert verify(answer([2, 3, 4, 7]), no_face, ordinal).numbers_rule is None

@@ -16,6 +16,7 @@ from conftest import ENVIRONMENT_AT_START
 from sftrl_kit.engines import close_engines, open_engine, resolve_engine, vllm_missing
 from sftrl_kit.envs import make
 from sftrl_kit.models import (
+    Conversation,
     LoraSettings,
     SamplingConfig,
     load_policy,
@@ -69,7 +70,9 @@ def engine(tiny_policy):
 @requires_vllm
 def test_programs_started_after_the_engine_inherit_the_environment_from_before_it(engine):
     """vLLM's CPU start sets LD_PRELOAD (its OpenMP) and LOCAL_WORLD_SIZE process-wide;
-    an `accelerate launch` or notebook kernel started afterwards must not inherit them."""
+    an `accelerate launch` or notebook kernel started afterwards must not inherit them.
+    (A first generate imports OpenCV, which sets LD_LIBRARY_PATH: one runs first.)"""
+    engine.respond([Conversation([{"role": "user", "content": "Hello"}])], GREEDY)
     for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE"):
         assert os.environ.get(name) == ENVIRONMENT_AT_START.get(name), name
 

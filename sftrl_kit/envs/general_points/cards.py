@@ -28,6 +28,14 @@ Sampling = Literal["uniform", "with_face"]
 with at least one J, Q or K (so that the ordinal rule's 11-13 must be used)."""
 
 FACE_RULES: tuple[str, ...] = ("ten", "ordinal")
+
+
+def other_face_rule(face_rule: str) -> FaceRule:
+    """The face-card rule that is not `face_rule` (the trained one's counterpart)."""
+    check_choice("face_rule", face_rule, FACE_RULES)
+    return "ordinal" if face_rule == "ten" else "ten"
+
+
 COLOURS: tuple[str, ...] = ("all", "black", "red")
 SAMPLINGS: tuple[str, ...] = ("uniform", "with_face")
 

@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..answers import AnswerError, as_text_list, parse_answer
-from .cards import RANKS, Card, hand_values
+from .cards import RANKS, Card, hand_values, other_face_rule
 from .config import GPConfig
 from .formula import FormulaError, parse_formula
 from .prompts import ANSWER_FIELDS
@@ -102,15 +102,28 @@ def _numbers_rule(numbers: Any, hand: Sequence[Card], face_rule: str) -> str | N
     model applies even when its formula is wrong."""
     if not isinstance(numbers, list) or len(numbers) != len(hand):
         return None
-    try:
-        listed = sorted(Fraction(str(n).strip()) for n in numbers)
-    except (ValueError, ZeroDivisionError):
+    read = [_card_number(n) for n in numbers]
+    if None in read:
         return None
-    other = "ordinal" if face_rule == "ten" else "ten"
-    scored, others = sorted(hand_values(hand, face_rule)), sorted(hand_values(hand, other))
+    listed = sorted(read)
+    scored, others = sorted(hand_values(hand, face_rule)), sorted(hand_values(hand, other_face_rule(face_rule)))
     if scored == others:
         return None
     return "scored" if listed == scored else "other" if listed == others else None
+
+
+def _card_number(value: Any) -> int | None:
+    """A listed card number: an int, a whole float, or up to two ASCII digits as text; else None
+    (a card's number is 1 to 13, and nothing longer is parsed: bounded time on any input)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,2}", value.strip(), flags=re.ASCII):
+        return int(value.strip())
+    return None
 
 
 def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> Verdict:
@@ -123,8 +136,7 @@ def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> 
     used = sorted(formula.numbers)
     expected = sorted(hand_values(hand, config.face_rule))
     if used != expected:
-        other_rule = "ordinal" if config.face_rule == "ten" else "ten"
-        other_rule_used = used == sorted(hand_values(hand, other_rule)) and used != expected
+        other_rule_used = used == sorted(hand_values(hand, other_face_rule(config.face_rule))) and used != expected
         return Verdict(
             rewards.numbers_mismatch,
             "numbers_mismatch",
