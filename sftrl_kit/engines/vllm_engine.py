@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,36 @@ from ..models import Conversation, Generation, Policy, SamplingConfig, text_conf
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # vLLM logs every step of its start at INFO; a notebook wants its warnings only.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+# Set process-wide by vLLM's CPU start (LD_PRELOAD: its OpenMP; LOCAL_WORLD_SIZE) and by
+# the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
+# afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
+# into vLLM runs inside _child_environment_kept (the engine's methods: _keeps_child_environment).
+_PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _child_environment_kept() -> Iterator[None]:
+    """Restore the variables a call into vLLM sets process-wide (what it loaded stays)."""
+    before = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _keeps_child_environment(function: Callable) -> Callable:
+    @functools.wraps(function)
+    def kept(*args, **kwargs):
+        with _child_environment_kept():
+            return function(*args, **kwargs)
+
+    return kept
 
 
 @dataclass(frozen=True)
@@ -116,6 +147,7 @@ class VLLMEngine:
         self._tokenizer = policy.tokenizer
         self._policy = policy
 
+    @_keeps_child_environment
     def respond(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
     ) -> list[Generation]:
@@ -134,8 +166,7 @@ class VLLMEngine:
                     "use engine='hf', or open_engine(policy, 'vllm', max_model_len=...) before the run"
                 )
         params = sampling_params(sampling, self._policy.stop_token_ids(), with_logprobs)
-        with _child_environment_kept():
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
         generations = []
         for ids, output in zip(prompts, outputs):
             completion = output.outputs[0]
@@ -147,12 +178,13 @@ class VLLMEngine:
             generations.append(Generation(text, ids, response, logprobs))
         return generations
 
+    @_keeps_child_environment
     def sync(self, policy: Policy) -> float:
         """Copy policy's weights into the engine (LoRA merged); returns the seconds taken."""
         if architecture_key(policy) != self.architecture:
             raise ValueError("this engine was started for another architecture; open a new one (open_engine)")
         started = time.perf_counter()
-        with merged_weights(policy.model) as weights, _child_environment_kept():
+        with merged_weights(policy.model) as weights:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # its keys and values were computed with the old weights
         self._policy, self._tokenizer, self.name = policy, policy.tokenizer, policy.name
@@ -160,6 +192,7 @@ class VLLMEngine:
         self.sync_seconds.append(seconds)
         return seconds
 
+    @_keeps_child_environment
     def close(self) -> None:
         """Free the engine (KV cache, weights) and its model folder."""
         llm = self.__dict__.pop("llm", None)
@@ -171,6 +204,7 @@ class VLLMEngine:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
+@_keeps_child_environment
 def sampling_params(sampling: SamplingConfig, stop_token_ids: Sequence[int], with_logprobs: bool):
     """vLLM SamplingParams equal to the kit's sampling: every field that shapes the
     distribution is set (neutral where the kit has no such setting); greedy is
@@ -272,27 +306,6 @@ def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
     total = torch.cuda.get_device_properties(0).total_memory
     wanted = weights + kv_cache_bytes(policy, options) + 2 * 2**30
     return {"gpu_memory_utilization": min(0.9, max(0.05, wanted / total))}
-
-
-# Set process-wide by vLLM's CPU start (LD_PRELOAD: its OpenMP; LOCAL_WORLD_SIZE) and by
-# the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
-# afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
-# into vLLM runs inside _child_environment_kept.
-_PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
-
-
-@contextlib.contextmanager
-def _child_environment_kept() -> Iterator[None]:
-    """Restore the variables a call into vLLM sets process-wide (what it loaded stays)."""
-    before = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _write_model_files(policy: Policy, folder: Path) -> None:
