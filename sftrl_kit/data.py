@@ -63,6 +63,18 @@ GP_EVAL_SPLITS = {
             "at least one face card, black suits",
         ),
         EvalSplit(
+            "gp-val-id",
+            {"face_rule": "ten", "colours": "black", "sampling": "uniform"},
+            60_000,
+            "validation, not for reporting: gp-id's kind of deals, dealt apart (the SFT window's pick)",
+        ),
+        EvalSplit(
+            "gp-val-rule-ood",
+            {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
+            70_000,
+            "validation, not for reporting: gp-rule-ood's kind of deals, dealt apart (the SFT window's pick)",
+        ),
+        EvalSplit(
             "gp-visual-ood",
             {"face_rule": "ten", "colours": "red", "sampling": "uniform"},
             30_000,
@@ -96,6 +108,20 @@ VIRL_EVAL_SPLITS = {
             40_000,
             "fake rule: the routes of virl-id, the prompt states relative actions, the verifier scores the "
             "trained absolute ones",
+            "virl-l",
+        ),
+        EvalSplit(
+            "virl-val-id",
+            {"action_space": "absolute", "city": TRAIN_CITY.name},
+            80_000,
+            "validation, not for reporting: virl-id's kind of routes, drawn apart (the SFT window's pick)",
+            "virl-l",
+        ),
+        EvalSplit(
+            "virl-val-rule-ood",
+            {"action_space": "relative", "city": TRAIN_CITY.name},
+            80_000,
+            "validation, not for reporting: relative actions on the routes of virl-val-id",
             "virl-l",
         ),
         EvalSplit(
@@ -205,6 +231,7 @@ class StudyTask:
     rule_field: str  # the environment setting that is the task's rule
     other_rule: dict[str, Any]  # the settings that put the other (rule-OOD) rule in force
     eval_sets: tuple[str, str]  # ID, rule-OOD
+    validation_sets: tuple[str, str]  # ID, rule-OOD of other deals/routes: what choices (the window's pick) read
     fake_rule_set: str  # rule-OOD's prompt, the trained rule's verifier
     metric: str  # the headline rate: what one number per checkpoint should be
     unit: str  # what one SFT record count counts (deals or routes)
@@ -218,6 +245,7 @@ STUDY_TASKS = {
         "face_rule",
         {"face_rule": "ordinal", "sampling": "with_face"},
         ("gp-id", "gp-rule-ood"),
+        ("gp-val-id", "gp-val-rule-ood"),
         "gp-fake-rule",
         "success_rate",
         "deals",
@@ -229,6 +257,7 @@ STUDY_TASKS = {
         "action_space",
         {"action_space": "relative"},
         ("virl-id", "virl-rule-ood"),
+        ("virl-val-id", "virl-val-rule-ood"),
         "virl-fake-rule",
         "per_step_accuracy",
         "routes",

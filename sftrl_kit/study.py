@@ -162,6 +162,12 @@ class StudySettings:
         verifier's message after a wrong answer names the verifier's rule)."""
         return "first_answer_accuracy"
 
+    def validation(self) -> StudySettings:
+        """These settings on the task's validation sets (ID and rule-OOD kinds of tasks, dealt
+        apart from the reported sets): what the SFT window's pick reads, so that choosing
+        the start does not flatter the numbers later reported from it."""
+        return replace(self, eval_sets=list(study_task(self.task).validation_sets), fake_rule=False)
+
     @property
     def id_set(self) -> str:
         return study_task(self.task).eval_sets[0]
@@ -403,38 +409,39 @@ FORMAT_SHARE = 0.9  # pick_start: a start "answers in format" when this share of
 
 def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
     """The shared start, chosen from the SFT window: every trained checkpoint of start_run
-    is evaluated on the task's ID and rule-OOD sets, and the one with the highest rule-OOD headline metric
-    among those that answer in format (at least FORMAT_SHARE of their ID answers
-    readable) is picked; ties go to the earliest; if none answers in format, the last.
-    Returns the checkpoint and one row per checkpoint (step, the metric on ID and
-    rule-OOD, the readable share, `picked`), the window curve's numbers.
+    is evaluated on the task's validation sets (ID and rule-OOD kinds of tasks, none of
+    them in the reported sets: `settings.validation()`), and the one with the highest
+    rule-OOD headline metric among those that answer in format (at least FORMAT_SHARE of
+    their ID answers readable) is picked; ties go to the earliest; if none answers in
+    format, the last. With a single trained checkpoint there is nothing to choose and
+    nothing is evaluated. Returns the checkpoint and one row per checkpoint (step, the
+    metric on both validation sets, the readable share, `picked`), the window curve's
+    numbers; the choice is written to start_run/picked.json.
 
-    The pick reads the same first eval_limit tasks the study's what_moved later compares
-    against: choosing the best of noisy estimates flatters the start, so both branches'
-    "end - start" on rule-OOD leans negative by that selection (more with more
-    checkpoints). A held-out validation split for the pick is not built yet."""
-    window = replace(settings, eval_sets=[settings.id_set, settings.rule_ood_set], fake_rule=False)
-    keys = window.eval_keys()
+    Why validation sets: the best of several noisy estimates is biased upwards, so a start
+    picked on the reported rule-OOD deals would make every branch's "end - start" there
+    lean negative by the selection alone."""
+    candidates = [c for c in list_checkpoints(start_run) if counters(c)["step"] > 0]  # step 0: no format yet
+    if not candidates:
+        raise FileNotFoundError(f"{start_run} has no trained checkpoint to pick from")
+    window = settings.validation()
+    val_id, val_ood = window.eval_set_names
+    keys = window.eval_keys() if len(candidates) > 1 else {}
     rows = []
-    for checkpoint in list_checkpoints(start_run):
-        if counters(checkpoint)["step"] == 0:  # the base model: no format to answer in yet
-            continue
-        evaluate_checkpoint(window, checkpoint, progress)
-        at = {name: select_evaluation(checkpoint, name, keys[name]) for name in window.eval_set_names}
-        unreadable = at[settings.id_set]["failure_modes"]["unparseable"]["rate"]["value"]
-        rows.append(
-            {
-                "checkpoint": str(checkpoint),
-                "step": counters(checkpoint)["step"],
-                f"{settings.id_set} {settings.metric}": at[settings.id_set][settings.metric]["value"],
-                f"{settings.rule_ood_set} {settings.metric}": at[settings.rule_ood_set][settings.metric]["value"],
+    for checkpoint in candidates:
+        row: dict[str, Any] = {"checkpoint": str(checkpoint), "step": counters(checkpoint)["step"]}
+        if keys:
+            evaluate_checkpoint(window, checkpoint, progress)
+            at = {name: select_evaluation(checkpoint, name, keys[name]) for name in keys}
+            unreadable = at[val_id]["failure_modes"]["unparseable"]["rate"]["value"]
+            row |= {
+                f"{val_id} {settings.metric}": at[val_id][settings.metric]["value"],
+                f"{val_ood} {settings.metric}": at[val_ood][settings.metric]["value"],
                 "readable share (ID)": 1 - unreadable,
                 "in format": 1 - unreadable >= FORMAT_SHARE,
             }
-        )
-    if not rows:
-        raise FileNotFoundError(f"{start_run} has no trained checkpoint to pick from")
-    best = choose_start(rows, f"{settings.rule_ood_set} {settings.metric}")
+        rows.append(row)
+    best = choose_start(rows, f"{val_ood} {settings.metric}") if keys else rows[0]
     for row in rows:
         row["picked"] = row is best
     picked = str(Path(best["checkpoint"]).relative_to(start_run))  # the run folder may move

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import REPO
 
-from sftrl_kit.data import OTHER_RULE_SEED_OFFSET, STUDY_TASKS, expert_records, load_eval_set
+from sftrl_kit.data import OTHER_RULE_SEED_OFFSET, STUDY_TASKS, eval_set_path, expert_records, load_eval_set
 from sftrl_kit.envs import make
 from sftrl_kit.envs.base import PROMPT_VARIANTS
 from sftrl_kit.envs.general_points import rule_text
@@ -154,6 +154,25 @@ def test_the_start_is_the_most_rule_following_checkpoint_that_answers_in_format(
     window = [row(2, 0.9, False), row(4, 0.5, True), row(6, 0.7, True), row(8, 0.7, True), row(10, 0.2, True)]
     assert choose_start(window, "ood")["step"] == 6  # step 2 reads best but not in format; 6 and 8 tie: earliest
     assert choose_start([row(2, 0.1, False), row(4, 0.0, False)], "ood")["step"] == 4  # none in format: the last
+
+
+@pytest.mark.parametrize("task", sorted(STUDY_TASKS))
+def test_the_window_is_picked_on_validation_sets_of_the_same_kind_and_other_tasks(task):
+    """pick_start reads settings.validation(): the reported sets' kinds of deals or routes
+    (the same settings, rule for rule), none of them a reported one, so the pick cannot
+    flatter the start the branches are measured against."""
+    reported, validation = STUDY_TASKS[task].eval_sets, STUDY_TASKS[task].validation_sets
+    assert StudySettings(task=task, fake_rule=True).validation().eval_set_names == list(validation)
+    every_reported = [r for name in reported for r in load_eval_set(eval_set_path(name, REPO / "data"))]
+    reported_tasks = {json.dumps(r["task"], sort_keys=True) for r in every_reported}
+    reported_seeds = {r["seed"] for r in every_reported}
+    for reported_name, validation_name in zip(reported, validation):
+        records = load_eval_set(eval_set_path(validation_name, REPO / "data"))
+        first_reported = load_eval_set(eval_set_path(reported_name, REPO / "data"))[0]
+        assert len(records) >= 100
+        assert all(r["env_config"] == first_reported["env_config"] for r in records)
+        assert not reported_tasks & {json.dumps(r["task"], sort_keys=True) for r in records}
+        assert not reported_seeds & {r["seed"] for r in records}
 
 
 def test_the_number_field_shows_which_rule_an_answer_applies_whatever_its_formula():

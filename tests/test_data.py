@@ -219,6 +219,8 @@ def test_virl_data_stage_names_sets_and_samples_by_route(tmp_path):
         "virl-id": 2,
         "virl-rule-ood": 2,
         "virl-fake-rule": 2,
+        "virl-val-id": 2,
+        "virl-val-rule-ood": 2,
         "virl-visual-ood": 3,
     }
     assert list(summary["sft"]) == ["virl-l-expert", "virl-l-suboptimal", "virl-vl-expert", "virl-vl-suboptimal"]
