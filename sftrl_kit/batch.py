@@ -17,18 +17,18 @@ only the parameters it declares. What the notebooks print streams to the termina
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import json
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .process import environment_kept
 from .run_folder import new_run_dir
 
 KIT_ROOT = Path(__file__).resolve().parents[1]
@@ -389,25 +389,10 @@ def run_batch(
     print(
         f"[sftrl run] run folder {folder}" + (f", resuming at {todo[0]['name']}" if resume and todo else ""), flush=True
     )
-    with _environment({TEXT_PROGRESS: "1"}):
+    with environment_kept((), {TEXT_PROGRESS: "1"}):
         for entry in todo:
             _execute(entry, folder, state, shares[entry["name"]], Path(notebooks_dir), log_output)
     return folder
-
-
-@contextlib.contextmanager
-def _environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables (which the kernels started inside inherit), then restore them."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _execute(

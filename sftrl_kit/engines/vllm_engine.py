@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from ..models import Conversation, Generation, Policy, SamplingConfig, text_config
+from ..process import environment_kept
 
 # The engine core must run in this process: weights are handed over as tensors, and a
 # notebook or script not guarded by __main__ cannot spawn one.
@@ -58,28 +59,14 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 # Set process-wide by vLLM's CPU start (LD_PRELOAD: its OpenMP; LOCAL_WORLD_SIZE) and by
 # the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
 # afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
-# into vLLM runs inside _child_environment_kept (the engine's methods: _keeps_child_environment).
+# into vLLM keeps them (process.environment_kept; the engine's methods: _keeps_child_environment).
 _PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
-
-
-@contextlib.contextmanager
-def _child_environment_kept() -> Iterator[None]:
-    """Restore the variables a call into vLLM sets process-wide (what it loaded stays)."""
-    before = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _keeps_child_environment(function: Callable) -> Callable:
     @functools.wraps(function)
     def kept(*args, **kwargs):
-        with _child_environment_kept():
+        with environment_kept(_PROCESS_VARIABLES):
             return function(*args, **kwargs)
 
     return kept
@@ -120,7 +107,7 @@ class VLLMEngine:
         started = time.perf_counter()
         try:
             _write_model_files(policy, self._folder)
-            with _child_environment_kept():
+            with environment_kept(_PROCESS_VARIABLES):
                 from vllm import LLM
 
                 self.llm = LLM(
