@@ -53,7 +53,9 @@ STUDY = Preset(
     STUDY_NOTEBOOKS,
     replace(
         QUICKSTART.study,
+        start_rules="trained",  # the paper's design, for a backbone that already follows stated rules
         start_steps=64,
+        sft_learning_rate=2e-5,
         ppo_updates=20,
         episodes_per_update=16,
         ppo_epochs=2,

@@ -83,19 +83,19 @@ class StudySettings:
     task: str = "gp-l"  # the task studied: gp-l or virl-l (data.STUDY_TASKS)
     model: str = "default"
     sft_records: int = 2000  # deals (GP) or routes (V-IRL) of expert SFT data generated into the run folder
-    start_rules: str = "trained"  # the shared start's data: "trained" rule only (the paper's) or "both" rules,
-    # each stated in its prompt, so that the start follows whichever rule its prompt states
-    start_steps: int = 16  # SFT steps of the shared initialisation
+    start_rules: str = "both"  # the shared start's data: "trained" rule only (the paper's) or "both" rules,
+    # each stated in its prompt, so that the start follows whichever rule its prompt states (the positive control)
+    start_steps: int = 24  # SFT steps of the shared initialisation
     start_checkpoints: int = 1  # checkpoints of the start evaluated (> 1: the SFT window curve; pick_start chooses)
     start_learning_rate: float = 1e-4
-    sft_learning_rate: float = 2e-5  # the SFT branch, continuing from the start
+    sft_learning_rate: float = 1e-4  # the SFT branch, continuing from the start (at the start's rate)
     sft_batch_size: int = 8
     prompt_variants: bool = False  # SFT records in varied wordings and layouts (evaluation: the canonical prompt)
     reasoning: bool = False  # expert answers start with a short "thought" applying the stated rule
     ppo_updates: int = 4
     episodes_per_update: int = 8
     ppo_epochs: int = 1
-    ppo_learning_rate: float = 2e-6
+    ppo_learning_rate: float = 1e-5  # at 2e-6 four updates left the policy where it was (approx_kl < 1e-3)
     advantage: str = "gae"  # PPO's advantages: "gae" (value head, the paper's), or critic-free "grpo" / "rloo"
     group_size: int = 1  # episodes per deal or route in PPO (grpo / rloo need >= 2)
     train_max_attempts: int = 2  # verification budget in training (the paper: 5)
