@@ -92,7 +92,7 @@ class StudySettings:
     sft_batch_size: int = 8
     prompt_variants: bool = False  # SFT records in varied wordings and layouts (evaluation: the canonical prompt)
     reasoning: bool = False  # expert answers start with a short "thought" applying the stated rule
-    ppo_updates: int = 4
+    ppo_updates: int = 6  # and, at matched FLOPs, about 44 SFT steps in the SFT branch
     episodes_per_update: int = 8
     ppo_epochs: int = 1
     ppo_learning_rate: float = 1e-5  # at 2e-6 four updates left the policy where it was (approx_kl < 1e-3)

@@ -26,7 +26,7 @@ def test_quickstart_sizes_are_the_measured_ones():
         "sft_batch_size": 8,
         "prompt_variants": False,
         "reasoning": False,
-        "ppo_updates": 4,
+        "ppo_updates": 6,
         "episodes_per_update": 8,
         "ppo_epochs": 1,
         "ppo_learning_rate": 1e-5,
