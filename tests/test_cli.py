@@ -64,6 +64,8 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
         "gp-id": 6,
         "gp-rule-ood": 6,
         "gp-fake-rule": 6,
+        "gp-val-id": 6,
+        "gp-val-rule-ood": 6,
         "gp-visual-ood": 6,
     }
     assert summary["sft"]["gp-l-expert"]["records"] == 4
@@ -103,6 +105,8 @@ def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys)
         "virl-id": 3,
         "virl-rule-ood": 3,
         "virl-fake-rule": 3,
+        "virl-val-id": 3,
+        "virl-val-rule-ood": 3,
         "virl-visual-ood": 9,
     }
     assert summary["sft"]["virl-l-expert"]["records"] > 2
