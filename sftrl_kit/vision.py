@@ -193,8 +193,12 @@ def image_embeddings(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _pixel_values(processor, images: Sequence[Image.Image]) -> torch.Tensor:
-    pixels = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-    return pixels[:, 0]  # one untiled image per picture
+    """(images, 3, side, side). Each image goes in as its own sample: the Idefics3
+    processor reads a flat list as one sample holding every image."""
+    pixels = processor.image_processor([[image] for image in images], return_tensors="pt")["pixel_values"]
+    if pixels.shape[:2] != (len(images), 1):
+        raise RuntimeError(f"expected one untiled image per sample, got pixel_values of shape {tuple(pixels.shape)}")
+    return pixels[:, 0]
 
 
 def _training_pool(processor, settings: EyesSettings, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

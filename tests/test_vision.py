@@ -115,6 +115,18 @@ def test_an_image_becomes_sixteen_tokens_that_depend_on_its_pixels(few_step_vl):
     assert changed[:, 0].max() > 0  # the first card's column sees the new card
 
 
+def test_the_eyes_read_every_image_of_a_batch_as_they_read_it_alone(few_step_vl):
+    """A batch of pictures gives one transcription per picture, each the one the picture
+    gets on its own (the Idefics3 processor reads a flat list of images as one sample)."""
+    from sftrl_kit.envs.general_points.render import render_hand
+    from sftrl_kit.vision import read_images
+
+    images = [render_hand(HAND, seed=s) for s in range(3)] + [render_hand([Card("2", "S"), *HAND[1:]], seed=0)]
+    together = read_images(few_step_vl, images)
+    assert len(together) == len(images)
+    assert together == [read_images(few_step_vl, [image])[0] for image in images]
+
+
 def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
     """Recognition is counted per hand: all four ranks right (and, separately, ranks and
     colours); here the eyes misread the rank of every third hand and the colour of every
