@@ -5,6 +5,7 @@ import math
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO  # noqa: E402
@@ -190,13 +191,16 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):
         assert a["policy_loss"] == pytest.approx(b["policy_loss"], abs=1e-5)
 
 
-def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
-    records = load_eval_set(REPO / "data" / "eval" / "gp-id.jsonl")[:4]
+def _write_sft_records(path: Path, count: int) -> None:
     data = []
-    for task in records:
+    for task in load_eval_set(REPO / "data" / "eval" / "gp-id.jsonl")[:count]:
         prompt, info = make("gp-l", **task["env_config"]).reset(options={"task": task["task"]})
         data.append({"messages": chat_messages(prompt, [], json.dumps({"formula": solve(info["values"])[0]}))})
-    write_jsonl(tmp_path / "d.jsonl", data)
+    write_jsonl(path, data)
+
+
+def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
+    _write_sft_records(tmp_path / "d.jsonl", 4)
 
     def run(max_steps):
         return train_sft(
@@ -216,6 +220,28 @@ def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
     steps = [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-000000", "step-000002", "step-000004"]
+
+
+def test_a_complete_sft_run_run_again_trains_nothing(tmp_path):
+    """A notebook re-run or `sftrl run --resume` calls train_sft on a finished run: no
+    step is added and no checkpoint rewritten (TRL, resumed at max_steps in the middle
+    of an epoch, trains one step more)."""
+    _write_sft_records(tmp_path / "d.jsonl", 4)
+    settings = SFTSettings(
+        model="tiny",
+        dataset=str(tmp_path / "d.jsonl"),
+        run_dir=str(tmp_path / "run"),
+        max_steps=2,
+        batch_size=1,
+        save_steps=2,
+        logging_steps=1,
+    )
+    run = train_sft(settings)
+    weights = (run / "checkpoints" / "step-000002" / "model.safetensors").read_bytes()
+    again = train_sft(settings)
+    assert [r["step"] for r in read_jsonl(again / "metrics.jsonl") if "loss" in r] == [1, 2]
+    assert sorted(p.name for p in (again / "checkpoints").iterdir()) == ["step-000000", "step-000002"]
+    assert (again / "checkpoints" / "step-000002" / "model.safetensors").read_bytes() == weights
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,8 @@ def train_sft(settings: SFTSettings) -> Path:
 
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.max_steps > 0 and _exported_step(run_dir) >= settings.max_steps:
+        return run_dir  # already complete: resuming would train one step past the end
     save_yaml(settings, run_dir / "sft.yaml")
     policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
     if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
@@ -174,6 +176,12 @@ def train_sft(settings: SFTSettings) -> Path:
     if trainer.state.global_step % settings.save_steps != 0:  # the last, partial interval
         _export(trainer.model, policy, run_dir, Series().counters(trainer.state))
     return run_dir
+
+
+def _exported_step(run_dir: Path) -> int:
+    """The step of the run's last exported checkpoint (-1 when there is none)."""
+    checkpoints = run_folder.list_checkpoints(run_dir)
+    return run_folder.read_counters(checkpoints[-1])["step"] if checkpoints else -1
 
 
 def _export(model, policy, run_dir: Path, counters: dict[str, Any]) -> Path:
