@@ -313,8 +313,13 @@ class NotebookFailure(RuntimeError):
     error: str
 
     def __str__(self) -> str:
-        where = f"cell In [{self.cell}]" if self.cell is not None else "before any cell ran"
-        return f"{self.notebook} failed at {where}: {self.error}\n  executed notebook: {self.output}"
+        if self.cell is not None:
+            where = f"at cell In [{self.cell}]"
+        elif "DeadKernel" in self.error:
+            where = "when its kernel died (a killed kernel is most often out of memory: see `dmesg`)"
+        else:
+            where = "without a cell's error (the notebook could not start or its kernel was lost)"
+        return f"{self.notebook} failed {where}: {self.error}\n  executed notebook: {self.output}"
 
 
 def available_notebooks(notebooks_dir: str | Path = NOTEBOOKS) -> list[str]:

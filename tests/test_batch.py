@@ -78,6 +78,22 @@ def test_a_failed_batch_names_the_cell_and_resumes_from_that_notebook(notebooks,
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]  # papermill had nothing to warn
 
 
+@pytest.mark.slow  # starts a kernel
+def test_a_kernel_that_dies_is_reported_as_a_dead_kernel_not_as_a_cell(tmp_path):
+    """A kernel killed mid-notebook (as the OOM killer does) leaves no cell error: the
+    failure says the kernel died and where to look, and batch.json records it."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebook(folder / "01_dies.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    run_dir = tmp_path / "batch"
+    with pytest.raises(NotebookFailure) as failure:
+        run_batch(["01"], run_dir=run_dir, notebooks_dir=folder, log_output=False)
+    assert failure.value.cell is None
+    assert "DeadKernelError" in failure.value.error
+    assert "01_dies failed when its kernel died" in str(failure.value)
+    assert json.loads((run_dir / "batch.json").read_text())["notebooks"][0]["status"] == "failed"
+
+
 def _injected(path) -> str:
     executed = nbformat.read(path, as_version=4)
     return next(c.source for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
