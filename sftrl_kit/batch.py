@@ -326,16 +326,19 @@ def available_notebooks(notebooks_dir: str | Path = NOTEBOOKS) -> list[str]:
     return sorted(p.stem for p in Path(notebooks_dir).glob("[0-9]*.ipynb"))
 
 
-def resolve_notebooks(names: Sequence[str], notebooks_dir: str | Path = NOTEBOOKS) -> list[str]:
+def resolve_notebooks(names: Sequence[str], notebooks_dir: str | Path = NOTEBOOKS, vision: bool = False) -> list[str]:
     """Preset names and notebook names (with or without .ipynb, or a prefix like 03) ->
-    notebook names, in the order given."""
+    notebook names, in the order given. `vision`: the batch studies an image task, so a
+    preset also brings its vision_notebooks (the quickstart's recognition probing)."""
     from .presets import PRESETS
 
     available = available_notebooks(notebooks_dir)
     out: list[str] = []
     for name in names:
         if name in PRESETS:
-            out.extend(PRESETS[name].notebooks or available)
+            preset = PRESETS[name]
+            out.extend(preset.notebooks or available)
+            out.extend(n for n in preset.vision_notebooks if vision and n not in out)
             continue
         stem = Path(name).stem
         matches = [n for n in available if n == stem or n.split("_")[0] == stem]
@@ -375,10 +378,10 @@ def run_batch(
         resolve_notebooks([e["name"] for e in state["notebooks"]], notebooks_dir)
         state["parameters"].update(parameters or {})
     else:
-        notebooks = resolve_notebooks(names, notebooks_dir)
         from .presets import PRESETS
 
         named = [name for name in names if name in PRESETS]
+        notebooks = resolve_notebooks(names, notebooks_dir, vision=_studies_images(named[-1:], parameters or {}))
         state = {
             "notebooks": [{"name": n, "status": "pending"} for n in notebooks],
             "parameters": {**({"preset": named[-1]} if named else {}), **(parameters or {})},
@@ -398,6 +401,18 @@ def run_batch(
         for entry in todo:
             _execute(entry, folder, state, shares[entry["name"]], Path(notebooks_dir), log_output)
     return folder
+
+
+def _studies_images(preset: Sequence[str], parameters: Mapping[str, Any]) -> bool:
+    """Whether a batch's study task (its `task` parameter, an override's, or the preset's)
+    shows images."""
+    from .data import study_task
+    from .presets import PRESETS
+
+    task = parameters.get("task") or (parameters.get("overrides") or {}).get("task")
+    if task is None and preset:
+        task = PRESETS[preset[0]].study.task
+    return task is not None and study_task(task).vision
 
 
 def _execute(

@@ -239,6 +239,12 @@ class StudyTask:
     unit: str  # what one SFT record count counts (deals or routes)
     answer_tokens: int  # room for the longest expert answer (GP: 52 tokens, V-IRL: 72, SmolLM2's tokenizer)
     signatures: tuple[str, ...]  # evaluation.failure_modes that count answers following the rule not in force
+    visual_ood_set: str | None = None  # the vision tasks: the trained rule in visuals never trained on
+
+    @property
+    def vision(self) -> bool:
+        """Whether the task shows images (gp-vl, virl-vl): its model must see."""
+        return self.visual_ood_set is not None
 
 
 STUDY_TASKS = {
@@ -266,6 +272,12 @@ STUDY_TASKS = {
         96,
         ("other_rule_used",),
     ),
+}
+# The image versions: the same rules, sets and signatures; the cards or street views are
+# shown, not written, and a third set changes the visuals only (red suits, other cities).
+STUDY_TASKS |= {
+    "gp-vl": replace(STUDY_TASKS["gp-l"], env_id="gp-vl", visual_ood_set="gp-visual-ood"),
+    "virl-vl": replace(STUDY_TASKS["virl-l"], env_id="virl-vl", visual_ood_set="virl-visual-ood"),
 }
 
 

@@ -14,6 +14,8 @@ them with `checkpoint_rows(..., keys=settings.eval_keys())`.
                    Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
   plot_change      change of a metric from each run's first checkpoint to its last,
                    in points, with the difference's 95% interval (the paper's OOD bars)
+  plot_recognition recognition accuracy against success per checkpoint, one panel per
+                   set (the vision tasks: the paper's recognition figure)
   training_curves  a run's own log (metrics.jsonl): PPO's success, return, KL, clip
                    fraction and explained variance per update; SFT's loss per step
 
@@ -313,6 +315,54 @@ def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "su
         ),
         fontsize=9,
     )
+    figure.tight_layout()
+    return figure
+
+
+# --- recognition against success (the vision tasks) ----------------------------------
+
+
+def plot_recognition(rows: Sequence[dict[str, Any]], eval_sets: Sequence[str], metric: str = "success_rate") -> Figure:
+    """The paper's recognition figure: per checkpoint, recognition accuracy (the share of
+    answers whose "cards" or landmarks were read right) against `metric`, one panel per
+    set (ID, visual OOD), one path per run through its checkpoints in order of GFLOPs,
+    from the shared start (hollow marker) to its end (filled). Both axes carry the 95%
+    intervals the evaluation stored."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    recognition = "recognition_accuracy"
+    _one_setting([r for r in rows if r["eval_set"] in eval_sets], "the recognition figure")
+    runs = _runs(r for r in rows if r["eval_set"] in eval_sets)
+    figure, axes = plt.subplots(1, len(eval_sets), figsize=(5.2 * len(eval_sets), 4.4), squeeze=False)
+    handles = []
+    for ax, eval_set in zip(axes[0], eval_sets):
+        shown = []
+        for index, (run, label) in enumerate(runs.items()):
+            series = [r for r in _series(rows, run, eval_set, metric) if r[recognition] is not None]
+            if not series:
+                continue
+            shown += series
+            colour, marker, linestyle = _STYLES[index % len(_STYLES)]
+            x, y = (np.array([100 * r[m] for r in series]) for m in (recognition, metric))
+            x_err, y_err = (
+                _below_above(
+                    v, np.array([100 * r[f"{m}_low"] for r in series]), np.array([100 * r[f"{m}_high"] for r in series])
+                )
+                for v, m in ((x, recognition), (y, metric))
+            )
+            ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.5, capsize=2)
+            ax.plot(x, y, color=colour, linestyle=linestyle, marker=marker, ms=5, mfc="white", zorder=3)
+            ax.plot(x[-1:], y[-1:], color=colour, marker=marker, ms=7, linestyle="none", zorder=4)
+            handles.append(Line2D([], [], color=colour, marker=marker, linestyle=linestyle, label=label))
+        ax.set_xlim(-3, 103)
+        ax.set_ylim(-3, 103)
+        ax.set_title(_wrap(f"{set_label(eval_set)}\n{_episodes_text(shown)}, 95% intervals", 52), fontsize=10)
+        ax.set_xlabel("recognition accuracy (%)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.grid(alpha=0.3)
+    unique = list({h.get_label(): h for h in handles}.values())
+    axes[0][0].legend(handles=unique, fontsize=8, loc="best")
     figure.tight_layout()
     return figure
 

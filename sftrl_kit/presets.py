@@ -8,6 +8,7 @@ one `preset=<name>`; a notebook opened in JupyterLab names its preset in its par
 cell. SFTRL_SMOKE=1 in the environment picks `smoke` whatever the notebook says.
 
     quickstart   00 on the embedded default model in about half an hour on a 2-core CPU
+                 (and 06, recognition probing, when the task shows images: gp-vl, virl-vl)
     study        02-08 on one run folder, sized for a GPU machine
     smoke        every notebook in seconds on the tiny model (CI)
 
@@ -44,9 +45,10 @@ class Preset:
     data_root: str | None = "data"  # 02: where eval sets and SFT data go; None: the run folder's data/
     gp_data: GPDataSizes = field(default_factory=GPDataSizes)  # 02
     virl_data: VirlDataSizes = field(default_factory=VirlDataSizes)  # 02
+    vision_notebooks: tuple[str, ...] = ()  # what `sftrl run <name>` adds when the task shows images
 
 
-QUICKSTART = Preset("quickstart", ("00_quickstart",), StudySettings())
+QUICKSTART = Preset("quickstart", ("00_quickstart",), StudySettings(), vision_notebooks=("06_recognition_probing",))
 
 STUDY = Preset(
     "study",
@@ -92,7 +94,7 @@ SMOKE = Preset(
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (QUICKSTART, STUDY, SMOKE)}
 
-_FIXED = ("name", "notebooks", "study")  # a preset's identity, not sizes to override
+_FIXED = ("name", "notebooks", "study", "vision_notebooks")  # a preset's identity, not sizes to override
 
 
 def override_fields() -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The paper's comparison as library steps: one SFT start, two branches, one verdict,
-for either text task (StudySettings.task: gp-l or virl-l).
+for any task (StudySettings.task: gp-l, virl-l, or the image versions gp-vl, virl-vl).
 
     prepare_sft_data   the task's expert (or sub-optimal) records into the run folder: the
                        trained rule, or both rules each stated in its prompt (the general
@@ -15,6 +15,7 @@ for either text task (StudySettings.task: gp-l or virl-l).
                        once and its results copied to each branch's step 0)
     what_moved         per run and set: start -> end with intervals and a test; and the
                        branches against each other at the end
+    run_study          all of the above in one call (what 06 runs, or finds 00 ran)
 
 Evaluations are keyed by their settings (evaluation.evaluation_key): `settings.eval_keys()`
 names the ones a study's tables and figures use, and anything that gathers evaluations
@@ -54,7 +55,7 @@ from .evaluation import (
     require_same_settings,
     select_evaluation,
 )
-from .models import SamplingConfig
+from .models import SamplingConfig, is_vision_model
 from .run_folder import (
     EVAL_EPISODES,
     copy_evaluation,
@@ -80,8 +81,8 @@ class StudySettings:
     study, smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn
     them into SFTSettings and PPOSettings."""
 
-    task: str = "gp-l"  # the task studied: gp-l or virl-l (data.STUDY_TASKS)
-    model: str = "default"
+    task: str = "gp-l"  # the task studied: gp-l, virl-l, gp-vl or virl-vl (data.STUDY_TASKS)
+    model: str = "default"  # a built-in ("default", "tiny": the task's modality, see base_model) or a folder
     sft_records: int = 2000  # deals (GP) or routes (V-IRL) of expert SFT data generated into the run folder
     start_rules: str = "both"  # the shared start's data: "trained" rule only (the paper's) or "both" rules,
     # each stated in its prompt, so that the start follows whichever rule its prompt states (the positive control)
@@ -102,7 +103,7 @@ class StudySettings:
     max_new_tokens: int | None = None  # None: the task's longest expert answer and a margin (new_tokens)
     temperature: float = 1.0  # PPO's sampling
     checkpoints: int = 2  # evaluated checkpoints per branch after the start
-    eval_sets: list[str] | None = None  # None: the task's ID and rule-OOD sets (eval_set_names)
+    eval_sets: list[str] | None = None  # None: the task's ID, rule-OOD (and visual-OOD) sets (eval_set_names)
     fake_rule: bool = False  # also evaluate the fake-rule set (rule-OOD prompt, trained-rule verifier)
     eval_limit: int | None = 100  # first N deals or routes of each frozen set; None: all
     eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
@@ -131,10 +132,12 @@ class StudySettings:
 
     @property
     def eval_set_names(self) -> list[str]:
-        """The evaluated sets: eval_sets, or the task's ID and rule-OOD sets; the fake-rule
-        set last when fake_rule is on."""
+        """The evaluated sets: eval_sets, or the task's ID and rule-OOD sets (and its
+        visual-OOD set for the image tasks); the fake-rule set last when fake_rule is on."""
         task = study_task(self.task)
         names = list(self.eval_sets) if self.eval_sets is not None else list(task.eval_sets)
+        if self.eval_sets is None and task.visual_ood_set is not None:
+            names.append(task.visual_ood_set)
         return names + [self.fake_rule_set] if self.fake_rule and self.fake_rule_set not in names else names
 
     @property
@@ -176,6 +179,32 @@ class StudySettings:
     def rule_ood_set(self) -> str:
         return study_task(self.task).eval_sets[1]
 
+    @property
+    def headline_sets(self) -> list[str]:
+        """The sets the verdict reads: ID, rule-OOD, and visual-OOD for the image tasks
+        (eval_set_names without the fake-rule control)."""
+        return [self.id_set, self.rule_ood_set] + ([self.visual_ood_set] if self.visual_ood_set else [])
+
+    @property
+    def visual_ood_set(self) -> str | None:
+        """The vision tasks' third set: the trained rule in unseen visuals (red suits,
+        other cities); None for the text tasks."""
+        return study_task(self.task).visual_ood_set
+
+    @property
+    def vision(self) -> bool:
+        """Whether the task shows images (gp-vl, virl-vl)."""
+        return study_task(self.task).vision
+
+    @property
+    def base_model(self) -> str:
+        """The model the shared start trains: `model`, where the built-in names "default"
+        and "tiny" name the variant of the task's modality (default-vl and tiny-vl for the
+        image tasks), so that one preset serves every task."""
+        if self.vision and self.model in ("default", "tiny"):
+            return f"{self.model}-vl"
+        return self.model
+
     def eval_sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.new_tokens, seed=self.seed)
 
@@ -189,7 +218,7 @@ class StudySettings:
                 self.env_id,
                 self.eval_sampling(),
                 self.eval_limit,
-                engine=resolve_engine(self.engine),
+                engine=resolve_engine(self.engine, is_vision_model(self.base_model)),
                 max_attempts=self.eval_max_attempts,
             )
             for name in self.eval_set_names
@@ -262,6 +291,18 @@ def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | N
     return read_episodes(Path(select_evaluation(checkpoint, eval_set, key)["folder"]) / EVAL_EPISODES)
 
 
+def misread_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | None = None) -> list:
+    """The episodes of one checkpoint's evaluation (eval_episodes) in which an answer
+    misread what it was shown: it named cards or places, and the verifier's recognition
+    check failed (an unreadable answer fails the check too, but read nothing)."""
+    return [episode for episode in eval_episodes(checkpoint, eval_set, key) if any(map(_misread, episode.turns))]
+
+
+def _misread(turn) -> bool:
+    seen = turn.verdict.get("recognised_cards") or turn.verdict.get("recognised_places")
+    return turn.verdict.get("recognition_correct") is False and seen is not None
+
+
 def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:
     """rows -> run_dir/tables/<name>.csv (and .json, exact values).
 
@@ -290,9 +331,11 @@ def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str =
     checkpoints (the window pick_start chooses from); returns its last checkpoint."""
     from .train.sft import SFTSettings, train_sft
 
+    if settings.vision and not is_vision_model(settings.base_model):
+        raise ValueError(f"task {settings.task} shows images; {settings.base_model} is a text-only model")
     folder = train_sft(
         SFTSettings(
-            model=settings.model,
+            model=settings.base_model,
             dataset=str(dataset),
             run_dir=str(Path(run_dir) / name),
             learning_rate=settings.start_learning_rate,
@@ -376,6 +419,38 @@ def sft_branch(
             init_tokens=counters(start)["tokens"],
         )
     )
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """What run_study leaves: the start both branches began from, the branches' run
+    folders, and one evaluation row per (run, checkpoint, set)."""
+
+    start: Path
+    ppo: Path
+    sft: Path
+    evaluated: list[dict[str, Any]]
+
+
+def quickstart_dir(run_dir: str | Path, settings: StudySettings) -> Path:
+    """Where a quickstart study of settings.task keeps its training runs: run_dir/quickstart-<task>,
+    so that studies of two tasks in one run folder (the smoke batch) never share a run."""
+    return Path(run_dir) / f"quickstart-{settings.task}"
+
+
+def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> StudyRuns:
+    """The whole comparison in `folder`, the steps 00 runs one by one: data, the shared
+    start and its pick, the PPO branch, the SFT branch at the PPO branch's GFLOPs, every
+    checkpoint evaluated. Each step reuses what it finds done (the data file, a complete
+    run, an evaluation at these settings), so on a folder 00 filled it trains and
+    evaluates nothing."""
+    start_data = prepare_sft_data(settings, folder, rules=settings.start_rules)
+    branch_data = prepare_sft_data(settings, folder)
+    start, _ = pick_start(settings, sft_start(settings, folder, start_data).parents[1], progress)
+    ppo_run = ppo_branch(settings, folder, start)
+    steps = sft_steps_for(counters(last_checkpoint(ppo_run))["gflops"], start)
+    sft_run = sft_branch(settings, folder, start, branch_data, steps)
+    return StudyRuns(start, ppo_run, sft_run, evaluate_runs(settings, [ppo_run, sft_run], start, progress))
 
 
 def evaluate_runs(

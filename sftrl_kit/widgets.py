@@ -108,8 +108,22 @@ def turn_html(episode: Episode, index: int) -> str:
     shown = read_as(turn.verdict or {})
     if shown is not None:
         parts.append(f'<div class="sftrl-meta">read as: <code>{html.escape(shown)}</code></div>')
+    seen = recognition_html(turn.verdict or {})
+    if seen is not None:
+        parts.append(seen)
     parts.append(f'<div class="sftrl-meta">verifier: {html.escape(turn.feedback)}</div>')
     return "\n".join(parts)
+
+
+def recognition_html(verdict: Mapping[str, Any]) -> str | None:
+    """What a vision answer said it saw (cards' ranks, places in view) and whether the
+    verifier found it right; None where recognition was not checked."""
+    correct = verdict.get("recognition_correct")
+    if correct is None:
+        return None
+    seen = verdict.get("recognised_cards") or verdict.get("recognised_places") or []
+    badge = '<span class="sftrl-ok">read right</span>' if correct else '<span class="sftrl-bad">misread</span>'
+    return f'<div class="sftrl-meta">saw: <code>{html.escape(", ".join(map(str, seen)))}</code> {badge}</div>'
 
 
 def episode_html(

@@ -336,6 +336,7 @@ def test_an_empty_run_folder_says_so(tmp_path):
 def test_presets_and_names_resolve_and_unknown_ones_are_errors(notebooks):
     assert resolve_notebooks(["smoke"], notebooks) == ["01_write", "02_read", "03_last"]
     assert resolve_notebooks(["quickstart"]) == ["00_quickstart"]
+    assert resolve_notebooks(["quickstart"], vision=True) == ["00_quickstart", "06_recognition_probing"]
     with pytest.raises(ValueError, match="unknown notebook or preset 'nope'"):
         resolve_notebooks(["nope"], notebooks)
     with pytest.raises(FileNotFoundError, match="not a batch run folder"):
@@ -395,3 +396,15 @@ def test_sftrl_run_with_a_preset_passes_its_name_to_the_notebooks(tmp_path, monk
     )
     run_batch(["quickstart"], {"ppo_updates": 3}, run_dir=tmp_path / "run")
     assert started == [("00_quickstart", {"preset": "quickstart", "ppo_updates": 3, "overrides": {"ppo_updates": 3}})]
+
+
+def test_a_batch_on_an_image_task_brings_the_presets_vision_notebooks():
+    """`sftrl run quickstart -p task gp-vl` runs 00 and then 06 (recognition probing)."""
+    from sftrl_kit.batch import _studies_images
+
+    assert _studies_images(["quickstart"], {"task": "gp-vl"})
+    assert _studies_images(["quickstart"], {"overrides": {"task": "virl-vl"}})
+    assert not _studies_images(["quickstart"], {})  # the preset's task: gp-l
+    assert not _studies_images([], {"task": "gp-l"})
+    with pytest.raises(ValueError, match="unknown study task 'gp-x'"):
+        _studies_images(["quickstart"], {"task": "gp-x"})

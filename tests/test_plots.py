@@ -14,6 +14,7 @@ from sftrl_kit.plots import (  # noqa: E402
     checkpoint_rows,
     plot_change,
     plot_curves,
+    plot_recognition,
     run_label,
     set_label,
     smooth,
@@ -227,3 +228,19 @@ def test_smoothing_keeps_short_series_and_fits_cubics_exactly():
     assert list(smooth([1.0, 2.0, 3.0])) == [1.0, 2.0, 3.0]
     cubic = [x**3 - 2 * x for x in range(9)]
     assert smooth(cubic, window=5) == pytest.approx(cubic)
+
+
+def test_the_recognition_figure_puts_each_checkpoint_at_its_recognition_and_success(tmp_path):
+    rows = study_rows(tmp_path)
+    for row in rows:  # recognition, here: the synthetic per-step accuracy
+        row.update({f"recognition_accuracy{end}": row[f"per_step_accuracy{end}"] for end in ("", "_low", "_high")})
+    figure = plot_recognition(rows, ["gp-id", "gp-rule-ood"])
+    for ax, eval_set in zip(figure.axes, ["gp-id", "gp-rule-ood"]):
+        paths = [line for line in ax.get_lines() if line.get_linestyle() != "None"]  # not the error bars' caps
+        assert len(paths) == 2  # one per branch
+        for path, run in zip(paths, ["ppo", "sft"]):
+            series = sorted(
+                (r for r in rows if r["run"] == run and r["eval_set"] == eval_set), key=lambda r: r["gflops"]
+            )
+            assert list(path.get_xdata()) == pytest.approx([100 * r["per_step_accuracy"] for r in series])
+            assert list(path.get_ydata()) == pytest.approx([100 * r["success_rate"] for r in series])

@@ -109,6 +109,7 @@ def test_preset_fields_and_study_fields_do_not_collide():
         "name",
         "notebooks",
         "study",
+        "vision_notebooks",
     }
 
 

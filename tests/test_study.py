@@ -278,3 +278,71 @@ def test_ppo_settings_are_the_branchs_and_04s_one_source(tmp_path):
     assert (ppo.updates, ppo.episodes_per_update, ppo.rollout_batch_size, ppo.minibatch_size) == (7, 12, 12, 12)
     assert (ppo.save_every, ppo.max_attempts, ppo.advantage, ppo.group_size) == (3, 4, "grpo", 2)  # ceil(7 / 3)
     assert study.ppo_settings(settings, tmp_path, "tiny").init_tokens == 0  # a base model has no D_init
+
+
+def test_the_image_tasks_add_a_visual_ood_set_and_their_own_models(tmp_path):
+    gp_vl = study.StudySettings(task="gp-vl")
+    assert gp_vl.vision
+    assert gp_vl.env_id == "gp-vl"
+    assert gp_vl.eval_set_names == ["gp-id", "gp-rule-ood", "gp-visual-ood"]
+    assert gp_vl.headline_sets == gp_vl.eval_set_names
+    assert study.StudySettings(task="gp-vl", fake_rule=True).eval_set_names[-1] == "gp-fake-rule"
+    assert gp_vl.validation().eval_set_names == ["gp-val-id", "gp-val-rule-ood"]  # the pick reads no visual set
+    assert study.StudySettings(task="virl-vl").visual_ood_set == "virl-visual-ood"
+    assert (gp_vl.base_model, study.StudySettings(task="gp-vl", model="tiny").base_model) == ("default-vl", "tiny-vl")
+    assert study.StudySettings(task="gp-l", model="tiny").base_model == "tiny"
+    assert study.StudySettings(task="gp-vl", model="/my/folder").base_model == "/my/folder"
+    assert gp_vl.eval_keys()["gp-visual-ood"]["engine"] == "hf"  # what evaluate_model records for a VLM
+    assert study.quickstart_dir(tmp_path, gp_vl) != study.quickstart_dir(tmp_path, study.StudySettings())
+
+
+def test_an_image_task_refuses_a_text_model_before_training(tmp_path):
+    from sftrl_kit.models import resolve_model
+
+    text_model = str(resolve_model("tiny"))  # a folder: taken as it is
+    settings = study.StudySettings(task="gp-vl", model=text_model)
+    with pytest.raises(ValueError, match="task gp-vl shows images; .* is a text-only model"):
+        study.sft_start(settings, tmp_path, tmp_path / "d.jsonl")
+    assert not (tmp_path / "sft-start").exists()
+
+
+class FirstAnswerCards:
+    """A GP-VL player whose first answers name the cards it is shown (the deals of even
+    position in the set) or four aces (odd position); every retry is unreadable."""
+
+    def __init__(self, records):
+        self.hands = [r["task"]["hand"] for r in records]
+        self.first_call = True
+
+    def respond(self, conversations, sampling, with_logprobs=True):
+        from sftrl_kit.models import Generation
+
+        out = []
+        for position, _conversation in enumerate(conversations):
+            ranks = [card[:-1] for card in self.hands[position]] if position % 2 == 0 else ["A"] * 4
+            text = json.dumps({"cards": ranks, "number": [1, 1, 1, 1], "formula": "1+1+1+1=24"})
+            out.append(Generation(text if self.first_call else "I am not sure.", [1], [2], None))
+        self.first_call = False
+        return out
+
+
+def test_misread_episodes_are_those_whose_reading_failed(tmp_path):
+    from sftrl_kit.data import load_eval_set
+
+    path = REPO / "data" / "eval" / "gp-visual-ood.jsonl"
+    records = load_eval_set(path)[:4]
+    assert all(r["task"]["hand"].count("A") < 4 for r in records)  # four aces misread every hand
+    evaluate_model(
+        FirstAnswerCards(records),
+        tmp_path,
+        {"gp-visual-ood": path},
+        env_id="gp-vl",
+        limit=4,
+        progress=False,
+        max_attempts=2,
+    )
+    misread = study.misread_episodes(tmp_path, "gp-visual-ood")
+    assert [e.seed for e in misread] == [records[1]["seed"], records[3]["seed"]]
+    metrics = select_evaluation(tmp_path, "gp-visual-ood")
+    # every answer is checked: the two right readings of 8 answers (the retries are unreadable)
+    assert (metrics["recognition_accuracy"]["successes"], metrics["recognition_accuracy"]["trials"]) == (2, 8)

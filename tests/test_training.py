@@ -285,3 +285,21 @@ def test_bootstrapping_needs_a_single_conversation(tmp_path):
                 model="tiny", run_dir=str(tmp_path), env_id="virl-l", env_config={}, bootstrap_truncated=True, updates=1
             )
         )
+
+
+def test_a_complete_ppo_run_run_again_trains_nothing(tmp_path):
+    """06 calls the study's steps on a folder 00 filled: a finished PPO run is left as it is."""
+    settings = PPOSettings(
+        model="tiny",
+        run_dir=str(tmp_path),
+        updates=1,
+        episodes_per_update=2,
+        max_new_tokens=8,
+        max_attempts=1,
+        minibatch_size=2,
+        micro_batch_size=2,
+    )
+    run = train_ppo(settings)
+    files = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert train_ppo(settings) == run
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == files

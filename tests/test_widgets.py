@@ -17,6 +17,7 @@ from sftrl_kit.widgets import (
     export_html,
     filter_episodes,
     read_as,
+    recognition_html,
     summary_html,
     summary_rows,
     turn_html,
@@ -254,3 +255,20 @@ def test_the_viewer_filters_by_source_and_points_to_its_static_page(played, tmp_
     assert str(viewer.page) in bundle["text/plain"]
     assert "VBox" not in bundle["text/plain"]
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_a_vision_answer_shows_what_it_saw_and_whether_that_was_right():
+    env = make("gp-vl")
+    env.reset(seed=3)
+    ranks = [card.rank for card in env.hand]
+    wrong = ["A" if r != "A" else "2" for r in ranks]
+    _, _, _, _, read_right = env.step(json.dumps({"cards": ranks, "number": [1, 1, 1, 1], "formula": "1+1"}))
+    env.reset(seed=3)
+    _, _, _, _, misread = env.step(json.dumps({"cards": wrong, "number": [1, 1, 1, 1], "formula": "1+1"}))
+    assert "read right" in recognition_html(read_right["verdict"])
+    assert ", ".join(ranks) in recognition_html(read_right["verdict"])
+    assert "misread" in recognition_html(misread["verdict"])
+    assert ", ".join(wrong) in recognition_html(misread["verdict"])
+    assert recognition_html({"recognition_correct": None, "recognised_cards": ranks}) is None  # GP-L: not checked
+    hostile = {"recognition_correct": False, "recognised_places": [HOSTILE]}
+    assert "<script>" not in recognition_html(hostile)

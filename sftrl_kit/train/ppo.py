@@ -352,6 +352,8 @@ def train_ppo(settings: PPOSettings) -> Path:
     run_dir = Path(settings.run_dir)
     tasks = _read_tasks(settings.tasks)
     start_update, resume_folder = _resume_point(run_dir)
+    if start_update >= settings.updates:
+        return run_dir  # complete: run again, it trains and rewrites nothing
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
     policy = _load_learner(settings, resume_folder, accelerator.device)
     actor_critic = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)
