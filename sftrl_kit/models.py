@@ -4,7 +4,8 @@
     load_policy("tiny")             # a ~3M-parameter random Llama with SmolLM2's tokenizer
     load_policy("default-vl")       # the default model with eyes trained in the kit (vision.py)
     load_policy("tiny-vl")          # a tiny LLaVA-style model: SigLIP tower + projector + Llama
-    load_policy("path/to/folder")   # any local causal LM or image-text-to-text checkpoint
+    load_policy("path/to/folder")   # any local causal LM, or a vision-language checkpoint
+                                    # of one of VISION_ARCHITECTURES (others are refused)
 
 Nothing is downloaded: every load is local (`local_files_only=True`). Built models are
 cached under $SFTRL_CACHE (default ~/.cache/sftrl-kit). Loading never unpickles:
@@ -45,6 +46,9 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "default-vl", "tiny", "tiny-vl")
 VISION_BUILT_IN = ("default-vl", "tiny-vl")
 MixedPrecision = Literal["auto", "fp32", "bf16"]
+# Vision-language architectures (config model_type) whose packed prompt + response
+# batches `forward_inputs` completes; load_policy refuses any other.
+VISION_ARCHITECTURES = ("idefics3", "llava", "mllama", "qwen2_5_vl", "qwen2_vl")
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes
 TINY_VERSION = "v3"  # the tiny models' own: v3 has head_dim 32 (vLLM-servable)
 
@@ -405,6 +409,9 @@ def load_policy(
     (`resolve_autocast`: bf16 on CUDA, none on CPU, by default). With `lora`, the base
     weights are frozen and only adapters train. With `value_head`, a value head is
     loaded from the folder if it has one, else freshly initialised.
+
+    A vision-language checkpoint of an architecture outside VISION_ARCHITECTURES, or
+    whose processor does not load, is refused with a ValueError before the weights load.
     """
     folder = resolve_model(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -414,20 +421,17 @@ def load_policy(
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     is_vision = is_vision_model(folder)
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
+    if is_vision:
+        check_vision_architecture(folder)
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+    processor = _load_processor(folder) if is_vision else None
     model_class = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
     try:
         model = model_class.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ValueError(f"could not load a model from {folder}: {error}") from error
     model.to(device)
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if is_vision else None
     tokenizer = (
         processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
     )
@@ -435,6 +439,36 @@ def load_policy(
         model = _with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
     return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
+
+
+def check_vision_architecture(folder: str | Path) -> None:
+    """Raise a ValueError, before anything loads, for a vision-language architecture
+    whose packed-batch inputs the kit does not build (see `forward_inputs`): its
+    log-probs and values would be computed without them, silently wrong."""
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if model_type not in VISION_ARCHITECTURES:
+        raise ValueError(
+            f"{folder} is a {model_type!r} vision-language model, which the kit does not support yet: "
+            "it rebuilds the inputs an architecture aligns with the tokens (3-D positions, image-token "
+            "types, cross-attention masks) for each packed prompt + response batch only for "
+            f"{', '.join(VISION_ARCHITECTURES)} (models.forward_inputs, checked against each processor "
+            "in tests/test_backbones.py)"
+        )
+
+
+def _load_processor(folder: Path):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, AttributeError, ImportError) as error:
+        hint = ""
+        if "video" in str(error).lower() and importlib.util.find_spec("torchvision") is None:
+            hint = (
+                " This processor holds a video processor, which transformers builds only with torchvision: "
+                "install the torchvision release that matches your torch."
+            )
+        raise ValueError(f"could not load the processor of {folder}: {error}.{hint}") from error
 
 
 def is_vision_model(name_or_path: str | Path) -> bool:
