@@ -4,7 +4,8 @@
     load_policy("tiny")             # a ~3M-parameter random Llama with SmolLM2's tokenizer
     load_policy("default-vl")       # the default model with eyes trained in the kit (vision.py)
     load_policy("tiny-vl")          # a tiny LLaVA-style model: SigLIP tower + projector + Llama
-    load_policy("path/to/folder")   # any local causal LM or image-text-to-text checkpoint
+    load_policy("path/to/folder")   # any local causal LM, or a vision-language checkpoint
+                                    # of one of VISION_ARCHITECTURES (others are refused)
 
 Nothing is downloaded: every load is local (`local_files_only=True`). Built models are
 cached under $SFTRL_CACHE (default ~/.cache/sftrl-kit). Loading never unpickles:
@@ -45,6 +46,9 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 BUILT_IN = ("default", "default-vl", "tiny", "tiny-vl")
 VISION_BUILT_IN = ("default-vl", "tiny-vl")
 MixedPrecision = Literal["auto", "fp32", "bf16"]
+# Vision-language architectures (config model_type) whose packed prompt + response
+# batches `forward_inputs` completes; load_policy refuses any other.
+VISION_ARCHITECTURES = ("idefics3", "llava", "mllama", "qwen2_5_vl", "qwen2_vl")
 CACHE_VERSION = "v2"  # bump when what is written into the cache changes
 TINY_VERSION = "v3"  # the tiny models' own: v3 has head_dim 32 (vLLM-servable)
 
@@ -282,18 +286,35 @@ class Policy:
         is rebuilt left-padded as prompt + response.
         """
         batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
-        images = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
         return response_token_logprobs(
-            self.model, batch, responses, images, logit_scale, top_p, autocast_dtype=self.autocast_dtype
+            self.model,
+            batch,
+            responses,
+            self.image_tensors(prompt_inputs),
+            logit_scale,
+            top_p,
+            autocast_dtype=self.autocast_dtype,
         ).logprobs
 
     def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
-        """Pixel tensors for rows' images, in row order (empty for text models)."""
-        images = [image for row in images_per_row for image in row]
-        if self.processor is None or not images:
+        """The image tensors of rows' images, row by row (empty for text models)."""
+        if self.processor is None or not any(images_per_row):
             return {}
-        pixels = self.processor.image_processor(images, return_tensors="pt")
-        return {key: value.to(self.device) for key, value in pixels.items()}
+        pixels = self.processor.image_processor([list(row) for row in images_per_row], return_tensors="pt")
+        return self.image_tensors(pixels)
+
+    def image_tensors(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """The image processor's tensors in a processor's output (pixel_values and what
+        describes them: image_grid_thw, aspect_ratio_ids ...), on the policy's device.
+
+        The token-aligned ones (input_ids, mm_token_type_ids, cross_attention_mask ...)
+        are left out: they fit the prompts alone, and `forward_inputs` rebuilds them for
+        each packed prompt + response batch.
+        """
+        if self.processor is None:
+            return {}
+        keys = self.processor.image_processor.model_input_names
+        return {k: v.to(self.device) for k, v in inputs.items() if k in keys and torch.is_tensor(v)}
 
     def save(self, folder: str | Path) -> Path:
         """Weights (safetensors), tokenizer/processor, and the value head if any."""
@@ -388,6 +409,9 @@ def load_policy(
     (`resolve_autocast`: bf16 on CUDA, none on CPU, by default). With `lora`, the base
     weights are frozen and only adapters train. With `value_head`, a value head is
     loaded from the folder if it has one, else freshly initialised.
+
+    A vision-language checkpoint of an architecture outside VISION_ARCHITECTURES, or
+    whose processor does not load, is refused with a ValueError before the weights load.
     """
     folder = resolve_model(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -397,20 +421,17 @@ def load_policy(
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     is_vision = is_vision_model(folder)
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
+    if is_vision:
+        check_vision_architecture(folder)
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+    processor = _load_processor(folder) if is_vision else None
     model_class = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
     try:
         model = model_class.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ValueError(f"could not load a model from {folder}: {error}") from error
     model.to(device)
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if is_vision else None
     tokenizer = (
         processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
     )
@@ -418,6 +439,36 @@ def load_policy(
         model = _with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
     return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
+
+
+def check_vision_architecture(folder: str | Path) -> None:
+    """Raise a ValueError, before anything loads, for a vision-language architecture
+    whose packed-batch inputs the kit does not build (see `forward_inputs`): its
+    log-probs and values would be computed without them, silently wrong."""
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if model_type not in VISION_ARCHITECTURES:
+        raise ValueError(
+            f"{folder} is a {model_type!r} vision-language model, which the kit does not support yet: "
+            "it rebuilds the inputs an architecture aligns with the tokens (3-D positions, image-token "
+            "types, cross-attention masks) for each packed prompt + response batch only for "
+            f"{', '.join(VISION_ARCHITECTURES)} (models.forward_inputs, checked against each processor "
+            "in tests/test_backbones.py)"
+        )
+
+
+def _load_processor(folder: Path):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, AttributeError, ImportError) as error:
+        hint = ""
+        if "video" in str(error).lower() and importlib.util.find_spec("torchvision") is None:
+            hint = (
+                " This processor holds a video processor, which transformers builds only with torchvision: "
+                "install the torchvision release that matches your torch."
+            )
+        raise ValueError(f"could not load the processor of {folder}: {error}.{hint}") from error
 
 
 def is_vision_model(name_or_path: str | Path) -> bool:
@@ -696,6 +747,57 @@ def pack_prompt_responses(prompts, responses, pad_id: int, device) -> dict[str, 
     }
 
 
+def forward_inputs(model, batch: dict[str, torch.Tensor], images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of `model`'s forward pass over a packed batch
+    (`pack_prompt_responses`) and its image tensors.
+
+    What an architecture aligns with the tokens is rebuilt from the packed input_ids,
+    as its processor builds it for the prompts and generate() extends it over the
+    response; a processor's own tensors fit the prompts alone (their width and left
+    padding). Checked for each architecture against an unpadded forward pass on the
+    processor's own encoding in tests/test_backbones.py.
+
+    - M-RoPE models (Qwen2-VL, Qwen2.5-VL: `mrope_section` in the text config's rope
+      parameters): `mm_token_type_ids` marks the image and video tokens, and with images
+      the 1-D position_ids are left out, so that the model computes its 3-D (time,
+      height, width) positions with its own get_rope_index, which skips left padding.
+    - Mllama: `cross_attention_mask`: each image is seen, over its tiles, from its
+      <|image|> token to the end of the row (the next image token, if any).
+    """
+    inputs = {**batch, **images}
+    config = model.config
+    if "mrope_section" in (getattr(text_config(model), "rope_parameters", None) or {}):
+        input_ids = batch["input_ids"]
+        token_types = torch.zeros_like(input_ids)
+        token_types[input_ids == config.image_token_id] = 1
+        token_types[input_ids == config.video_token_id] = 2
+        inputs["mm_token_type_ids"] = token_types
+        if "image_grid_thw" in images or "video_grid_thw" in images:
+            del inputs["position_ids"]
+    if config.model_type == "mllama" and "pixel_values" in images:
+        inputs["cross_attention_mask"] = _mllama_cross_attention_mask(
+            batch["input_ids"], config.image_token_index, images["aspect_ratio_mask"]
+        )
+    return inputs
+
+
+def _mllama_cross_attention_mask(
+    input_ids: torch.Tensor, image_token_id: int, aspect_ratio_mask: torch.Tensor
+) -> torch.Tensor:
+    """(batch, seq, images, tiles), by the Mllama processor's own functions; each image's
+    tile count read from aspect_ratio_mask (1 over its tiles)."""
+    from transformers.models.mllama.processing_mllama import (
+        convert_sparse_cross_attention_mask_to_dense,
+        get_cross_attention_token_mask,
+    )
+
+    spans = [get_cross_attention_token_mask(row, image_token_id) for row in input_ids.tolist()]
+    dense = convert_sparse_cross_attention_mask_to_dense(
+        spans, aspect_ratio_mask.sum(-1).tolist(), aspect_ratio_mask.shape[-1], input_ids.shape[1]
+    )
+    return torch.from_numpy(dense).to(input_ids.device)
+
+
 def response_window(responses: Sequence[Sequence[int]]) -> int:
     """How many final logits a packed batch needs: one per response token, plus one."""
     return max((len(r) for r in responses), default=0) + 1
@@ -733,16 +835,16 @@ def response_token_logprobs(
 
     model: any causal LM taking the packed batch (the policy, the frozen reference, or the
     policy with its adapters off); batch: `pack_prompt_responses(prompts, responses, ...)`;
-    images: the batch's image tensors (pixel_values ...). The forward pass runs under
+    images: the batch's image tensors (pixel_values ...; `forward_inputs` adds what the
+    architecture aligns with the tokens). The forward pass runs under
     autocast to `autocast_dtype`; the log-probs are computed in fp32 from the last
     `response_window` logits (see `response_logprobs` for logit_scale and top_p).
     Gradients flow when the caller has them enabled.
     """
     device = batch["input_ids"].device
+    inputs = forward_inputs(model, batch, images or {})
     with autocast(device, autocast_dtype):
-        out = model(
-            **batch, **(images or {}), logits_to_keep=response_window(responses), output_hidden_states=last_hidden
-        )
+        out = model(**inputs, logits_to_keep=response_window(responses), output_hidden_states=last_hidden)
     terms = response_logprobs(out.logits, batch["input_ids"], responses, logit_scale, top_p)
     return ResponseScores(
         logprobs=[logprobs for logprobs, _ in terms],
