@@ -3,6 +3,15 @@
     python bench/rollout.py [--out bench/results/rollout.json] [--model default]
                             [--episodes 64 256] [--hf-episodes 64] [--plain-episodes 8]
                             [--max-new-tokens 64]
+    python bench/rollout.py --vl [--out bench/results/rollout-vl.json] [--model default-vl]
+                            [--hf-episodes 64]
+
+`--vl`: GP-VL at budget 2 with a vision-language model (default-vl), the HF engine (the
+vLLM engine serves text models only, so far): new tokens/s, episodes/hour, and where the
+time goes besides generation: `image_preprocessing_seconds` (the image processor's
+resize, normalise and pixel-shuffle input inside every encode, timed in place) and
+`rendering_seconds` (drawing the same deals' cards, timed apart), each with its share
+of the rollout's seconds.
 
 On the same deals and sampling (temperature 1, top_p 1, the quickstart's 64 new tokens):
   - `plain_loop`: one GP-L episode at a time, one `generate` call per turn, as a first
@@ -47,6 +56,7 @@ CASES = {  # name: (env id, env settings)
     "gp-l_budget5": ("gp-l", {"max_attempts": 5}),
     "virl-l": ("virl-l", {}),
 }
+CASES_VL = {"gp-vl_budget2": ("gp-vl", {"max_attempts": 2})}
 HF_BATCH = 64
 
 
@@ -86,7 +96,7 @@ def plain_loop(policy, seeds: list[int], sampling: SamplingConfig) -> dict:
 
 
 def kit_rollout(responder, case: str, episodes: int, sampling: SamplingConfig, batch_size: int) -> dict:
-    env_id, config = CASES[case]
+    env_id, config = {**CASES, **CASES_VL}[case]
     envs = [make(env_id, **config) for _ in range(episodes)]
     started = time.perf_counter()
     played = rollout(
@@ -114,19 +124,90 @@ def _rates(tokens: int, episodes: int, turns: int, seconds: float) -> dict:
     }
 
 
+def vl_rollout(policy, episodes: int, sampling: SamplingConfig) -> dict:
+    """GP-VL at budget 2 through the kit's rollout (HF engine), with the seconds spent
+    in the image processor (timed in place) and in rendering the deals (timed apart)."""
+    processor = policy.processor.image_processor
+    preprocess, spent = processor.preprocess, []
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return preprocess(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    processor.preprocess = timed  # the processor calls self.preprocess: this instance's, now
+    try:
+        result = kit_rollout(policy, "gp-vl_budget2", episodes, sampling, HF_BATCH)
+    finally:
+        del processor.preprocess
+    started = time.perf_counter()
+    env_id, config = CASES_VL["gp-vl_budget2"]
+    for seed in range(episodes):
+        make(env_id, **config).reset(seed=seed)
+    rendering = time.perf_counter() - started
+    result["image_preprocessing_seconds"] = round(sum(spent), 2)
+    result["image_preprocessing_share"] = round(sum(spent) / result["seconds"], 3)
+    result["rendering_seconds"] = round(rendering, 2)
+    result["rendering_share"] = round(rendering / result["seconds"], 3)
+    return result
+
+
+def image_tokens(policy) -> int:
+    """How many tokens one GP-VL image costs the language model."""
+    image = make("gp-vl").reset(seed=0)[0].images[0]
+    input_ids = policy.encode(["<image>"], [[image]])["input_ids"][0]
+    return int((input_ids == policy.model.config.image_token_id).sum())
+
+
+def vl_main(args) -> None:
+    load_before = os.getloadavg()
+    policy = load_policy(args.model)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    results = {f"hf_gp-vl_budget2_{n}": vl_rollout(policy, n, sampling) for n in args.hf_episodes}
+    report = {
+        **_report_header("rollout-vl", args, policy, load_before, sampling),
+        "image_tokens_per_image": image_tokens(policy),
+        "results": results,
+    }
+    write_report(args.out, report)
+
+
+def _report_header(name: str, args, policy, load_before: tuple, sampling: SamplingConfig) -> dict:
+    """What every rollout report opens with: the model, the machine and its load."""
+    return {
+        "benchmark": name,
+        "model": args.model,
+        "num_parameters": policy.num_parameters,
+        "dtype": str(policy.model.dtype),
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "sampling": vars(sampling),
+        "hf_batch_size": HF_BATCH,
+    }
+
+
 def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(RESULTS / "rollout.json"))
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--vl", action="store_true", help="GP-VL with a vision-language model (HF engine)")
+    parser.add_argument("--out", default=None, help="default: bench/results/rollout.json (rollout-vl.json with --vl)")
+    parser.add_argument("--model", default=None, help="default: default (default-vl with --vl)")
     parser.add_argument("--episodes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--hf-episodes", type=int, nargs="+", default=[64])
     parser.add_argument("--plain-episodes", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
+    args.out = args.out or str(RESULTS / ("rollout-vl.json" if args.vl else "rollout.json"))
+    args.model = args.model or ("default-vl" if args.vl else "default")
+    if args.vl:
+        return vl_main(args)
 
     load_before = os.getloadavg()
     policy = load_policy(args.model)
@@ -161,16 +242,7 @@ def main() -> None:
         for episodes in args.episodes
     }
     report = {
-        "benchmark": "rollout",
-        "model": args.model,
-        "num_parameters": policy.num_parameters,
-        "dtype": str(policy.model.dtype),
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "sampling": vars(sampling),
-        "hf_batch_size": HF_BATCH,
+        **_report_header("rollout", args, policy, load_before, sampling),
         "episode_counts": {"hf": args.hf_episodes, "vllm": args.episodes, "plain_loop": args.plain_episodes},
         "vllm": {
             "options": dataclasses.asdict(engine.options),

@@ -148,6 +148,13 @@ def _below_above(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[
     return [np.maximum(0.0, values - low), np.maximum(0.0, high - values)]
 
 
+def _with_legend(figure: Figure, ax: Axes, handles: list) -> Figure:
+    """The figure, laid out, with one legend entry per label on `ax`."""
+    ax.legend(handles=list({h.get_label(): h for h in handles}.values()), fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure
+
+
 def smooth(values: Sequence[float], window: int = 5, order: int = 3) -> np.ndarray:
     """Savitzky-Golay smoothing; series shorter than the window are returned as they are."""
     from scipy.signal import savgol_filter
@@ -232,10 +239,7 @@ def plot_curves(
         ax.set_xlabel("training GFLOPs" if x == "gflops" else "optimizer steps")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
-    unique = list({h.get_label(): h for h in handles}.values())
-    axes[0][0].legend(handles=unique, fontsize=8, loc="best")
-    figure.tight_layout()
-    return figure
+    return _with_legend(figure, axes[0][0], handles)
 
 
 def change_from_start(
@@ -361,10 +365,7 @@ def plot_recognition(rows: Sequence[dict[str, Any]], eval_sets: Sequence[str], m
         ax.set_xlabel("recognition accuracy (%)")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
-    unique = list({h.get_label(): h for h in handles}.values())
-    axes[0][0].legend(handles=unique, fontsize=8, loc="best")
-    figure.tight_layout()
-    return figure
+    return _with_legend(figure, axes[0][0], handles)
 
 
 # --- a run's own log ------------------------------------------------------------------
