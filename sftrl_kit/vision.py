@@ -171,6 +171,7 @@ def _compose(language_model, tokenizer, settings: EyesSettings):
         text_config=language_model.config.to_dict(),
         scale_factor=SHUFFLE,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=language_model.config.pad_token_id,  # Idefics3Config's default (128002) is Llama 3's
         tie_word_embeddings=language_model.config.tie_word_embeddings,
     )
     model = Idefics3ForConditionalGeneration(config)

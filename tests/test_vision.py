@@ -82,6 +82,7 @@ def test_default_vl_is_an_idefics3_that_loads_through_the_auto_classes(few_step_
     assert type(few_step_vl.model).__name__ == "Idefics3ForConditionalGeneration"
     assert few_step_vl.is_vision
     assert few_step_vl.model.config.scale_factor == 4
+    assert few_step_vl.model.config.pad_token_id == few_step_vl.tokenizer.pad_token_id  # not Llama 3's 128002
 
 
 def test_default_vl_speaks_exactly_as_the_default_model_on_text(few_step_vl):
