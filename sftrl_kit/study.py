@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data import (
+    STUDY_TASKS,
     eval_set_path,
     expert_records,
     load_eval_set,
@@ -262,25 +263,52 @@ def prepare_sft_data(
     return path
 
 
-def find_runs(run_dir: str | Path, start_name: str = "sft-start") -> tuple[list[Path], Path | None]:
+def find_runs(
+    run_dir: str | Path, task: str | None = None, start_name: str = "sft-start"
+) -> tuple[list[Path], Path | None]:
     """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
     under one of its subfolders, such as the quickstart's), and the shared start's last
-    checkpoint (shared_start: the picked one, if pick_start ran) if they include one. With none there, the newest folder under the runs
-    root that has some is used, so a notebook opened on its own picks up the last study."""
+    checkpoint (shared_start: the picked one, if pick_start ran) if they include one. With
+    none there, the newest folder under the runs root that has some is used, so a notebook
+    opened on its own picks up the last study.
+
+    With `task`, studies of other tasks are passed over: a quickstart folder of another
+    task (quickstart_dir) and a PPO run whose ppo.yaml names another environment. (An SFT
+    run does not record its task; name the runs explicitly where folders mix tasks.)"""
 
     def with_subfolders(folder: Path) -> list[Path]:
-        return [folder] + sorted(p for p in folder.glob("*") if p.is_dir())
+        inside = sorted(p for p in folder.glob("*") if p.is_dir())
+        return [f for f in [folder] + inside if task is None or not _other_task_folder(f, task)]
 
     newest_first = sorted((p for p in runs_root().glob("*") if p.is_dir()), reverse=True)
     candidates = [f for top in [Path(run_dir)] + newest_first for f in with_subfolders(top)]
     for folder in candidates:
-        runs = sorted(p for p in folder.glob("*") if list_checkpoints(p))
+        runs = sorted(p for p in folder.glob("*") if list_checkpoints(p) and _run_of_task(p, task))
         if runs:
             start = folder / start_name
             return [r for r in runs if r != start], shared_start(start) if start in runs else None
+    of_task = f" of task {task!r}" if task else ""
     raise FileNotFoundError(
-        f"no training runs under {run_dir} or {runs_root()}: run 03_sft and 04_ppo_launch (or 00_quickstart) first"
+        f"no training runs{of_task} under {run_dir} or {runs_root()}: "
+        "run 03_sft and 04_ppo_launch (or 00_quickstart) first"
     )
+
+
+def _other_task_folder(folder: Path, task: str) -> bool:
+    """Whether folder is the quickstart folder of a task other than `task`."""
+    named = folder.name.removeprefix(QUICKSTART_PREFIX)
+    return folder.name.startswith(QUICKSTART_PREFIX) and named in STUDY_TASKS and named != task
+
+
+def _run_of_task(run: Path, task: str | None) -> bool:
+    """False only for a run that records another task's environment (a PPO run's ppo.yaml)."""
+    from .config import load_yaml
+    from .train.ppo import PPOSettings
+
+    config = run / "ppo.yaml"
+    if task is None or not config.is_file():
+        return True
+    return load_yaml(PPOSettings, config).env_id == study_task(task).env_id
 
 
 def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | None = None):
@@ -432,10 +460,13 @@ class StudyRuns:
     evaluated: list[dict[str, Any]]
 
 
+QUICKSTART_PREFIX = "quickstart-"  # quickstart_dir: the folder of one task's quickstart study
+
+
 def quickstart_dir(run_dir: str | Path, settings: StudySettings) -> Path:
     """Where a quickstart study of settings.task keeps its training runs: run_dir/quickstart-<task>,
     so that studies of two tasks in one run folder (the smoke batch) never share a run."""
-    return Path(run_dir) / f"quickstart-{settings.task}"
+    return Path(run_dir) / f"{QUICKSTART_PREFIX}{settings.task}"
 
 
 def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> StudyRuns:

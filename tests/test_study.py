@@ -260,6 +260,25 @@ def test_find_runs_prefers_the_folder_then_its_subfolders_then_the_newest_study(
         study.find_runs(tmp_path / "nothing")
 
 
+def test_find_runs_of_a_task_passes_over_the_newer_studies_of_other_tasks(tmp_path, monkeypatch):
+    """The smoke batch runs 06 (a GP-VL study) after 00 (GP-L): 07 on gp-l must not pick it up."""
+    monkeypatch.setenv("SFTRL_RUNS", str(tmp_path))
+    gp_l = tmp_path / "20260101-000000-00_quickstart"
+    synthetic_run(study.quickstart_dir(gp_l, study.StudySettings(task="gp-l")), "ppo", "ppo", [(1, 1)])
+    gp_vl = tmp_path / "20260101-000100-06_recognition_probing"
+    synthetic_run(study.quickstart_dir(gp_vl, study.StudySettings(task="gp-vl")), "ppo", "ppo", [(1, 1)])
+    virl = synthetic_run(tmp_path / "20260101-000200-04_ppo_launch", "ppo", "ppo", [(1, 1)])
+    (virl / "ppo.yaml").write_text("env_id: virl-l\n")
+    here = tmp_path / "20260101-000300-07_failure_cases"
+    here.mkdir()
+    assert study.find_runs(here, "gp-l")[0] == [gp_l / "quickstart-gp-l" / "ppo"]
+    assert study.find_runs(here, "gp-vl")[0] == [gp_vl / "quickstart-gp-vl" / "ppo"]
+    assert study.find_runs(here, "virl-l")[0] == [virl]
+    assert study.find_runs(here)[0] == [virl]  # no task: the newest study, whatever its task
+    with pytest.raises(FileNotFoundError, match="of task 'virl-vl'"):
+        study.find_runs(here, "virl-vl")
+
+
 def test_tables_are_written_as_csv_and_json(tmp_path):
     path = study.write_table([{"a": 1, "b": "x"}, {"a": 2, "c": True}], tmp_path, "t")
     assert path.read_text().splitlines() == ["a,b,c", "1,x,", "2,,True"]
