@@ -223,9 +223,11 @@ class Policy:
         template_owner = self.processor or self.tokenizer
         return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def prompt_token_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The token ids of a conversation's prompt: what every engine is fed."""
-        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
+    def prompt_token_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
+        """The token ids of each conversation's prompt, image tokens expanded as the
+        model's processor expands them: what every engine must feed the model."""
+        inputs = self.encode([self.prompt_text(c.messages) for c in conversations], [c.images for c in conversations])
+        return [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
 
     def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> dict:
         """Left-padded model inputs for a batch of templated texts (and their images)."""

@@ -48,16 +48,14 @@ def test_the_hf_engine_is_the_policy_itself(tiny_policy):
 
 
 def test_vision_language_models_get_the_hf_engine_under_auto(tiny_vl_policy):
-    """The vLLM engine serves text models only: 'auto' gives a VLM the HF engine, and
-    evaluation keys record it (wherever vLLM is installed)."""
+    """'auto' gives a VLM the HF engine (vLLM only when asked for by name), and evaluation
+    keys record it (wherever vLLM is installed)."""
     from sftrl_kit.models import is_vision_model
 
     assert is_vision_model("tiny-vl")
     assert not is_vision_model("tiny")
     assert open_engine(tiny_vl_policy, "auto") is tiny_vl_policy
     assert resolve_engine("auto", vision=True) == "hf"
-    with pytest.raises(NotImplementedError, match="text models only"):
-        resolve_engine("vllm", vision=True)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +203,41 @@ def test_a_ppo_update_leaves_the_engine_with_the_learners_weights(tmp_path, engi
     assert {
         e["engine"] for e in map(json.loads, (run / "episodes" / "update-0001.jsonl").read_text().splitlines())
     } == {"vllm"}
+
+
+@requires_vllm
+def test_vllm_serves_an_idefics3_vlm_exactly_as_the_learner_reads_it(tmp_path, tiny_vl_policy):
+    """GP-VL episodes through vLLM on a tiny random Idefics3 with image splitting (the
+    architecture of default-vl and SmolVLM; 5 images of 4 tokens per picture): vLLM's
+    processing expands the image tokens exactly as the kit's processor does, writes the
+    same greedy tokens with the learner's log-probs, and a sync reaches the vision tower.
+    Runs last: it replaces the module's text engine."""
+    from test_backbones import _idefics3
+
+    _idefics3(tmp_path / "idefics3")
+    policy = load_policy(tmp_path / "idefics3")
+    engine = open_engine(policy, "vllm")
+    hf = _episodes(policy, "gp-vl", GREEDY, count=4)
+    served = _episodes(engine, "gp-vl", GREEDY, count=4)
+    image_token = policy.model.config.image_token_id
+    prompts = [t.prompt_token_ids for e in served for t in e.turns]
+    assert all(ids.count(image_token) == 5 * 4 for ids in prompts)
+    assert prompts == [t.prompt_token_ids for e in hf for t in e.turns]
+    assert _ids(served) == _ids(hf)
+    for mine, theirs in zip([t for e in served for t in e.turns], [t for e in hf for t in e.turns]):
+        assert torch.allclose(torch.tensor(mine.response_logprobs), torch.tensor(theirs.response_logprobs), atol=1e-3)
+
+    changed = load_policy(tmp_path / "idefics3")
+    with torch.no_grad():
+        for name, parameter in changed.model.named_parameters():
+            if "vision_model" in name or "connector" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    assert open_engine(changed, "vllm") is engine  # synced, not restarted
+    after = [t.response_logprobs for e in _episodes(engine, "gp-vl", GREEDY, count=4) for t in e.turns]
+    expected = [t.response_logprobs for e in _episodes(changed, "gp-vl", GREEDY, count=4) for t in e.turns]
+    before = [t.response_logprobs for e in served for t in e.turns]
+    assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3) for a, b in zip(after, expected))
+    assert after != before
+
+    with pytest.raises(NotImplementedError, match="not 'llava'"):
+        open_engine(tiny_vl_policy, "vllm")  # vLLM's LLaVA processing needs torchvision

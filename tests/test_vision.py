@@ -87,12 +87,12 @@ def test_default_vl_is_an_idefics3_that_loads_through_the_auto_classes(few_step_
 
 def test_default_vl_speaks_exactly_as_the_default_model_on_text(few_step_vl):
     """Its language model is the embedded default model, weights and chat template."""
-    from sftrl_kit.models import load_policy
+    from sftrl_kit.models import Conversation, load_policy
 
     text = load_policy("default")
     messages = [{"role": "user", "content": "Name a card game."}]
     assert few_step_vl.prompt_text(messages) == text.prompt_text(messages)
-    ids = torch.tensor([text.prompt_token_ids(messages)])
+    ids = torch.tensor(text.prompt_token_ids([Conversation(messages)]))
     with torch.no_grad():
         expected = text.model(input_ids=ids).logits
         got = few_step_vl.model(input_ids=ids).logits[..., : expected.shape[-1]]

