@@ -4,14 +4,15 @@
                             [--episodes 64 256] [--hf-episodes 64] [--plain-episodes 8]
                             [--max-new-tokens 64]
     python bench/rollout.py --vl [--out bench/results/rollout-vl.json] [--model default-vl]
-                            [--hf-episodes 64]
+                            [--hf-episodes 64] [--episodes 64 256]
 
-`--vl`: GP-VL at budget 2 with a vision-language model (default-vl), the HF engine (the
-vLLM engine serves text models only, so far): new tokens/s, episodes/hour, and where the
-time goes besides generation: `image_preprocessing_seconds` (the image processor's
-resize, normalise and pixel-shuffle input inside every encode, timed in place) and
-`rendering_seconds` (drawing the same deals' cards, timed apart), each with its share
-of the rollout's seconds.
+`--vl`: GP-VL at budget 2 with a vision-language model (default-vl), with the HF engine
+(--hf-episodes) and the vLLM engine (--episodes): new tokens/s, episodes/hour, and where
+the time goes besides generation: `image_preprocessing_seconds` (the kit's image
+processor, inside every encode, timed in place; with vLLM, the kit's encode that checks
+vLLM's prompt ids: vLLM's own processing of the images is inside the rest) and
+`rendering_seconds` (drawing the same deals' cards, timed apart), each with its share of
+the rollout's seconds; the vLLM engine's start and its ratio to HF at 64 episodes.
 
 On the same deals and sampling (temperature 1, top_p 1, the quickstart's 64 new tokens):
   - `plain_loop`: one GP-L episode at a time, one `generate` call per turn, as a first
@@ -124,9 +125,10 @@ def _rates(tokens: int, episodes: int, turns: int, seconds: float) -> dict:
     }
 
 
-def vl_rollout(policy, episodes: int, sampling: SamplingConfig) -> dict:
-    """GP-VL at budget 2 through the kit's rollout (HF engine), with the seconds spent
-    in the image processor (timed in place) and in rendering the deals (timed apart)."""
+def vl_rollout(policy, episodes: int, sampling: SamplingConfig, responder=None) -> dict:
+    """GP-VL at budget 2 through the kit's rollout (responder: the HF engine, the policy
+    itself, unless given), with the seconds spent in the policy's image processor (timed
+    in place) and in rendering the deals (timed apart)."""
     processor = policy.processor.image_processor
     preprocess, spent = processor.preprocess, []
 
@@ -139,7 +141,7 @@ def vl_rollout(policy, episodes: int, sampling: SamplingConfig) -> dict:
 
     processor.preprocess = timed  # the processor calls self.preprocess: this instance's, now
     try:
-        result = kit_rollout(policy, "gp-vl_budget2", episodes, sampling, HF_BATCH)
+        result = kit_rollout(responder or policy, "gp-vl_budget2", episodes, sampling, HF_BATCH)
     finally:
         del processor.preprocess
     started = time.perf_counter()
@@ -166,11 +168,22 @@ def vl_main(args) -> None:
     policy = load_policy(args.model)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     results = {f"hf_gp-vl_budget2_{n}": vl_rollout(policy, n, sampling) for n in args.hf_episodes}
+    engine = open_engine(policy, "vllm")
+    kit_rollout(engine, "gp-vl_budget2", 16, sampling, HF_BATCH)  # untimed: a process's first call runs slower
+    for n in args.episodes:
+        results[f"vllm_gp-vl_budget2_{n}"] = vl_rollout(policy, n, sampling, responder=engine)
     report = {
         **_report_header("rollout-vl", args, policy, load_before, sampling),
         "image_tokens_per_image": image_tokens(policy),
+        "vllm_start_seconds": round(engine.start_seconds, 1),
         "results": results,
     }
+    if "hf_gp-vl_budget2_64" in results and "vllm_gp-vl_budget2_64" in results:
+        report["ratio_vllm_hf"] = round(
+            results["vllm_gp-vl_budget2_64"]["new_tokens_per_second"]
+            / results["hf_gp-vl_budget2_64"]["new_tokens_per_second"],
+            2,
+        )
     write_report(args.out, report)
 
 
@@ -196,7 +209,7 @@ def peak_rss_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vl", action="store_true", help="GP-VL with a vision-language model (HF engine)")
+    parser.add_argument("--vl", action="store_true", help="GP-VL with a vision-language model (HF and vLLM engines)")
     parser.add_argument("--out", default=None, help="default: bench/results/rollout.json (rollout-vl.json with --vl)")
     parser.add_argument("--model", default=None, help="default: default (default-vl with --vl)")
     parser.add_argument("--episodes", type=int, nargs="+", default=[64, 256])
