@@ -8,6 +8,7 @@ vLLM is a failure, not a skip. They share the process's one engine (started once
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from conftest import ENVIRONMENT_AT_START
 
 from sftrl_kit.engines import close_engines, open_engine, resolve_engine, vllm_missing
 from sftrl_kit.envs import make
+from sftrl_kit.episodes import chat_messages
 from sftrl_kit.models import (
     Conversation,
     LoraSettings,
@@ -238,6 +240,11 @@ def test_vllm_serves_an_idefics3_vlm_exactly_as_the_learner_reads_it(tmp_path, t
     before = [t.response_logprobs for e in served for t in e.turns]
     assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3) for a, b in zip(after, expected))
     assert after != before
+
+    obs = make("gp-vl").reset(seed=0)[0]
+    two_pictures = Conversation(chat_messages(replace(obs, images=obs.images * 2)), obs.images * 2)
+    with pytest.raises(ValueError, match="max_images=1"):
+        engine.respond([two_pictures], GREEDY)  # vLLM was started for one image per prompt
 
     with pytest.raises(NotImplementedError, match="not 'llava'"):
         open_engine(tiny_vl_policy, "vllm")  # vLLM's LLaVA processing needs torchvision
