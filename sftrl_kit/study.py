@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from .data import (
     STUDY_TASKS,
     eval_set_path,
@@ -301,14 +303,18 @@ def _other_task_folder(folder: Path, task: str) -> bool:
 
 
 def _run_of_task(run: Path, task: str | None) -> bool:
-    """False only for a run that records another task's environment (a PPO run's ppo.yaml)."""
-    from .config import load_yaml
-    from .train.ppo import PPOSettings
-
+    """False for a run that records another task's environment (a PPO run's ppo.yaml), or
+    whose ppo.yaml cannot be read (a notebook looking for runs passes over it, rather
+    than stopping at some old folder's file); only env_id is read, so that settings of
+    another kit version or a missing vLLM do not matter here."""
     config = run / "ppo.yaml"
     if task is None or not config.is_file():
         return True
-    return load_yaml(PPOSettings, config).env_id == study_task(task).env_id
+    try:
+        recorded = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("env_id") == study_task(task).env_id
 
 
 def eval_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] | None = None):

@@ -248,3 +248,4 @@ def test_vllm_serves_an_idefics3_vlm_exactly_as_the_learner_reads_it(tmp_path, t
 
     with pytest.raises(NotImplementedError, match="not 'llava'"):
         open_engine(tiny_vl_policy, "vllm")  # vLLM's LLaVA processing needs torchvision
+    assert open_engine(policy, "vllm") is engine  # the refusal left the running engine alone

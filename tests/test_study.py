@@ -268,13 +268,15 @@ def test_find_runs_of_a_task_passes_over_the_newer_studies_of_other_tasks(tmp_pa
     gp_vl = tmp_path / "20260101-000100-06_recognition_probing"
     synthetic_run(study.quickstart_dir(gp_vl, study.StudySettings(task="gp-vl")), "ppo", "ppo", [(1, 1)])
     virl = synthetic_run(tmp_path / "20260101-000200-04_ppo_launch", "ppo", "ppo", [(1, 1)])
-    (virl / "ppo.yaml").write_text("env_id: virl-l\n")
+    (virl / "ppo.yaml").write_text("env_id: virl-l\nengine: vllm\nfield_of_a_later_version: 1\n")
+    corrupt = synthetic_run(tmp_path / "20260101-000250-04_ppo_launch", "ppo", "ppo", [(1, 1)])
+    (corrupt / "ppo.yaml").write_text("env_id: [gp-l\n")  # unreadable: passed over, not fatal
     here = tmp_path / "20260101-000300-07_failure_cases"
     here.mkdir()
     assert study.find_runs(here, "gp-l")[0] == [gp_l / "quickstart-gp-l" / "ppo"]
     assert study.find_runs(here, "gp-vl")[0] == [gp_vl / "quickstart-gp-vl" / "ppo"]
     assert study.find_runs(here, "virl-l")[0] == [virl]
-    assert study.find_runs(here)[0] == [virl]  # no task: the newest study, whatever its task
+    assert study.find_runs(here)[0] == [corrupt]  # no task: the newest study, whatever its task
     with pytest.raises(FileNotFoundError, match="of task 'virl-vl'"):
         study.find_runs(here, "virl-vl")
 

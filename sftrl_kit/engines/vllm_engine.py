@@ -145,6 +145,11 @@ class VLLMEngine:
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, with_logprobs: bool = True
     ) -> list[Generation]:
         """One engine call over the conversations; each response ends at its first stop token."""
+        if (most := max((len(c.images) for c in conversations), default=0)) > self.options.max_images:
+            raise ValueError(
+                f"a prompt carries {most} images; the engine was started for max_images={self.options.max_images} "
+                f"(open_engine(policy, 'vllm', max_images={most}))"
+            )
         prompts = self._policy.prompt_token_ids(conversations)
         limit = self.llm.llm_engine.model_config.max_model_len
         for ids in prompts:
@@ -161,7 +166,8 @@ class VLLMEngine:
             if list(output.prompt_token_ids) != ids:
                 raise RuntimeError(
                     "vLLM encoded a prompt differently from the model's processor (image tokens?): "
-                    "the learner would score responses to another prompt; use engine='hf' for this model"
+                    "the learner would score responses to another prompt; restart the engine "
+                    "(engines.close_engines()) if the processor changed since it started, or use engine='hf'"
                 )
             completion = output.outputs[0]
             response = list(completion.token_ids)
@@ -181,11 +187,6 @@ class VLLMEngine:
             return [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
         if not self._policy.is_vision:
             raise ValueError("these conversations carry images, and the engine serves a text model")
-        if (most := max(len(c.images) for c in conversations)) > self.options.max_images:
-            raise ValueError(
-                f"a prompt carries {most} images; the engine was started for max_images={self.options.max_images} "
-                f"(open_engine(policy, 'vllm', max_images={most}))"
-            )
         return [
             {"prompt": self._policy.prompt_text(c.messages), "multi_modal_data": {"image": list(c.images)}}
             if c.images
@@ -360,6 +361,7 @@ def shared_engine(policy: Policy, **options) -> VLLMEngine:
     if _shared is not None and _shared.architecture == architecture_key(policy) and _shared.options == wanted:
         _shared.sync(policy)
         return _shared
+    check_vllm_architecture(policy)  # before the running engine is closed for it
     close_shared_engine()
     _shared = VLLMEngine(policy, wanted)
     return _shared
