@@ -226,18 +226,24 @@ class Policy:
     def prompt_token_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
         """The token ids of each conversation's prompt, image tokens expanded as the
         model's processor expands them: what every engine must feed the model."""
-        inputs = self.encode([self.prompt_text(c.messages) for c in conversations], [c.images for c in conversations])
+        texts = [self.prompt_text(c.messages) for c in conversations]
+        inputs = self.encode(
+            texts, [c.images for c in conversations], to_device=False
+        )  # ids only: no device round trip
         return [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
 
-    def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> dict:
-        """Left-padded model inputs for a batch of templated texts (and their images)."""
+    def encode(
+        self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None, to_device: bool = True
+    ) -> dict:
+        """Left-padded model inputs for a batch of templated texts (and their images), on
+        the policy's device (to_device=False: left where the processor made them)."""
         if self.processor is not None and images and any(images):
             batch = self.processor(
                 text=list(texts), images=[list(i) for i in images], padding=True, return_tensors="pt"
             )
         else:
             batch = self.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)
-        return {key: value.to(self.device) for key, value in batch.items()}
+        return {key: value.to(self.device) if to_device else value for key, value in batch.items()}
 
     @torch.no_grad()
     def respond(
