@@ -87,7 +87,7 @@ def test_sftrl_run_smoke_executes_every_notebook(tmp_path):
 def test_nbval_lax_finds_no_failing_cell_in_the_committed_notebooks(tmp_path):
     """nbval executes the notebooks as committed (smoke mode, via SFTRL_SMOKE) and fails on
     any cell that raises; outputs are not compared (lax)."""
-    env = {**os.environ, "SFTRL_SMOKE": "1", "SFTRL_RUNS": str(tmp_path)}
+    env = {**os.environ, "SFTRL_SMOKE": "1", "SFTRL_RUNS": str(tmp_path), "PYTHONPATH": str(REPO / "tests")}
     done = subprocess.run(
         [
             sys.executable,
@@ -97,6 +97,8 @@ def test_nbval_lax_finds_no_failing_cell_in_the_committed_notebooks(tmp_path):
             "-q",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "nbval_patience",
             "--rootdir",
             str(REPO),
             str(REPO / "notebooks"),
