@@ -44,6 +44,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ class VLLMEngine:
         self.name = policy.name
         self.architecture = architecture_key(policy)
         self._folder = Path(tempfile.mkdtemp(prefix="sftrl-vllm-"))
+        # also when the engine is never closed: dropped, or alive at the interpreter's exit
+        weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         started = time.perf_counter()
         try:
             _write_model_files(policy, self._folder)
