@@ -129,6 +129,27 @@ def test_the_same_seed_samples_the_same_episodes_and_another_seed_others(engine)
     assert _ids(_episodes(engine, "gp-l", other)) != _ids(first)
 
 
+def test_model_folders_of_engines_whose_process_died_are_removed_and_no_others(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from sftrl_kit.engines.vllm_engine import FOLDER_PREFIX, remove_orphaned_folders
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{FOLDER_PREFIX}{finished.stdout.strip()}-abc"
+    alive = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def"
+    unknown = tmp_path / f"{FOLDER_PREFIX}xyz"  # an older kit's name: no owner to check
+    for folder in (dead, alive, unknown):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    assert remove_orphaned_folders() == [dead]
+    assert not dead.exists()
+    assert alive.is_dir()
+    assert unknown.is_dir()
+
+
 @requires_vllm
 def test_sampling_params_set_every_setting_explicitly():
     from sftrl_kit.engines.vllm_engine import sampling_params

@@ -65,6 +65,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 # the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
 # afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
 # into vLLM keeps them (process.environment_kept; the engine's methods: _keeps_child_environment).
+FOLDER_PREFIX = "sftrl-vllm-"  # + the owning process's id: an engine's model folder in the temp dir
 _PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
 
 
@@ -109,7 +110,8 @@ class VLLMEngine:
         self.options = options
         self.name = policy.name
         self.architecture = architecture_key(policy)
-        self._folder = Path(tempfile.mkdtemp(prefix="sftrl-vllm-"))
+        remove_orphaned_folders()
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         # also when the engine is never closed: dropped, or alive at the interpreter's exit
         weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         started = time.perf_counter()
@@ -223,6 +225,28 @@ class VLLMEngine:
             del llm
             gc.collect()
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def remove_orphaned_folders() -> list[Path]:
+    """Remove the model folders of engines whose process is gone: a notebook kernel shut
+    down with SIGKILL (papermill, nbval) runs no finaliser. Returns what it removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
+        owner = folder.name[len(FOLDER_PREFIX) :].split("-")[0]
+        if owner.isdigit() and not _process_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @_keeps_child_environment
