@@ -8,6 +8,9 @@ vLLM is a failure, not a skip. They share the process's one engine (started once
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 
 import pytest
@@ -15,6 +18,7 @@ import torch
 from conftest import ENVIRONMENT_AT_START
 
 from sftrl_kit.engines import close_engines, open_engine, resolve_engine, vllm_missing
+from sftrl_kit.engines.vllm_engine import FOLDER_PREFIX, remove_orphaned_folders
 from sftrl_kit.envs import make
 from sftrl_kit.episodes import chat_messages
 from sftrl_kit.models import (
@@ -130,12 +134,6 @@ def test_the_same_seed_samples_the_same_episodes_and_another_seed_others(engine)
 
 
 def test_model_folders_of_engines_whose_process_died_are_removed_and_no_others(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-    import tempfile
-
-    from sftrl_kit.engines.vllm_engine import FOLDER_PREFIX, remove_orphaned_folders
-
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = tmp_path / f"{FOLDER_PREFIX}{finished.stdout.strip()}-abc"

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil  # accelerate's dependency
 import torch
 
 from ..models import Conversation, Generation, Policy, SamplingConfig, text_config
@@ -60,12 +61,12 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # vLLM logs every step of its start at INFO; a notebook wants its warnings only.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+FOLDER_PREFIX = "sftrl-vllm-"  # + the owning process's id: an engine's model folder in the temp dir
 
 # Set process-wide by vLLM's CPU start (LD_PRELOAD: its OpenMP; LOCAL_WORLD_SIZE) and by
 # the OpenCV it imports lazily on a first generate (LD_LIBRARY_PATH). A program started
 # afterwards (accelerate launch, a notebook kernel) must not inherit them, so every call
 # into vLLM keeps them (process.environment_kept; the engine's methods: _keeps_child_environment).
-FOLDER_PREFIX = "sftrl-vllm-"  # + the owning process's id: an engine's model folder in the temp dir
 _PROCESS_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LOCAL_WORLD_SIZE")
 
 
@@ -112,8 +113,8 @@ class VLLMEngine:
         self.architecture = architecture_key(policy)
         remove_orphaned_folders()
         self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
-        # also when the engine is never closed: dropped, or alive at the interpreter's exit
-        weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        # by close(), or when the engine is dropped or alive at the interpreter's exit
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         started = time.perf_counter()
         try:
             _write_model_files(policy, self._folder)
@@ -224,7 +225,7 @@ class VLLMEngine:
                 llm.llm_engine.engine_core.shutdown()
             del llm
             gc.collect()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._remove_folder()
 
 
 def remove_orphaned_folders() -> list[Path]:
@@ -232,21 +233,11 @@ def remove_orphaned_folders() -> list[Path]:
     down with SIGKILL (papermill, nbval) runs no finaliser. Returns what it removed."""
     removed = []
     for folder in Path(tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
-        owner = folder.name[len(FOLDER_PREFIX) :].split("-")[0]
-        if owner.isdigit() and not _process_exists(int(owner)):
+        owner = folder.name.removeprefix(FOLDER_PREFIX).split("-")[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 @_keeps_child_environment
