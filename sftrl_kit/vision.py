@@ -4,29 +4,34 @@
 
 Layout: Idefics3's (SmolVLM's), saved as `Idefics3ForConditionalGeneration` and loaded
 through the Auto classes: a SigLIP-style ViT over 14-pixel patches of a 224-pixel image
-(16 x 16 patches), a pixel shuffle that folds each 4 x 4 block of patches into one token
-(16 image tokens, each over 56 x 56 pixels: one card's upper or lower half), a linear
-projection into SmolLM2-135M-Instruct's embedding space, and that language model,
-unchanged.
+(16 x 16 patches), a pixel shuffle that folds each 2 x 2 block of patches into one token
+(64 image tokens, each over 28 x 28 pixels), a linear projection into
+SmolLM2-135M-Instruct's embedding space, and that language model, unchanged.
 
 Why these eyes. A ViT reads glyphs from small patches (14 px: a stroke of a rank) far
-better than from one big patch per token, and the pixel shuffle keeps the language
-model's share of the sequence small (16 tokens per image).
+better than from one big patch per token. Tokens of 28 px are the coarsest grid on which
+each word the eyes must say has a token of its own: a card's rank above its colour, and
+a storefront sign's two words (a street-view grid holds up to twelve signs).
 
 How they are trained, and why not as LLaVA does. LLaVA aligns its projector by
 captioning through the language model: a forward and backward pass of the LM for every
 image, about a second per image on two cores, where the eyes need tens of thousands of
 images. Here the tower and projection learn, without the LM, to write a *transcription*
-of the image in the LM's own input embeddings: the image token over the upper half of a
-card carries the embedding of its rank word (" king"), the token below it the card's
-colour (" red"), every other token the embedding of a space. The LM then reads an image
-as words it already knows, so the composed model can say what it sees before any task
-training, and the text model inside is bit for bit the default model. The loss is a
-cross-entropy over the transcription's vocabulary (which word each token is nearest to)
-plus the squared distance to the word's embedding (so that the LM receives an input it
-was trained on, not merely the nearest one). Training hands are dealt from all 52 cards,
-red and black: the paper's backbone had seen red cards before any post-training, and
-only the GP-VL task data are black.
+of the image in the LM's own input embeddings, aligned with where the text is: on a GP
+hand the token over the top of a card carries the embedding of its rank word (" king"),
+the token below it the card's colour (" red"); on a street-view grid the two tokens a
+sign covers carry its place name's two words (" Hudson", " Coffee"); every other token
+the embedding of a space. (A transcription in reading order instead, a block of tokens
+per sign, was tried on the street views and not learned by a tower this small: no name
+right after 1,500 steps.) The LM then reads an image as words it already knows, so the
+composed model can say what it sees before any task training, and the text model inside
+is bit for bit the default model. The loss is a cross-entropy over the transcription's
+vocabulary (which word each token is nearest to; word tokens weigh `word_weight` times a
+space, which most tokens are) plus the squared distance to the word's embedding (so that
+the LM receives an input it was trained on, not merely the nearest one). Training images
+are hands dealt from all 52 cards, red and black, and street views of all ten generated
+cities (at layouts other than the environment's): the paper's backbone had seen red cards
+and many cities before any post-training; only the task data are black-suit and Arden.
 """
 
 from __future__ import annotations
@@ -42,18 +47,26 @@ from PIL import Image
 
 from .envs.general_points.cards import RANKS, Card, deck
 from .envs.general_points.render import render_hand
+from .envs.virl.city import CITIES, KINDS, TRAIN_CITY, generate_city
+from .envs.virl.streetview import render_views, signs_in_views
 
-VL_VERSION = "v1"  # bump when the composition or EyesSettings' defaults change
+VL_VERSION = "v2"  # bump when the composition, the transcription or EyesSettings' defaults change
 IMAGE_SIDE = 224  # pixels: the processor resizes every image's longest edge to this
 PATCH = 14  # the ViT's patch side in pixels
-SHUFFLE = 4  # pixel shuffle: SHUFFLE x SHUFFLE patches -> one image token
-GRID = IMAGE_SIDE // PATCH // SHUFFLE  # image tokens per row and column (4)
+SHUFFLE = 2  # pixel shuffle: SHUFFLE x SHUFFLE patches -> one image token
+GRID = IMAGE_SIDE // PATCH // SHUFFLE  # image tokens per row and column (8)
 IMAGE_TOKENS = GRID * GRID
+CARDS_PER_HAND = 4
+RANK_ROW, COLOUR_ROW = 3, 4  # a card's rank is said by the token over its top, its colour by the one below
 RANK_WORDS = dict(zip(RANKS, "ace two three four five six seven eight nine ten jack queen king".split()))
 COLOUR_WORDS = {False: "black", True: "red"}
-FILLER = " "  # what an image token over no card says
+PANEL_TOKENS = GRID // 2  # a street-view grid is 2 x 2 panels of 4 x 4 tokens
+SIGN_TOKENS = {"left": ((2, 0), (2, 1)), "ahead": ((1, 1), (1, 2)), "right": ((2, 2), (2, 3))}
+"""where in its panel (row, column) each sign's two words are said: the tokens it covers"""
+FILLER = " "  # what an image token over no card and no sign says
 # The Idefics3 processor's marks around an image; their embeddings are set to a newline's.
 IMAGE_MARKS = ("<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>")
+LAYOUT_SEEDS = range(1, 200)  # city layouts the eyes train on; the environment's cities are layout 0
 
 
 @dataclass(frozen=True)
@@ -64,36 +77,74 @@ class EyesSettings:
     steps: int = 3000
     """optimiser steps"""
     batch_size: int = 32
-    """hands per step"""
+    """images per step"""
     learning_rate: float = 1e-3
     """peak of the one-cycle schedule (AdamW)"""
     pool: int = 8192
-    """hands rendered once and sampled from: rendering costs as much as a step"""
+    """images rendered once and sampled from: rendering costs as much as a step"""
+    street_share: float = 0.5
+    """share of the pool that is street-view grids (the rest are GP hands)"""
     large_share: float = 0.2
-    """share of the pool rendered at GP-VL's large size (560 px) and resized, as the env's large images are"""
+    """share of the hands rendered at GP-VL's large size (560 px) and resized, as the env's large images are"""
+    word_weight: float = 10.0
+    """weight of a token that says a word (not a space) in the cross-entropy"""
     hidden_size: int = 128
     """the ViT's width"""
-    layers: int = 3
+    layers: int = 4
     """the ViT's depth"""
     seed: int = 0
-    """seeds the weights, the deals and the order of the batches"""
+    """seeds the weights, the images and the order of the batches"""
 
 
 def card_transcription(hand: Sequence[Card]) -> list[str]:
-    """What each image token of a GP hand's picture says, row by row: row 1 the cards'
-    rank words left to right, row 2 their colours, rows 0 and 3 a space."""
-    if len(hand) != GRID:
-        raise ValueError(f"default-vl reads hands of {GRID} cards, got {len(hand)}")
+    """What each image token of a GP hand's picture says, row by row: card k covers
+    columns 2k and 2k+1; row RANK_ROW, column 2k says its rank word, row COLOUR_ROW,
+    column 2k its colour, every other token a space."""
+    if len(hand) != CARDS_PER_HAND:
+        raise ValueError(f"default-vl reads hands of {CARDS_PER_HAND} cards, got {len(hand)}")
     words = [FILLER] * IMAGE_TOKENS
     for slot, card in enumerate(hand):
-        words[GRID + slot] = " " + RANK_WORDS[card.rank]
-        words[2 * GRID + slot] = " " + COLOUR_WORDS[card.is_red]
+        words[RANK_ROW * GRID + 2 * slot] = " " + RANK_WORDS[card.rank]
+        words[COLOUR_ROW * GRID + 2 * slot] = " " + COLOUR_WORDS[card.is_red]
     return words
 
 
+def street_transcription(signs: Sequence[dict[str, str]]) -> list[str]:
+    """What each image token of a street-view grid says, given the signs of its four
+    panels (`streetview.signs_in_views`): the two tokens a sign covers (SIGN_TOKENS)
+    say its place name's two words, every other token a space."""
+    words = [FILLER] * IMAGE_TOKENS
+    for panel, panel_signs in enumerate(signs):
+        for side, name in panel_signs.items():
+            for position, word in zip(_sign_positions(panel, side), _name_words(name)):
+                words[position] = " " + word
+    return words
+
+
+def _sign_positions(panel: int, side: str) -> list[int]:
+    """Token indices of a sign's two words in the grid (panels row by row, 2 x 2)."""
+    top, left = PANEL_TOKENS * (panel // 2), PANEL_TOKENS * (panel % 2)
+    return [(top + row) * GRID + left + column for row, column in SIGN_TOKENS[side]]
+
+
+def _name_words(name: str) -> tuple[str, str]:
+    words = name.split(" ")
+    if len(words) != 2:
+        raise ValueError(f"default-vl reads place names of two words (city word, kind), got {name!r}")
+    return words[0], words[1]
+
+
 def transcription_vocabulary() -> list[str]:
-    """Every word an image token can say, in a fixed order."""
-    return [FILLER, *(" " + w for w in RANK_WORDS.values()), *(" " + w for w in COLOUR_WORDS.values())]
+    """Every word an image token can say, in a fixed order: a space, the rank words, the
+    colours, every generated city's name words, the kinds of place."""
+    city_words = [word for style in CITIES.values() for word in style.words]
+    return [
+        FILLER,
+        *(" " + w for w in RANK_WORDS.values()),
+        *(" " + w for w in COLOUR_WORDS.values()),
+        *(" " + w for w in city_words),
+        *(" " + w for w in KINDS),
+    ]
 
 
 def read_hands(words: Sequence[Sequence[str]]) -> list[list[tuple[str, bool] | None]]:
@@ -104,11 +155,17 @@ def read_hands(words: Sequence[Sequence[str]]) -> list[list[tuple[str, bool] | N
     hands = []
     for row in words:
         slots = []
-        for slot in range(GRID):
-            rank, colour = row[GRID + slot], row[2 * GRID + slot]
+        for slot in range(CARDS_PER_HAND):
+            rank, colour = row[RANK_ROW * GRID + 2 * slot], row[COLOUR_ROW * GRID + 2 * slot]
             slots.append((ranks[rank], colours[colour]) if rank in ranks and colour in colours else None)
         hands.append(slots)
     return hands
+
+
+def read_signs(words: Sequence[str], panel: int, side: str) -> str:
+    """The place name a transcription says on one building of one panel ("" where both
+    of its tokens say a space)."""
+    return " ".join(words[i].strip() for i in _sign_positions(panel, side)).strip()
 
 
 def build_default_vl(folder: str | Path, settings: EyesSettings | None = None, progress: bool = True) -> Path:
@@ -203,19 +260,29 @@ def _pixel_values(processor, images: Sequence[Image.Image]) -> torch.Tensor:
 
 
 def _training_pool(processor, settings: EyesSettings, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels (fp16) and target word indices of `settings.pool` hands of all 52 cards."""
+    """Pixels (fp16) and target word indices of `settings.pool` images: hands of all 52
+    cards and street-view grids of every city, at layouts other than the environment's."""
     from tqdm.auto import tqdm
 
     rng = random.Random(settings.seed)
     cards = deck("all")
     index = {word: i for i, word in enumerate(words)}
     pixels, targets = [], []
-    for _ in tqdm(range(0, settings.pool, 256), desc="default-vl: rendering hands", leave=False):
-        hands = [rng.sample(cards, GRID) for _ in range(256)]
-        sizes = [560 if rng.random() < settings.large_share else IMAGE_SIDE for _ in hands]
-        images = [render_hand(hand, rng.getrandbits(32), size) for hand, size in zip(hands, sizes)]
+    for _ in tqdm(range(0, settings.pool, 256), desc="default-vl: rendering hands and streets", leave=False):
+        images, transcriptions = [], []
+        for _ in range(256):
+            if rng.random() < settings.street_share:
+                city = generate_city(rng.choice(list(CITIES)), seed=rng.choice(LAYOUT_SEEDS))
+                node, heading = (rng.randrange(city.size), rng.randrange(city.size)), rng.randrange(0, 360, 45)
+                images.append(render_views(city, node, heading, seed=rng.getrandbits(32)))
+                transcriptions.append(street_transcription(signs_in_views(city, node, heading)))
+            else:
+                hand = rng.sample(cards, CARDS_PER_HAND)
+                size = 560 if rng.random() < settings.large_share else IMAGE_SIDE
+                images.append(render_hand(hand, rng.getrandbits(32), size))
+                transcriptions.append(card_transcription(hand))
         pixels.append(_pixel_values(processor, images).half())
-        targets.append(torch.tensor([[index[w] for w in card_transcription(h)] for h in hands]))
+        targets.append(torch.tensor([[index[w] for w in row] for row in transcriptions]))
     return torch.cat(pixels)[: settings.pool], torch.cat(targets)[: settings.pool]
 
 
@@ -241,7 +308,11 @@ def _train_eyes(model, processor, tokenizer, settings: EyesSettings, progress: b
     for _ in bar:
         batch = torch.randint(len(pixels), (settings.batch_size,), generator=order)
         loss, accuracy = eyes_loss(
-            image_embeddings(model, pixels[batch].float()), targets[batch], targets_embedded, scale
+            image_embeddings(model, pixels[batch].float()),
+            targets[batch],
+            targets_embedded,
+            scale,
+            settings.word_weight,
         )
         optimiser.zero_grad()
         loss.backward()
@@ -253,16 +324,26 @@ def _train_eyes(model, processor, tokenizer, settings: EyesSettings, progress: b
 
 
 def eyes_loss(
-    embedded: torch.Tensor, targets: torch.Tensor, vocabulary: torch.Tensor, scale: torch.Tensor
+    embedded: torch.Tensor,
+    targets: torch.Tensor,
+    vocabulary: torch.Tensor,
+    scale: torch.Tensor,
+    word_weight: float = 1.0,
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy of each image token over the transcription's words (logits: dot
-    products with the words' embeddings / their mean norm) plus the squared distance to
-    its word's embedding (in units of that norm); and the share of tokens nearest their
-    word. embedded: (images, tokens, hidden); targets: (images, tokens) word indices."""
+    products with the words' embeddings / their mean norm; a token whose target is a
+    word other than the space, index 0, weighs `word_weight`) plus the squared distance
+    to its word's embedding (in units of that norm, unweighted); and the share of word
+    tokens (not spaces) nearest their word. embedded: (images, tokens, hidden); targets:
+    (images, tokens) word indices."""
     logits = embedded @ vocabulary.T / scale
-    cross_entropy = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    is_word = targets.flatten() != 0
+    weights = torch.where(is_word, word_weight, 1.0)
+    per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    cross_entropy = (per_token * weights).sum() / weights.sum()
     distance = ((embedded - vocabulary[targets]) ** 2).sum(-1).mean() / scale**2
-    accuracy = (logits.argmax(-1) == targets).float().mean().item()
+    right = logits.argmax(-1).flatten() == targets.flatten()
+    accuracy = (right & is_word).sum().item() / max(1, int(is_word.sum()))
     return cross_entropy + distance, accuracy
 
 
@@ -296,7 +377,7 @@ def recognition_sets(count: int, seed: int) -> dict[str, list[tuple[list[Card], 
     EyesSettings.seed, with every suit mixed)."""
     rng = random.Random(f"recognition/{seed}")
     return {
-        colours: [(rng.sample(deck(colours), GRID), rng.getrandbits(32)) for _ in range(count)]
+        colours: [(rng.sample(deck(colours), CARDS_PER_HAND), rng.getrandbits(32)) for _ in range(count)]
         for colours in ("black", "red")
     }
 
@@ -321,3 +402,54 @@ def recognition_report(policy, count: int = 200, seed: int = 1, batch_size: int 
             "four_ranks_and_colours": wilson_interval(cards_right, count),
         }
     return report
+
+
+def street_sets(count: int, seed: int) -> dict[str, list[tuple[tuple[int, int], int, int]]]:
+    """Held-out street views for place-name recognition: per city, `count` (node,
+    heading, image seed) at intersections with at least one place, in the city's layout
+    the environment uses (layout 0, which the eyes never trained on)."""
+    rng = random.Random(f"street-recognition/{seed}")
+    sets = {}
+    for name in CITIES:
+        city = generate_city(name)
+        nodes = sorted({(x, y) for (x, y, _) in city.places})
+        sets[name] = [(rng.choice(nodes), rng.randrange(0, 360, 45), rng.getrandbits(32)) for _ in range(count)]
+    return sets
+
+
+def place_recognition_report(policy, count: int = 100, seed: int = 1, batch_size: int = 50) -> dict[str, Any]:
+    """Place-name recognition of default-vl's eyes on held-out street views of every
+    generated city: the share of signs whose name the transcription says exactly (both
+    words, at the sign's tokens), and the share of views read exactly (every sign right,
+    no sign read where there is none), with Wilson intervals; per city, and pooled for
+    the training city (ID) and the nine visual-OOD cities. Signs within a view are not
+    independent, so the per-sign interval is narrower than the views warrant."""
+    from .evaluation import wilson_interval
+
+    per_city: dict[str, tuple[int, int, int, int]] = {}
+    for name, views in street_sets(count, seed).items():
+        city = generate_city(name)
+        signs_right = signs_shown = views_right = 0
+        for start in range(0, count, batch_size):
+            chunk = views[start : start + batch_size]
+            images = [render_views(city, node, heading, seed=image_seed) for node, heading, image_seed in chunk]
+            for (node, heading, _), words in zip(chunk, read_images(policy, images)):
+                signs = signs_in_views(city, node, heading)
+                shown = [(p, side, n) for p, panel in enumerate(signs) for side, n in panel.items()]
+                signs_shown += len(shown)
+                signs_right += sum(read_signs(words, p, side) == n for p, side, n in shown)
+                views_right += words == street_transcription(signs)
+        per_city[name] = (signs_right, signs_shown, views_right, count)
+
+    def pooled(names: Sequence[str]) -> dict[str, Any]:
+        totals = [sum(per_city[n][i] for n in names) for i in range(4)]
+        return {"signs": wilson_interval(totals[0], totals[1]), "views": wilson_interval(totals[2], totals[3])}
+
+    ood = [n for n in CITIES if n != TRAIN_CITY.name]
+    return {
+        "views_per_city": count,
+        "seed": seed,
+        "id": {"cities": [TRAIN_CITY.name], **pooled([TRAIN_CITY.name])},
+        "visual_ood": {"cities": ood, **pooled(ood)},
+        "per_city": {name: pooled([name]) for name in CITIES},
+    }

@@ -18,9 +18,12 @@ from sftrl_kit.envs.general_points.solver import solve
 from sftrl_kit.envs.virl.prompts import action_space_text
 from sftrl_kit.study import StudySettings, choose_start, ppo_settings
 
-CANONICAL_SHA256 = {  # the seed-11 prompt of each task under the other rule, from the kit at 210f486
+# the seed-11 prompt of each task under the other rule, from the kit at 210f486; V-IRL's since
+# the generated cities' names became one token per word (71c3bbb's prompt with each place
+# name replaced by the name at the same place in the new pools, byte for byte)
+CANONICAL_SHA256 = {
     "gp-l": "88d6500d5cee078979823c9fcd13ca7c8474ed969eba9cd78af170a94e2e1e94",
-    "virl-l": "510285cb2a08f68b066e52896f7041c0a0de622325f1e51e7d366439762b853c",
+    "virl-l": "5c630c63a106de75ae65d0e7f3e06a4b2604c5471a958dbb8bffe617e3cf0f41",
 }
 
 

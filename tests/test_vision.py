@@ -1,4 +1,4 @@
-"""default-vl: the composition, the transcription its eyes learn, and how recognition is counted.
+"""default-vl: the composition, the transcriptions its eyes learn, and how recognition is counted.
 
 The eyes' training itself (thousands of steps) runs in `bench/recognition.py`, not here:
 these tests build the model with a few steps, which checks everything but the rates.
@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from sftrl_kit.envs.general_points.cards import Card
+from sftrl_kit.envs.virl.city import CITIES, KINDS, City, generate_city
+from sftrl_kit.envs.virl.streetview import signs_in_views
 from sftrl_kit.vision import (
     GRID,
     IMAGE_TOKENS,
@@ -18,8 +20,11 @@ from sftrl_kit.vision import (
     card_transcription,
     eyes_loss,
     image_embeddings,
+    place_recognition_report,
     read_hands,
+    read_signs,
     recognition_report,
+    street_transcription,
     transcription_vocabulary,
 )
 
@@ -35,20 +40,69 @@ def few_step_vl(tmp_path_factory):
     return load_policy(folder)
 
 
-def test_a_hand_is_transcribed_ranks_over_colours_left_to_right():
+def test_a_hand_is_transcribed_ranks_over_colours_at_each_cards_left_column():
     words = card_transcription(HAND)
-    assert words[GRID : 2 * GRID] == [" king", " ten", " three", " ace"]
-    assert words[2 * GRID : 3 * GRID] == [" red", " black", " black", " red"]
-    assert words[:GRID] == words[3 * GRID :] == [" "] * GRID
+    grid = [words[row * 8 : (row + 1) * 8] for row in range(8)]  # 8 x 8 tokens of 28 px; a card is 56 px wide
+    assert grid[3] == [" king", " ", " ten", " ", " three", " ", " ace", " "]
+    assert grid[4] == [" red", " ", " black", " ", " black", " ", " red", " "]
+    assert all(word == " " for row in (0, 1, 2, 5, 6, 7) for word in grid[row])
     assert set(words) <= set(transcription_vocabulary())
     assert read_hands([words]) == [[("K", True), ("10", False), ("3", False), ("A", True)]]
 
 
 def test_a_slot_that_does_not_read_as_rank_and_colour_is_unread():
     words = card_transcription(HAND)
-    words[GRID + 1] = " red"  # a colour where the rank should be
-    words[2 * GRID + 3] = " "
+    words[3 * GRID + 2] = " red"  # a colour where the second card's rank should be
+    words[4 * GRID + 6] = " "
     assert read_hands([words]) == [[("K", True), None, ("3", False), None]]
+
+
+def _one_place_city(corner: str) -> City:
+    style = CITIES["Arden"]
+    return City(style, 3, {(1, 1, corner): "Hudson Coffee"}, frozenset())
+
+
+def test_a_sign_is_said_by_the_two_tokens_it_covers_in_every_panel_that_shows_it():
+    """A place on the northeast corner, seen facing north: 45 degrees right of the front
+    panel (its right building) and 45 degrees left of the right panel (its left
+    building); the back and left panels look away. Panels are 4 x 4 tokens, front and
+    right side by side in the grid's top half."""
+    city = _one_place_city("northeast")
+    signs = signs_in_views(city, (1, 1), 0)
+    assert signs == [{"right": "Hudson Coffee"}, {"left": "Hudson Coffee"}, {}, {}]
+    words = street_transcription(signs)
+    said = {index: word for index, word in enumerate(words) if word != " "}
+    assert said == {2 * 8 + 2: " Hudson", 2 * 8 + 3: " Coffee", 2 * 8 + 4: " Hudson", 2 * 8 + 5: " Coffee"}
+    assert read_signs(words, 0, "right") == read_signs(words, 1, "left") == "Hudson Coffee"
+    assert read_signs(words, 0, "left") == read_signs(words, 2, "ahead") == ""
+    # facing northeast the place is straight ahead in the front panel only: row 1, columns 1-2
+    ahead = street_transcription(signs_in_views(city, (1, 1), 45))
+    assert {i: w for i, w in enumerate(ahead) if w != " "} == {1 * 8 + 1: " Hudson", 1 * 8 + 2: " Coffee"}
+    words[2 * 8 + 3] = " Bank"
+    assert read_signs(words, 0, "right") == "Hudson Bank"
+
+
+def test_a_place_name_that_is_not_two_words_is_refused():
+    with pytest.raises(ValueError, match="two words"):
+        street_transcription([{"left": "Noodle Bar Hudson"}, {}, {}, {}])
+
+
+def test_every_word_the_eyes_say_is_one_token_of_the_language_model():
+    """A sign covers two tokens, so each city word and kind must be one token; every
+    generated place name is a city word and a kind."""
+    from transformers import AutoTokenizer
+
+    from sftrl_kit.models import default_tokenizer_dir
+    from sftrl_kit.vision import _word_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
+    vocabulary = transcription_vocabulary()
+    assert len(set(_word_ids(tokenizer, vocabulary))) == len(vocabulary)
+    for name in CITIES:
+        for place in generate_city(name).places.values():
+            word, kind = place.split(" ")
+            assert " " + word in vocabulary
+            assert kind in KINDS
 
 
 def test_hands_of_another_size_are_refused():
@@ -56,32 +110,32 @@ def test_hands_of_another_size_are_refused():
         card_transcription(HAND[:3])
 
 
-def test_the_eyes_loss_is_cross_entropy_over_the_words_plus_the_scaled_distance():
+def test_the_eyes_loss_is_weighted_cross_entropy_over_the_words_plus_the_scaled_distance():
     generator = torch.Generator().manual_seed(0)
     vocabulary = torch.randn(5, 8, generator=generator)
     embedded = torch.randn(2, 3, 8, generator=generator)
-    targets = torch.tensor([[0, 4, 2], [1, 1, 3]])
+    targets = torch.tensor([[0, 4, 2], [1, 0, 3]])  # index 0 is the space
     scale = vocabulary.norm(dim=-1).mean()
-    loss, accuracy = eyes_loss(embedded, targets, vocabulary, scale)
-    expected_ce, expected_distance, right = 0.0, 0.0, 0
+    loss, accuracy = eyes_loss(embedded, targets, vocabulary, scale, word_weight=3.0)
+    weighted_ce, total_weight, distance, words_right = 0.0, 0.0, 0.0, 0
     for i in range(2):
         for j in range(3):
             logits = [float(embedded[i, j] @ vocabulary[k]) / float(scale) for k in range(5)]
             top = max(logits)
             log_normaliser = top + torch.tensor([x - top for x in logits]).exp().sum().log().item()
-            expected_ce += (log_normaliser - logits[targets[i, j]]) / 6
-            expected_distance += (
-                float(((embedded[i, j] - vocabulary[targets[i, j]]) ** 2).sum()) / float(scale) ** 2 / 6
-            )
-            right += logits.index(top) == targets[i, j]
-    assert loss.item() == pytest.approx(expected_ce + expected_distance, rel=1e-5)
-    assert accuracy == pytest.approx(right / 6)
+            weight = 1.0 if targets[i, j] == 0 else 3.0
+            weighted_ce += weight * (log_normaliser - logits[targets[i, j]])
+            total_weight += weight
+            distance += float(((embedded[i, j] - vocabulary[targets[i, j]]) ** 2).sum()) / float(scale) ** 2 / 6
+            words_right += targets[i, j] != 0 and logits.index(top) == targets[i, j]
+    assert loss.item() == pytest.approx(weighted_ce / total_weight + distance, rel=1e-5)
+    assert accuracy == pytest.approx(words_right / 4)  # four of the six targets are words
 
 
 def test_default_vl_is_an_idefics3_that_loads_through_the_auto_classes(few_step_vl):
     assert type(few_step_vl.model).__name__ == "Idefics3ForConditionalGeneration"
     assert few_step_vl.is_vision
-    assert few_step_vl.model.config.scale_factor == 4
+    assert few_step_vl.model.config.scale_factor == 2
     assert few_step_vl.model.config.pad_token_id == few_step_vl.tokenizer.pad_token_id  # not Llama 3's 128002
 
 
@@ -99,7 +153,7 @@ def test_default_vl_speaks_exactly_as_the_default_model_on_text(few_step_vl):
     assert torch.equal(got, expected)
 
 
-def test_an_image_becomes_sixteen_tokens_that_depend_on_its_pixels(few_step_vl):
+def test_an_image_becomes_sixty_four_tokens_that_depend_on_its_pixels(few_step_vl):
     from sftrl_kit.envs.general_points.render import render_hand
 
     image = render_hand(HAND, seed=0)
@@ -141,9 +195,9 @@ def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
             row = card_transcription(hand)
             number = image.info["number"]
             if number % 3 == 0:
-                row[GRID] = " two" if hand[0].rank != "2" else " three"
+                row[3 * GRID] = " two" if hand[0].rank != "2" else " three"
             if number % 5 == 0:
-                row[2 * GRID] = " red" if row[2 * GRID] == " black" else " black"
+                row[4 * GRID] = " red" if row[4 * GRID] == " black" else " black"
             words.append(row)
         return words
 
@@ -163,3 +217,50 @@ def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
         both = report[colours]["four_ranks_and_colours"]
         assert both["successes"] == 30 - len({n for n in range(30) if n % 3 == 0 or n % 5 == 0})
         assert ranks["low"] < 20 / 30 < ranks["high"]
+
+
+def test_place_recognition_counts_signs_read_exactly_and_views_read_whole(monkeypatch):
+    """Each city's views are read right except: the first sign of every fourth view gets
+    the wrong kind, and every fifth view has a sign read on a building without one."""
+    from sftrl_kit import vision
+
+    rendered = []
+
+    def fake_render(city, node, heading, seed):
+        rendered.append((city, node, heading))
+        return vision.Image.new("RGB", (4, 4))
+
+    def fake_read(policy, images):
+        out = []
+        for city, node, heading in rendered[-len(images) :]:
+            signs = signs_in_views(city, node, heading)
+            words = street_transcription(signs)
+            number = len(counts[city.style.name])
+            counts[city.style.name].append(sum(len(panel) for panel in signs))
+            if number % 4 == 0:
+                first = next(i for i, w in enumerate(words) if w != " ")
+                words[first + 1] = " Bank" if words[first + 1] != " Bank" else " Gym"
+            if number % 5 == 0:
+                empty = next(
+                    (p, side)
+                    for p, panel in enumerate(signs)
+                    for side in ("left", "ahead", "right")
+                    if side not in panel
+                )
+                words[vision._sign_positions(*empty)[0]] = " Hudson"
+            out.append(words)
+        return out
+
+    counts = {name: [] for name in CITIES}
+    monkeypatch.setattr(vision, "render_views", fake_render)
+    monkeypatch.setattr(vision, "read_images", fake_read)
+    report = place_recognition_report(policy=None, count=20, seed=0, batch_size=7)
+    arden = counts["Arden"]
+    assert report["id"]["signs"]["trials"] == sum(arden)
+    assert report["id"]["signs"]["successes"] == sum(arden) - 5  # views 0, 4, 8, 12, 16
+    assert report["id"]["views"]["successes"] == 20 - len({n for n in range(20) if n % 4 == 0 or n % 5 == 0})
+    others = [n for n in CITIES if n != "Arden"]
+    assert report["visual_ood"]["cities"] == others
+    assert report["visual_ood"]["signs"]["trials"] == sum(sum(counts[n]) for n in others)
+    assert report["visual_ood"]["views"]["trials"] == 20 * len(others)
+    assert report["per_city"]["Kingsmere"]["signs"]["successes"] == sum(counts["Kingsmere"]) - 5

@@ -20,23 +20,23 @@ from .routes import COMPASS, Intersection, Landmark, Route, compass_name, relati
 
 CORNERS = {"northeast": 45, "southeast": 135, "southwest": 225, "northwest": 315}
 STEPS = {0: (0, 1), 45: (1, 1), 90: (1, 0), 135: (1, -1), 180: (0, -1), 225: (-1, -1), 270: (-1, 0), 315: (-1, 1)}
-KINDS = (
-    "Cafe",
-    "Bakery",
+KINDS = (  # each one token of the default model's vocabulary (with its leading space), as are the words
+    "Coffee",
+    "Bread",
     "Books",
     "Museum",
     "Pharmacy",
-    "Diner",
+    "Kitchen",
     "Gallery",
     "Market",
-    "Florist",
+    "Flowers",
     "Bank",
     "Cinema",
-    "Tailor",
+    "Salon",
     "Hotel",
     "Library",
     "Gym",
-    "Noodle Bar",
+    "Bar",
 )
 
 
@@ -61,11 +61,11 @@ TRAIN_CITY = CityStyle(
         "Union",
         "Harbor",
         "Park",
-        "Bowery",
-        "Chelsea",
-        "Soho",
-        "Astor",
-        "Bleecker",
+        "Madison",
+        "Broadway",
+        "Brooklyn",
+        "Houston",
+        "Greenwich",
     ),
     (150, 190, 235),
     ((150, 80, 60), (120, 110, 100), (180, 160, 130), (90, 90, 110)),
@@ -76,7 +76,7 @@ TRAIN_CITY = CityStyle(
 OOD_CITIES = (
     CityStyle(
         "Belmora",
-        ("Duomo", "Brera", "Navigli", "Sforza", "Porta", "Verdi"),
+        ("Dante", "Roma", "Marco", "Villa", "Monte", "Luna"),
         (170, 200, 230),
         ((210, 170, 120), (200, 120, 90), (230, 210, 170)),
         "peaked",
@@ -85,7 +85,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Chandpur",
-        ("Lotus", "Saffron", "Raja", "Indigo", "Monsoon", "Banyan"),
+        ("Raja", "Delhi", "Ruby", "Pearl", "Shiva", "Krishna"),
         (230, 200, 150),
         ((200, 90, 60), (230, 160, 60), (160, 60, 90)),
         "flat",
@@ -94,7 +94,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Palermo Alto",
-        ("Tango", "Plata", "Pampa", "Recoleta", "Malbec", "Bosque"),
+        ("Andes", "Rio", "Sol", "Flor", "Santa", "Rosa"),
         (140, 180, 220),
         ((220, 200, 90), (90, 160, 200), (200, 100, 120)),
         "stepped",
@@ -103,7 +103,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Kingsmere",
-        ("Regent", "Thames", "Crown", "Victoria", "Baker", "Camden"),
+        ("Thames", "Crown", "Victoria", "Baker", "Oxford", "Windsor"),
         (170, 180, 190),
         ((120, 60, 50), (170, 170, 160), (60, 70, 80)),
         "peaked",
@@ -112,7 +112,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Lantau Bay",
-        ("Jade", "Harbour", "Dragon", "Peak", "Lotus Moon", "Star"),
+        ("Silk", "Dragon", "Peak", "Moon", "Star", "Phoenix"),
         (120, 140, 180),
         ((60, 160, 150), (200, 60, 60), (220, 220, 230)),
         "stepped",
@@ -121,7 +121,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Eastbank",
-        ("Pier", "Ferry", "Garnet", "Orchard", "Lumber", "Canal"),
+        ("Pier", "Ferry", "Canal", "Dock", "Cedar", "Oak"),
         (160, 200, 240),
         ((110, 80, 60), (150, 140, 130), (200, 180, 150)),
         "flat",
@@ -130,7 +130,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Yarra Heights",
-        ("Wattle", "Laneway", "Collins", "Southbank", "Fitz", "Carlton"),
+        ("Collins", "Fitz", "Reef", "Coral", "Swan", "Perth"),
         (110, 170, 230),
         ((180, 120, 70), (90, 120, 90), (210, 200, 190)),
         "stepped",
@@ -139,7 +139,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Ikoyi",
-        ("Lagoon", "Marina", "Adeola", "Broad", "Palm", "Victoria Isle"),
+        ("Broad", "Palm", "Niger", "Delta", "Benin", "Grace"),
         (240, 190, 120),
         ((60, 140, 90), (230, 190, 60), (150, 80, 50)),
         "flat",
@@ -148,7 +148,7 @@ OOD_CITIES = (
     ),
     CityStyle(
         "Mission Hill",
-        ("Golden", "Bay", "Mission", "Castro", "Presidio", "Cable"),
+        ("Golden", "Bay", "Mission", "Castro", "Cable", "Marin"),
         (200, 210, 230),
         ((230, 150, 140), (150, 190, 210), (240, 230, 200)),
         "peaked",

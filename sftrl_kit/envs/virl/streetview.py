@@ -33,6 +33,12 @@ def render_views(city: City, node: tuple[int, int], heading: float, seed: int = 
     return grid
 
 
+def signs_in_views(city: City, node: tuple[int, int], heading: float) -> list[dict[str, str]]:
+    """The place names each panel of `render_views(city, node, heading)` shows, in grid
+    order: per panel, {"left" | "ahead" | "right": name} for the buildings with a sign."""
+    return [_signs(city, node, (heading + offset) % 360) for offset in PANEL_OFFSETS.values()]
+
+
 def _render_panel(city: City, node, direction: float, seed: int, size: int) -> Image.Image:
     style = city.style
     rng = random.Random(f"{style.name}/{node}/{direction}/{seed}")
