@@ -11,7 +11,7 @@ SmolLM2-135M-Instruct's embedding space, and that language model, unchanged.
 Why these eyes. A ViT reads glyphs from small patches (14 px: a stroke of a rank) far
 better than from one big patch per token. Tokens of 28 px are the coarsest grid on which
 each word the eyes must say has a token of its own: a card's rank above its colour, and
-a storefront sign's two words (a street-view grid holds up to twelve signs).
+a storefront sign's two words (a street-view grid shows up to eight signs).
 
 How they are trained, and why not as LLaVA does. LLaVA aligns its projector by
 captioning through the language model: a forward and backward pass of the LM for every
@@ -50,7 +50,7 @@ from .envs.general_points.render import render_hand
 from .envs.virl.city import CITIES, KINDS, TRAIN_CITY, generate_city
 from .envs.virl.streetview import render_views, signs_in_views
 
-VL_VERSION = "v2"  # bump when the composition, the transcription or EyesSettings' defaults change
+VL_VERSION = "v3"  # bump when the composition, the transcription or EyesSettings' defaults change
 IMAGE_SIDE = 224  # pixels: the processor resizes every image's longest edge to this
 PATCH = 14  # the ViT's patch side in pixels
 SHUFFLE = 2  # pixel shuffle: SHUFFLE x SHUFFLE patches -> one image token
@@ -62,7 +62,9 @@ RANK_WORDS = dict(zip(RANKS, "ace two three four five six seven eight nine ten j
 COLOUR_WORDS = {False: "black", True: "red"}
 PANEL_TOKENS = GRID // 2  # a street-view grid is 2 x 2 panels of 4 x 4 tokens
 SIGN_TOKENS = {"left": ((2, 0), (2, 1)), "ahead": ((1, 1), (1, 2)), "right": ((2, 2), (2, 3))}
-"""where in its panel (row, column) each sign's two words are said: the tokens it covers"""
+"""where in its panel (row, column) each sign's two words are said: two tokens side by side
+(so the language model reads the name in order) on the sign's plate, which shows the two
+words one above the other"""
 FILLER = " "  # what an image token over no card and no sign says
 # The Idefics3 processor's marks around an image; their embeddings are set to a newline's.
 IMAGE_MARKS = ("<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>")
@@ -268,9 +270,9 @@ def _training_pool(processor, settings: EyesSettings, words: list[str]) -> tuple
     cards = deck("all")
     index = {word: i for i, word in enumerate(words)}
     pixels, targets = [], []
-    for _ in tqdm(range(0, settings.pool, 256), desc="default-vl: rendering hands and streets", leave=False):
+    for start in tqdm(range(0, settings.pool, 256), desc="default-vl: rendering hands and streets", leave=False):
         images, transcriptions = [], []
-        for _ in range(256):
+        for _ in range(min(256, settings.pool - start)):
             if rng.random() < settings.street_share:
                 city = generate_city(rng.choice(list(CITIES)), seed=rng.choice(LAYOUT_SEEDS))
                 node, heading = (rng.randrange(city.size), rng.randrange(city.size)), rng.randrange(0, 360, 45)
@@ -283,7 +285,7 @@ def _training_pool(processor, settings: EyesSettings, words: list[str]) -> tuple
                 transcriptions.append(card_transcription(hand))
         pixels.append(_pixel_values(processor, images).half())
         targets.append(torch.tensor([[index[w] for w in row] for row in transcriptions]))
-    return torch.cat(pixels)[: settings.pool], torch.cat(targets)[: settings.pool]
+    return torch.cat(pixels), torch.cat(targets)
 
 
 def _train_eyes(model, processor, tokenizer, settings: EyesSettings, progress: bool) -> None:
@@ -405,45 +407,53 @@ def recognition_report(policy, count: int = 200, seed: int = 1, batch_size: int 
 
 
 def street_sets(count: int, seed: int) -> dict[str, list[tuple[tuple[int, int], int, int]]]:
-    """Held-out street views for place-name recognition: per city, `count` (node,
-    heading, image seed) at intersections with at least one place, in the city's layout
-    the environment uses (layout 0, which the eyes never trained on)."""
+    """Held-out street views for place-name recognition: per city, `count` distinct
+    (node, heading) at intersections with at least one place, each with an image seed,
+    in the city's layout the environment uses (layout 0, which the eyes never trained on)."""
     rng = random.Random(f"street-recognition/{seed}")
     sets = {}
     for name in CITIES:
         city = generate_city(name)
-        nodes = sorted({(x, y) for (x, y, _) in city.places})
-        sets[name] = [(rng.choice(nodes), rng.randrange(0, 360, 45), rng.getrandbits(32)) for _ in range(count)]
+        views = [
+            (node, heading) for node in sorted({(x, y) for (x, y, _) in city.places}) for heading in range(0, 360, 45)
+        ]
+        if count > len(views):
+            raise ValueError(f"{name} has {len(views)} distinct views with a place, fewer than {count}")
+        sets[name] = [(node, heading, rng.getrandbits(32)) for node, heading in rng.sample(views, count)]
     return sets
 
 
 def place_recognition_report(policy, count: int = 100, seed: int = 1, batch_size: int = 50) -> dict[str, Any]:
     """Place-name recognition of default-vl's eyes on held-out street views of every
-    generated city: the share of signs whose name the transcription says exactly (both
-    words, at the sign's tokens), and the share of views read exactly (every sign right,
-    no sign read where there is none), with Wilson intervals; per city, and pooled for
-    the training city (ID) and the nine visual-OOD cities. Signs within a view are not
-    independent, so the per-sign interval is narrower than the views warrant."""
-    from .evaluation import wilson_interval
+    generated city. "signs": the share of signs (a place as one panel shows it; a place
+    shows in one or two panels) whose name the transcription says exactly, both words at
+    the sign's tokens, with an interval clustered by view (`evaluation.rate_by_task`:
+    the signs of one view are not independent). "views": the share of views whose whole
+    transcription is exact (every sign right and a space at every other token), with a
+    Wilson interval. Per city, and pooled over the training city ("id") and over the nine
+    cities that are visual OOD for the task ("visual_ood"; the eyes themselves trained on
+    all ten cities' styles and names, at other layouts)."""
+    from .evaluation import rate_by_task, wilson_interval
 
-    per_city: dict[str, tuple[int, int, int, int]] = {}
+    per_view: dict[str, list[tuple[int, int, bool]]] = {}
     for name, views in street_sets(count, seed).items():
         city = generate_city(name)
-        signs_right = signs_shown = views_right = 0
+        per_view[name] = []
         for start in range(0, count, batch_size):
             chunk = views[start : start + batch_size]
             images = [render_views(city, node, heading, seed=image_seed) for node, heading, image_seed in chunk]
             for (node, heading, _), words in zip(chunk, read_images(policy, images)):
                 signs = signs_in_views(city, node, heading)
                 shown = [(p, side, n) for p, panel in enumerate(signs) for side, n in panel.items()]
-                signs_shown += len(shown)
-                signs_right += sum(read_signs(words, p, side) == n for p, side, n in shown)
-                views_right += words == street_transcription(signs)
-        per_city[name] = (signs_right, signs_shown, views_right, count)
+                right = sum(read_signs(words, p, side) == n for p, side, n in shown)
+                per_view[name].append((right, len(shown), words == street_transcription(signs)))
 
     def pooled(names: Sequence[str]) -> dict[str, Any]:
-        totals = [sum(per_city[n][i] for n in names) for i in range(4)]
-        return {"signs": wilson_interval(totals[0], totals[1]), "views": wilson_interval(totals[2], totals[3])}
+        views = {f"{n}/{i}": view for n in names for i, view in enumerate(per_view[n])}
+        signs = rate_by_task({key: (right, shown) for key, (right, shown, _) in views.items()})
+        signs.pop("per_task")
+        exact = sum(whole for _, _, whole in views.values())
+        return {"signs": signs, "views": wilson_interval(exact, len(views))}
 
     ood = [n for n in CITIES if n != TRAIN_CITY.name]
     return {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sftrl_kit.envs.general_points.cards import Card
-from sftrl_kit.envs.virl.city import CITIES, KINDS, City, generate_city
+from sftrl_kit.envs.virl.city import CITIES, City, generate_city
 from sftrl_kit.envs.virl.streetview import signs_in_views
 from sftrl_kit.vision import (
     GRID,
@@ -82,6 +82,58 @@ def test_a_sign_is_said_by_the_two_tokens_it_covers_in_every_panel_that_shows_it
     assert read_signs(words, 0, "right") == "Hudson Bank"
 
 
+@pytest.mark.parametrize("style", list(CITIES))
+def test_the_tokens_that_say_a_sign_lie_on_its_plate_in_every_city_style(style):
+    """Rendered with and without the place, the two tokens each sign is said at are
+    (at least a quarter) covered by the pixels the sign changed; also for the longest
+    name, which is wider than the building ahead."""
+    import numpy as np
+
+    from sftrl_kit.envs.virl.streetview import render_views
+    from sftrl_kit.vision import _sign_positions
+
+    empty = City(CITIES[style], 3, {}, frozenset())
+    for heading, shown in ((0, [(0, "right"), (1, "left")]), (45, [(0, "ahead")])):
+        with_sign = City(CITIES[style], 3, {(1, 1, "northeast"): "Greenwich Pharmacy"}, frozenset())
+        changed = np.abs(
+            np.asarray(render_views(with_sign, (1, 1), heading), dtype=int)
+            - np.asarray(render_views(empty, (1, 1), heading), dtype=int)
+        ).sum(-1)
+        covered = (changed > 0).reshape(8, 28, 8, 28).mean(axis=(1, 3)).flatten()  # share of each 28-px token's pixels
+        for panel, side in shown:
+            assert all(covered[i] >= 0.25 for i in _sign_positions(panel, side)), (heading, side)
+        assert covered.sum() > 0
+
+
+def test_a_sign_shows_both_words_whole_even_where_its_building_is_narrow():
+    """The plate ahead is wider than its building when a word needs it: the second word
+    is drawn (it once was cut to 'Greenw' / 'ich')."""
+    from PIL import ImageDraw
+
+    from sftrl_kit.envs.virl import streetview
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, draw):
+            self.draw = draw
+
+        def __getattr__(self, name):
+            return getattr(self.draw, name)
+
+        def text(self, xy, text, **kwargs):
+            calls.append(text)
+            return self.draw.text(xy, text, **kwargs)
+
+    original = ImageDraw.Draw
+    try:
+        ImageDraw.Draw = lambda image: Recorder(original(image))
+        streetview.render_views(_one_place_city("northeast"), (1, 1), 45)
+    finally:
+        ImageDraw.Draw = original
+    assert calls == ["Hudson", "Coffee"]
+
+
 def test_a_place_name_that_is_not_two_words_is_refused():
     with pytest.raises(ValueError, match="two words"):
         street_transcription([{"left": "Noodle Bar Hudson"}, {}, {}, {}])
@@ -97,12 +149,13 @@ def test_every_word_the_eyes_say_is_one_token_of_the_language_model():
 
     tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
     vocabulary = transcription_vocabulary()
-    assert len(set(_word_ids(tokenizer, vocabulary))) == len(vocabulary)
-    for name in CITIES:
+    assert vocabulary[0] == " "  # eyes_loss takes index 0 for the space
+    ids = dict(zip(vocabulary, _word_ids(tokenizer, vocabulary)))
+    assert len(set(ids.values())) == len(vocabulary)
+    for name in CITIES:  # an instruction's text names a place with the very tokens the sign is read as
         for place in generate_city(name).places.values():
             word, kind = place.split(" ")
-            assert " " + word in vocabulary
-            assert kind in KINDS
+            assert tokenizer(" " + place, add_special_tokens=False)["input_ids"] == [ids[" " + word], ids[" " + kind]]
 
 
 def test_hands_of_another_size_are_refused():
@@ -112,9 +165,11 @@ def test_hands_of_another_size_are_refused():
 
 def test_the_eyes_loss_is_weighted_cross_entropy_over_the_words_plus_the_scaled_distance():
     generator = torch.Generator().manual_seed(0)
-    vocabulary = torch.randn(5, 8, generator=generator)
+    vocabulary = 2 * torch.linalg.qr(torch.randn(8, 5, generator=generator))[0].T  # orthogonal words
     embedded = torch.randn(2, 3, 8, generator=generator)
     targets = torch.tensor([[0, 4, 2], [1, 0, 3]])  # index 0 is the space
+    embedded[0, 0], embedded[0, 1], embedded[1, 2] = 20 * vocabulary[0], 20 * vocabulary[4], 20 * vocabulary[3]
+    embedded[1, 0] = -20 * vocabulary[1]  # a word token read wrong
     scale = vocabulary.norm(dim=-1).mean()
     loss, accuracy = eyes_loss(embedded, targets, vocabulary, scale, word_weight=3.0)
     weighted_ce, total_weight, distance, words_right = 0.0, 0.0, 0.0, 0
@@ -127,9 +182,12 @@ def test_the_eyes_loss_is_weighted_cross_entropy_over_the_words_plus_the_scaled_
             weighted_ce += weight * (log_normaliser - logits[targets[i, j]])
             total_weight += weight
             distance += float(((embedded[i, j] - vocabulary[targets[i, j]]) ** 2).sum()) / float(scale) ** 2 / 6
-            words_right += targets[i, j] != 0 and logits.index(top) == targets[i, j]
+            words_right += int(targets[i, j]) != 0 and logits.index(top) == int(targets[i, j])
     assert loss.item() == pytest.approx(weighted_ce / total_weight + distance, rel=1e-5)
-    assert accuracy == pytest.approx(words_right / 4)  # four of the six targets are words
+    assert 2 <= words_right <= 3  # (0, 1) and (1, 2) right by construction, (1, 0) wrong
+    assert accuracy == pytest.approx(
+        words_right / 4
+    )  # four of the six targets are words; the right space is not counted
 
 
 def test_default_vl_is_an_idefics3_that_loads_through_the_auto_classes(few_step_vl):
@@ -256,6 +314,7 @@ def test_place_recognition_counts_signs_read_exactly_and_views_read_whole(monkey
     monkeypatch.setattr(vision, "read_images", fake_read)
     report = place_recognition_report(policy=None, count=20, seed=0, batch_size=7)
     arden = counts["Arden"]
+    assert report["id"]["signs"]["episodes"] == 20  # signs are clustered by view
     assert report["id"]["signs"]["trials"] == sum(arden)
     assert report["id"]["signs"]["successes"] == sum(arden) - 5  # views 0, 4, 8, 12, 16
     assert report["id"]["views"]["successes"] == 20 - len({n for n in range(20) if n % 4 == 0 or n % 5 == 0})

@@ -3,7 +3,8 @@
 Each panel looks down a street: sky, road, and buildings to the left, ahead and to the
 right. A place on an intersection corner shows as a storefront sign in every panel
 that looks towards it: on the left building when it lies 45 degrees left of the
-panel's direction, ahead when straight on, on the right when 45 degrees right. The
+panel's direction, ahead when straight on, on the right when 45 degrees right, one word
+per line and never cut (the plate widens past a narrow building instead). The
 city's style sets the sky, facade palette, roof shape, sign size and light, so a model
 trained in one city sees a visual shift in another. Same city, point, heading and seed:
 same bytes.
@@ -12,7 +13,6 @@ same bytes.
 from __future__ import annotations
 
 import random
-import textwrap
 from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
@@ -56,12 +56,12 @@ def _render_panel(city: City, node, direction: float, seed: int, size: int) -> I
         "ahead": (size * 0.38, size * 0.25, size * 0.62, horizon + 2),
         "right": (size * 0.64, size * 0.1, size, size * 0.8),
     }
-    for side, box in boxes.items():
+    for box in boxes.values():
         _building(draw, box, light(rng.choice(style.facades)), style.roof, rng)
+    for side, box in boxes.items():  # after every building: a sign wider than its building stays whole
         if side in signs:
-            _sign(
-                draw, box, signs[side], max(7, int(size * 0.075 * style.sign_scale * (0.7 if side == "ahead" else 1)))
-            )
+            scale = style.sign_scale * (0.7 if side == "ahead" else 1)
+            _sign(draw, box, signs[side], max(7, int(size * 0.075 * scale)))
     return image
 
 
@@ -102,19 +102,20 @@ def _building(draw: ImageDraw.ImageDraw, box, colour, roof: str, rng: random.Ran
 
 
 def _sign(draw: ImageDraw.ImageDraw, box, name: str, pixels: int) -> None:
+    """A plate with the name one word per line (a word is never broken), as wide as its
+    building, or wider where a word needs it, centred on the building."""
     left, top, right, bottom = box
-    lines = textwrap.wrap(name, width=max(6, int((right - left) / (pixels * 0.55))))[:2]
+    font = _font(pixels)
+    lines = name.split(" ")
+    width = max(right - left - 4, max(draw.textlength(line, font=font) for line in lines) + 4)
+    centre = (left + right) / 2
     height = pixels * 1.25 * len(lines) + 4
     y0 = bottom - (bottom - top) * 0.42
-    draw.rectangle((left + 2, y0, right - 2, y0 + height), fill=(250, 245, 230), outline=(40, 40, 40))
+    draw.rectangle(
+        (centre - width / 2, y0, centre + width / 2, y0 + height), fill=(250, 245, 230), outline=(40, 40, 40)
+    )
     for i, line in enumerate(lines):
-        draw.text(
-            ((left + right) / 2, y0 + 2 + pixels * 1.25 * (i + 0.5)),
-            line,
-            fill=(20, 20, 20),
-            font=_font(pixels),
-            anchor="mm",
-        )
+        draw.text((centre, y0 + 2 + pixels * 1.25 * (i + 0.5)), line, fill=(20, 20, 20), font=font, anchor="mm")
 
 
 @lru_cache(maxsize=32)
