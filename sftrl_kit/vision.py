@@ -106,9 +106,14 @@ def card_transcription(hand: Sequence[Card]) -> list[str]:
         raise ValueError(f"default-vl reads hands of {CARDS_PER_HAND} cards, got {len(hand)}")
     words = [FILLER] * IMAGE_TOKENS
     for slot, card in enumerate(hand):
-        words[RANK_ROW * GRID + 2 * slot] = " " + RANK_WORDS[card.rank]
-        words[COLOUR_ROW * GRID + 2 * slot] = " " + COLOUR_WORDS[card.is_red]
+        rank, colour = _card_positions(slot)
+        words[rank], words[colour] = " " + RANK_WORDS[card.rank], " " + COLOUR_WORDS[card.is_red]
     return words
+
+
+def _card_positions(slot: int) -> tuple[int, int]:
+    """Token indices of the rank and the colour of the card in `slot` (0-3, left to right)."""
+    return RANK_ROW * GRID + 2 * slot, COLOUR_ROW * GRID + 2 * slot
 
 
 def street_transcription(signs: Sequence[dict[str, str]]) -> list[str]:
@@ -158,7 +163,7 @@ def read_hands(words: Sequence[Sequence[str]]) -> list[list[tuple[str, bool] | N
     for row in words:
         slots = []
         for slot in range(CARDS_PER_HAND):
-            rank, colour = row[RANK_ROW * GRID + 2 * slot], row[COLOUR_ROW * GRID + 2 * slot]
+            rank, colour = (row[i] for i in _card_positions(slot))
             slots.append((ranks[rank], colours[colour]) if rank in ranks and colour in colours else None)
         hands.append(slots)
     return hands
