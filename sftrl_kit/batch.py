@@ -62,7 +62,8 @@ def notebook_start(
     # presets after text_progress: it imports the kit's training and evaluation modules
     from .presets import choose
 
-    chosen = choose("smoke" if _flag("SFTRL_SMOKE") else preset, {**(overrides or {}), **parameters})
+    given = {key: value for key, value in parameters.items() if value is not None}  # None: not set here
+    chosen = choose("smoke" if _flag("SFTRL_SMOKE") else preset, {**(overrides or {}), **given})
     folder = Path(run_dir) if run_dir else new_run_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"run folder: {folder.resolve()} | preset: {chosen.name}", flush=True)

@@ -122,6 +122,13 @@ def test_a_notebook_starts_with_its_preset_and_smoke_wins_from_the_environment(t
     assert run_dir == (tmp_path / "run").resolve()
     assert run_dir.is_dir()
     assert (chosen.name, chosen.study.eval_limit, chosen.study.ppo_epochs, chosen.study.seed) == ("quickstart", 9, 3, 0)
+    # a field in `overrides` that is also a parameter left at None keeps the overrides' value
+    _, chosen = notebook_start(
+        "00", str(tmp_path / "run"), "quickstart", {"start_steps": 4, "seed": 2}, start_steps=None, seed=None
+    )
+    assert (chosen.study.start_steps, chosen.study.seed) == (4, 2)
+    _, chosen = notebook_start("00", str(tmp_path / "run"), "quickstart", {"start_steps": 4}, start_steps=5)
+    assert chosen.study.start_steps == 5  # a parameter that is set wins over overrides
     monkeypatch.setenv("SFTRL_SMOKE", "1")
     _, chosen = notebook_start("00", str(tmp_path / "run"), "quickstart", {}, eval_limit=None)
     assert (chosen.name, chosen.study.model, chosen.study.eval_limit) == ("smoke", "tiny", 4)
