@@ -23,6 +23,7 @@ import torch
 from .. import run_folder
 from ..compute import gflops, sft_flops
 from ..config import save_yaml
+from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
 
 
@@ -93,6 +94,7 @@ def train_sft(settings: SFTSettings) -> Path:
     if settings.max_steps > 0 and _exported_step(run_dir) >= settings.max_steps:
         return run_dir  # already complete: resuming would train one step past the end
     save_yaml(settings, run_dir / "sft.yaml")
+    close_engines()  # SFT generates nothing: free a running vLLM engine's KV cache (up to 8 GiB) for the step
     policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
     if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
         raise ValueError(
