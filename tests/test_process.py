@@ -1,10 +1,13 @@
-"""process.environment_kept: what programs started inside and after inherit."""
+"""process: what programs started inside and after environment_kept inherit, and the
+memory a finished training stage hands back."""
 
 import os
 import subprocess
 import sys
 
-from sftrl_kit.process import environment_kept
+import pytest
+
+from sftrl_kit.process import environment_kept, releases_memory
 
 
 def _child_sees(name: str) -> str | None:
@@ -36,3 +39,46 @@ def test_the_environment_is_restored_when_the_body_raises(monkeypatch):
     except RuntimeError:
         pass
     assert os.environ["SFTRL_TEST_KEPT"] == "before"
+
+
+RSS_PROBE = """
+import os, sys
+from sftrl_kit.process import release_freed_memory
+
+def rss_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+blocks = [bytearray(2**20) for _ in range(400)]  # 400 MB in 1 MB blocks: on the heap, under the mmap threshold
+held = rss_mb()
+del blocks
+kept = rss_mb()
+released = release_freed_memory()
+print(held, kept, rss_mb(), released)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_a_finished_stage_hands_the_memory_it_freed_back_to_the_system():
+    """Under make's malloc settings freed memory stays in the process (kept ~ held);
+    release_freed_memory returns it, so the next stage does not start beside it."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+    result = subprocess.run([sys.executable, "-c", RSS_PROBE], env=env, capture_output=True, text=True, check=True)
+    held, kept, after, released = result.stdout.split()
+    assert float(kept) > float(held) - 50  # the settings keep the 400 MB in the process
+    assert released == "True"
+    assert float(after) < float(kept) - 300  # the release hands it back
+
+
+def test_releases_memory_keeps_the_stage_result_and_its_errors():
+    calls = []
+    stage = releases_memory(lambda value: calls.append(value) or value * 2)
+    assert stage(21) == 42
+    assert calls == [21]
+
+    @releases_memory
+    def failing() -> None:
+        raise ValueError("bad config")
+
+    with pytest.raises(ValueError, match="bad config"):
+        failing()

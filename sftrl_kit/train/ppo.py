@@ -80,6 +80,7 @@ from ..models import (
     pack_prompt_responses,
     response_token_logprobs,
 )
+from ..process import releases_memory
 from ..rollout import rollout
 
 
@@ -344,6 +345,7 @@ class RolloutBatch:
     ref_logprobs: list[torch.Tensor] | None = None  # per-token log pi_ref(a|s) for the KL term; None without one
 
 
+@releases_memory
 def train_ppo(settings: PPOSettings) -> Path:
     """Run (or resume) PPO; returns the run folder."""
     from accelerate import Accelerator

@@ -25,6 +25,7 @@ from ..compute import gflops, sft_flops
 from ..config import save_yaml
 from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
+from ..process import releases_memory
 
 
 @dataclass
@@ -82,6 +83,7 @@ class SFTSettings:
             raise ValueError("save_steps and batch_size must be >= 1")
 
 
+@releases_memory
 def train_sft(settings: SFTSettings) -> Path:
     """Run (or resume) SFT; returns the run folder."""
     from transformers import TrainerCallback
