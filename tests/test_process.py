@@ -42,7 +42,7 @@ def test_the_environment_is_restored_when_the_body_raises(monkeypatch):
 
 
 RSS_PROBE = """
-import os, sys
+import os
 from sftrl_kit.process import release_freed_memory
 
 def rss_mb():
