@@ -8,11 +8,11 @@ initialisation, D_SFT / D_RL those trained on afterwards. 6N per token is a forw
 backward pass; 2N per token is the inference that fills the RL buffer, whose size the
 paper puts at buffer_lambda = 6 (GeneralPoints) and 5.1 (V-IRL) times the trained tokens
 (the paper writes lambda; here it is buffer_lambda, never to be read as GAE's lambda).
+Each environment states its own (Env.buffer_lambda), so a new task trains without an
+edit here.
 """
 
 from __future__ import annotations
-
-BUFFER_LAMBDA = {"gp": 6.0, "virl": 5.1}
 
 
 def sft_flops(num_parameters: int, init_tokens: int, sft_tokens: int) -> float:
@@ -25,14 +25,6 @@ def rl_flops(num_parameters: int, init_tokens: int, rl_tokens: int, buffer_lambd
     if buffer_lambda < 0:
         raise ValueError(f"buffer_lambda must be >= 0, got {buffer_lambda}")
     return 6.0 * num_parameters * (init_tokens + rl_tokens) + 2.0 * num_parameters * buffer_lambda * rl_tokens
-
-
-def buffer_lambda_for(env_id: str) -> float:
-    """The buffer lambda of an environment id: gp-* -> 6, virl-* -> 5.1."""
-    family = env_id.split("-")[0]
-    if family not in BUFFER_LAMBDA:
-        raise ValueError(f"no buffer lambda for {env_id!r}; known families: {sorted(BUFFER_LAMBDA)}")
-    return BUFFER_LAMBDA[family]
 
 
 def gflops(flops: float) -> float:

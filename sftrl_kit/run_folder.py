@@ -4,7 +4,10 @@
                                               is $SFTRL_RUNS, else papermill_runs): executed
                                               notebooks, batch.json, figures/, tables/ and
       <run>/ (sft-start, ppo, sft, ...)       its training runs (train/sft.py, train/ppo.py)
-        sft.yaml | ppo.yaml                   the settings the run ran with
+        sft.yaml | ppo.yaml                   the settings the run ran with (claim_run_folder:
+                                              a run with other settings is refused)
+        settings-history.jsonl                each start and resume: from which step, and
+                                              the length fields a continuation changed
         metrics.jsonl                         one JSON row per log (SFT) or update (PPO),
                                               each with its "step"
         episodes/update-NNNN.jsonl            PPO: every update's episodes
@@ -24,6 +27,9 @@
               episodes.jsonl                  the episodes played
               metrics.json                    the rates and their key; written last
 
+A training folder holds one run: training into it again with settings that shape the
+result differently is refused before anything runs (claim_run_folder); continuing it
+further (more steps or updates) is allowed and recorded in settings-history.jsonl.
 A resumed run goes back to its last checkpoint and drops the metric rows logged after
 it (`drop_metrics_after`). What an evaluation key holds (everything that changes the
 numbers) is evaluation.evaluation_key's business; here a key only names a folder.
@@ -40,6 +46,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .episodes import Episode, read_jsonl, write_episodes
 
 CHECKPOINTS = "checkpoints"
@@ -52,6 +60,7 @@ METRICS = "metrics.jsonl"
 EVAL = "eval"
 EVAL_METRICS = "metrics.json"
 EVAL_EPISODES = "episodes.jsonl"
+SETTINGS_HISTORY = "settings-history.jsonl"
 _CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
 
 
@@ -73,6 +82,113 @@ def new_run_dir(name: str, root: str | Path | None = None) -> Path:
         folder = root / f"{stamp}-{name}-{suffix}"
     folder.mkdir(parents=True)
     return folder
+
+
+# --- the settings a training folder holds -------------------------------------------
+
+
+class RunSettingsError(ValueError):
+    """A training run was asked of a folder that holds a run with other settings."""
+
+
+_ABSENT = "(absent)"
+
+
+def claim_run_folder(
+    run_dir: str | Path,
+    settings_file: str,
+    settings: Mapping[str, Any],
+    *,
+    done: int,
+    length_fields: Iterable[str],
+    outside_result: Iterable[str],
+) -> dict[str, tuple[Any, Any]]:
+    """Check that `settings` may train in `run_dir` before anything runs, and return the
+    length fields a continuation changes ({field: (recorded, given)}; {} for a new run or
+    the same one).
+
+    A folder is free when it holds no run yet. A folder with a run (its `settings_file`)
+    takes the same settings again, with only `length_fields` (max_steps, updates) free to
+    differ, and only upwards of `done`, the steps or updates it already holds. Fields in
+    `outside_result` (run_dir, save and logging intervals) change nothing in the weights
+    and are not compared. Anything else raises RunSettingsError naming each differing
+    field with both values; so does a folder holding checkpoints but no settings file."""
+    run_dir = Path(run_dir)
+    path = run_dir / settings_file
+    given = _plain(settings)
+    if not path.is_file():
+        if list_checkpoints(run_dir) or trainer_dir(run_dir).is_dir():
+            raise RunSettingsError(
+                f"{run_dir} holds a run but no {settings_file}: its settings cannot be told. "
+                "Train into a new run_dir, or delete this one."
+            )
+        return {}
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RunSettingsError(f"{path} is not valid YAML ({error}); the run's settings cannot be told") from error
+    if not isinstance(recorded, dict):
+        raise RunSettingsError(f"{path} holds no settings mapping; the run's settings cannot be told")
+    skipped, lengths = set(outside_result), set(length_fields)
+    names = [n for n in {**recorded, **given} if n not in skipped]
+    changed = {n: (recorded.get(n, _ABSENT), given.get(n, _ABSENT)) for n in names}
+    here, there = _study_relative(given, run_dir), _study_relative(recorded, recorded.get("run_dir", run_dir))
+    changed = {n: pair for n, pair in changed.items() if here.get(n, _ABSENT) != there.get(n, _ABSENT)}
+    differing = {n: pair for n, pair in changed.items() if n not in lengths}
+    if differing:
+        lines = "\n".join(f"  {n}: {old!r} in the folder, {new!r} given" for n, (old, new) in differing.items())
+        raise RunSettingsError(
+            f"{run_dir} holds a run trained with other settings:\n{lines}\n"
+            "Train into a new run_dir for these settings, or give the folder's own to continue it."
+        )
+    too_short = {n: new for n, (_, new) in changed.items() if isinstance(new, int) and 0 < new < done}
+    if too_short:
+        (name, new), *_ = too_short.items()
+        raise RunSettingsError(
+            f"{run_dir} already holds {done} steps or updates, more than {name}={new} asks for; "
+            "a shorter run goes into a new run_dir (its checkpoints up to that step are here)."
+        )
+    return {n: pair for n, pair in changed.items() if n in lengths}
+
+
+def record_run_settings(
+    run_dir: str | Path,
+    settings_file: str,
+    settings: Mapping[str, Any],
+    from_step: int,
+    continued: Mapping[str, tuple[Any, Any]],
+) -> None:
+    """The settings a run starts or resumes with (settings_file), and a row in
+    settings-history.jsonl: when, from which step, and the length fields it changed."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _replace(run_dir / settings_file, yaml.safe_dump(dict(settings), sort_keys=False))
+    row = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "from_step": from_step,
+        "continued": {n: {"was": old, "now": new} for n, (old, new) in continued.items()},
+    }
+    with (run_dir / SETTINGS_HISTORY).open("a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+def _study_relative(settings: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Absolute paths inside the study folder (run_dir's parent: the start checkpoint,
+    the data file) written relative to it, so that a study folder moved or copied whole
+    still holds the same runs."""
+    study = Path(run_dir).resolve().parent
+    portable = {}
+    for name, value in settings.items():
+        if isinstance(value, str) and os.path.isabs(value) and Path(value).is_relative_to(study):
+            value = f"<study folder>/{Path(value).relative_to(study)}"
+        portable[name] = value
+    return portable
+
+
+def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as a YAML file gives them back (tuples as lists, and so on), so that
+    given and recorded settings compare like for like."""
+    return yaml.safe_load(yaml.safe_dump(dict(settings), sort_keys=False))
 
 
 # --- checkpoints and their counters ---------------------------------------------------
@@ -108,6 +224,13 @@ def read_counters(checkpoint: str | Path) -> dict[str, Any]:
             f"found {json.dumps(counters)[:80]}"
         )
     return counters
+
+
+def start_tokens(model: str | Path) -> int:
+    """D_init of a run that starts from `model`: the tokens its checkpoint.json counts,
+    0 for a model that is no checkpoint (a base model's name or folder)."""
+    folder = Path(model)
+    return read_counters(folder)["tokens"] if (folder / COUNTERS).is_file() else 0
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

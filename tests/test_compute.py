@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 
-from sftrl_kit.compute import buffer_lambda_for, gflops, rl_flops, sft_flops
+from sftrl_kit.compute import gflops, rl_flops, sft_flops
+from sftrl_kit.envs import make
+from sftrl_kit.train.ppo import _buffer_lambda
 
 
 def test_paper_formulas():
@@ -10,12 +14,12 @@ def test_paper_formulas():
     assert gflops(rl_flops(n, 0, 10, 0.0)) == pytest.approx(0.06)
 
 
-def test_lambda_per_task_and_bad_input():
-    assert buffer_lambda_for("gp-l") == 6.0
-    assert buffer_lambda_for("gp-vl") == 6.0
-    assert buffer_lambda_for("virl-vl") == 5.1
-    with pytest.raises(ValueError, match="known families"):
-        buffer_lambda_for("chess")
+def test_lambda_comes_from_the_environment_and_bad_input():
+    assert [_buffer_lambda(make(env_id)) for env_id in ("gp-l", "gp-vl", "virl-l", "virl-vl")] == [6.0, 6.0, 5.1, 5.1]
+    assert _buffer_lambda(SimpleNamespace(env_id="chess-l", buffer_lambda=4)) == 4.0  # any id: no prefix table
+    for missing in (SimpleNamespace(env_id="chess-l"), SimpleNamespace(env_id="chess-l", buffer_lambda=-1.0)):
+        with pytest.raises(ValueError, match="chess-l: the environment states no buffer_lambda"):
+            _buffer_lambda(missing)
     with pytest.raises(ValueError):
         sft_flops(0, 1, 1)
     with pytest.raises(ValueError):

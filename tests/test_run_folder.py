@@ -175,3 +175,51 @@ def test_new_run_folders_are_named_by_time_and_never_shared(tmp_path, monkeypatc
     assert (first, second) == (tmp_path / "runs" / "20260101-120000-eval", tmp_path / "runs" / "20260101-120000-eval-2")
     assert first.is_dir()
     assert second.is_dir()
+
+
+def test_a_folder_with_a_run_but_no_settings_file_is_refused(tmp_path):
+    """Its settings cannot be told, so nothing may train into it (nor be returned from it)."""
+    checkpoint = run_folder.checkpoint_dir(tmp_path, "ppo", 0)
+    checkpoint.mkdir(parents=True)
+    run_folder.write_counters(checkpoint, {"step": 0, "tokens": 0})
+    claim = dict(done=0, length_fields=("updates",), outside_result=("run_dir",))
+    with pytest.raises(run_folder.RunSettingsError, match="holds a run but no ppo.yaml"):
+        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1}, **claim)
+    assert run_folder.claim_run_folder(tmp_path / "new", "ppo.yaml", {"updates": 1}, **claim) == {}
+    (tmp_path / "ppo.yaml").write_text("updates: 1\nlora: {r: 4}\nrun_dir: a\n")
+    assert run_folder.claim_run_folder(
+        tmp_path, "ppo.yaml", {"updates": 3, "lora": {"r": 4}, "run_dir": "b"}, **claim
+    ) == {"updates": (1, 3)}
+    with pytest.raises(run_folder.RunSettingsError, match=r"lora: \{'r': 4\} in the folder, \{'r': 8\} given"):
+        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1, "lora": {"r": 8}}, **claim)
+    with pytest.raises(run_folder.RunSettingsError, match=r"new_field: '\(absent\)' in the folder, 1 given"):
+        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1, "lora": {"r": 4}, "new_field": 1}, **claim)
+
+
+def test_a_run_from_a_checkpoint_counts_its_tokens_as_d_init(tmp_path):
+    from sftrl_kit.train.ppo import PPOSettings
+    from sftrl_kit.train.sft import SFTSettings
+
+    run_folder.write_counters(tmp_path, {"step": 24, "tokens": 51234})
+    assert run_folder.start_tokens(tmp_path) == 51234
+    assert PPOSettings(model=str(tmp_path)).init_tokens == 51234
+    assert SFTSettings(model=str(tmp_path)).init_tokens == 51234
+    assert PPOSettings(model="tiny").init_tokens == 0
+    assert PPOSettings(model=str(tmp_path), init_tokens=7).init_tokens == 7  # given: kept
+
+
+def test_a_study_folder_moved_whole_still_holds_its_runs(tmp_path):
+    """Paths inside the study folder (the data file, the start checkpoint) are compared
+    relative to it: a copied or moved study reuses its runs; a path elsewhere still counts."""
+    old, new = tmp_path / "old" / "study", tmp_path / "new" / "study"
+    (old / "sft").mkdir(parents=True)
+    recorded = {"run_dir": str(old / "sft"), "dataset": str(old / "data" / "d.jsonl"), "max_steps": 4}
+    (old / "sft" / "sft.yaml").write_text(json.dumps(recorded))  # YAML reads JSON
+    (new / "sft").mkdir(parents=True)
+    (new / "sft" / "sft.yaml").write_text(json.dumps(recorded))  # the folder, copied
+    claim = dict(done=0, length_fields=("max_steps",), outside_result=("run_dir",))
+    moved = {"run_dir": str(new / "sft"), "dataset": str(new / "data" / "d.jsonl"), "max_steps": 4}
+    assert run_folder.claim_run_folder(new / "sft", "sft.yaml", moved, **claim) == {}
+    elsewhere = {**moved, "dataset": str(tmp_path / "other" / "d.jsonl")}
+    with pytest.raises(run_folder.RunSettingsError, match="dataset: "):
+        run_folder.claim_run_folder(new / "sft", "sft.yaml", elsewhere, **claim)

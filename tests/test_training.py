@@ -11,11 +11,12 @@ import pytest
 from conftest import REPO  # noqa: E402
 
 from sftrl_kit.data import GP_TRAIN_CONFIG, load_eval_set, training_deal_seed
-from sftrl_kit.envs import make
+from sftrl_kit.envs import Observation, make, register, registered
 from sftrl_kit.envs.general_points import solve
 from sftrl_kit.episodes import chat_messages, read_jsonl, write_jsonl
 from sftrl_kit.evaluation import compare_rates, evaluate
 from sftrl_kit.models import SamplingConfig
+from sftrl_kit.run_folder import RunSettingsError, last_checkpoint, read_counters
 from sftrl_kit.train.ppo import PPOSettings, train_ppo
 from sftrl_kit.train.sft import SFTSettings, train_sft
 
@@ -303,3 +304,123 @@ def test_a_complete_ppo_run_run_again_trains_nothing(tmp_path):
     files = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     assert train_ppo(settings) == run
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == files
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tiny_ppo(run_dir: Path, **changes) -> PPOSettings:
+    settings = dict(
+        model="tiny",
+        run_dir=str(run_dir),
+        updates=1,
+        episodes_per_update=2,
+        max_new_tokens=8,
+        max_attempts=1,
+        minibatch_size=2,
+        micro_batch_size=2,
+        learning_rate=1e-5,
+    )
+    return PPOSettings(**{**settings, **changes})
+
+
+def test_ppo_into_a_finished_run_with_other_settings_is_refused_before_anything_runs(tmp_path):
+    run = train_ppo(_tiny_ppo(tmp_path))
+    files = _files(run)
+    with pytest.raises(RunSettingsError, match=r"learning_rate: 1e-05 in the folder, 0.003 given") as refused:
+        train_ppo(_tiny_ppo(tmp_path, learning_rate=3e-3))
+    assert "episodes_per_update" not in str(refused.value)  # only the fields that differ are named
+    assert _files(run) == files  # nothing trained, nothing rewritten
+
+
+def test_ppo_resumes_or_continues_only_under_its_own_settings(tmp_path):
+    """An unfinished run resumed with another setting is refused (its ppo.yaml would claim
+    settings its first updates never used); continuing it further under its own settings,
+    with another save interval, is allowed and recorded; asking for fewer updates than it
+    holds is refused."""
+    train_ppo(_tiny_ppo(tmp_path))
+    recorded = (tmp_path / "ppo.yaml").read_text()
+    with pytest.raises(RunSettingsError, match=r"seed: 0 in the folder, 1 given"):
+        train_ppo(_tiny_ppo(tmp_path, updates=2, seed=1))
+    assert (tmp_path / "ppo.yaml").read_text() == recorded
+    train_ppo(_tiny_ppo(tmp_path, updates=2, save_every=2))
+    assert [r["update"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    history = read_jsonl(tmp_path / "settings-history.jsonl")
+    assert [(h["from_step"], h["continued"]) for h in history] == [(0, {}), (1, {"updates": {"was": 1, "now": 2}})]
+    with pytest.raises(RunSettingsError, match=r"already holds 2 steps or updates, more than updates=1"):
+        train_ppo(_tiny_ppo(tmp_path, updates=1))
+
+
+def test_sft_into_a_finished_run_with_other_settings_is_refused_and_a_longer_run_continues(tmp_path):
+    _write_sft_records(tmp_path / "d.jsonl", 4)
+
+    def settings(**changes):
+        fixed = dict(
+            model="tiny",
+            dataset=str(tmp_path / "d.jsonl"),
+            run_dir=str(tmp_path / "run"),
+            max_steps=2,
+            batch_size=2,
+            save_steps=2,
+            logging_steps=1,
+        )
+        return SFTSettings(**{**fixed, **changes})
+
+    run = train_sft(settings())
+    files = _files(run)
+    with pytest.raises(RunSettingsError, match=r"learning_rate: 2e-05 in the folder, 0.001 given"):
+        train_sft(settings(learning_rate=1e-3))  # the "already complete" return, with other settings
+    with pytest.raises(RunSettingsError, match=r"max_records: None in the folder, 2 given"):
+        train_sft(settings(max_steps=4, max_records=2))
+    assert _files(run) == files
+    train_sft(settings(max_steps=4, logging_steps=2))  # further, with another log interval: allowed
+    history = read_jsonl(run / "settings-history.jsonl")
+    assert history[-1]["continued"] == {"max_steps": {"was": 2, "now": 4}}
+    assert read_counters(last_checkpoint(run))["step"] == 4
+
+
+class YesEnv:
+    """A task the kit has never heard of (docs/extending.md's example): answer {"answer": "yes"}."""
+
+    env_id = "yes-l"
+    answer_field = "answer"
+    single_conversation = True
+    buffer_lambda = 6.0  # the paper's GP value: inference tokens per trained token
+
+    def __init__(self, max_attempts: int = 2) -> None:
+        self.max_attempts = max_attempts
+
+    def reset(self, *, seed=None, options=None):
+        self.attempts, self.done = 0, False
+        return Observation('Reply with the JSON object {"answer": "yes"} and nothing else.'), {
+            "task": {"word": "yes"},
+            "success": False,
+        }
+
+    def step(self, action: str):
+        self.attempts += 1
+        right = '"yes"' in action
+        verdict = {
+            "outcome": "correct" if right else "wrong",
+            "reward": 1.0 if right else -1.0,
+            "feedback": "Correct." if right else 'The answer must be {"answer": "yes"}.',
+            "recognition_correct": None,
+            "other_rule_used": False,
+        }
+        truncated = not right and self.attempts >= self.max_attempts
+        self.done = right or truncated
+        info = {"task": {"word": "yes"}, "success": right, "verdict": verdict}
+        return Observation(verdict["feedback"]), verdict["reward"], right, truncated, info
+
+
+def test_ppo_trains_a_newly_registered_environment_without_an_edit_to_the_kit(tmp_path):
+    """What PPO needs from an environment (its answer field, buffer lambda, budget) comes
+    from the environment: a new id trains, its FLOPs counted with its own lambda."""
+    if "yes-l" not in registered():
+        register("yes-l", YesEnv)
+    run = train_ppo(_tiny_ppo(tmp_path, env_id="yes-l", env_config={}, max_attempts=2))
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    assert (row["update"], row["episodes"], row["buffer_lambda"]) == (1, 2, 6.0)
+    expected = 6 * row["num_parameters"] * row["tokens"] + 2 * row["num_parameters"] * 6.0 * row["tokens"]
+    assert row["flops"] == pytest.approx(expected)

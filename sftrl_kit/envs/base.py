@@ -44,6 +44,9 @@ class Env(Protocol):
             weight the tokens before it (`thought_coef`).
         single_conversation: True when every observation after the first continues one
             conversation; False when a step can start a new one (`info["new_prompt"]`).
+        buffer_lambda: the paper's D_buffer / D_RL for this task, the inference tokens
+            PPO's FLOPs count per trained token (compute.rl_flops): GeneralPoints 6,
+            V-IRL 5.1. A new task states its own (6 is a fair first guess).
         config: (optional) the environment's settings dataclass; rollouts record it in
             each Episode.
 
@@ -72,6 +75,7 @@ class Env(Protocol):
     env_id: str
     answer_field: str
     single_conversation: bool
+    buffer_lambda: float
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -62,8 +62,8 @@ import torch
 from torch import nn
 
 from .. import run_folder
-from ..compute import buffer_lambda_for, gflops, rl_flops
-from ..config import save_yaml
+from ..compute import gflops, rl_flops
+from ..config import to_dict
 from ..data import training_deal_seed
 from ..engines import open_engine, resolve_engine
 from ..envs import make
@@ -93,7 +93,8 @@ class PPOSettings:
     model: str = "default"
     """the SFT initialisation (a checkpoint folder), or a base model ('default', 'tiny', 'tiny-vl')"""
     run_dir: str = "papermill_runs/ppo"
-    """the run folder: metrics.jsonl, episodes/, checkpoints/; a run resumes from its last checkpoint"""
+    """the run folder: metrics.jsonl, episodes/, checkpoints/; one run per folder (other settings are refused),
+    which resumes from its last checkpoint"""
     env_id: str = "gp-l"
     """the environment trained on (gp-l, gp-vl, virl-l, virl-vl)"""
     env_config: dict[str, Any] = field(default_factory=lambda: {"face_rule": "ten", "colours": "black"})
@@ -122,7 +123,7 @@ class PPOSettings:
     updates: int = 20
     """PPO updates (rollout, then ppo_epochs of optimisation) in the whole run"""
     learning_rate: float = 1e-6
-    """AdamW learning rate: the paper's for GP (V-IRL: 1e-7); 1e-5 moved SmolLM2-135M by KL 7.8 in one update"""
+    """AdamW learning rate: the paper's for GP (V-IRL: 1e-7); the quickstart trains the 135M default model at 1e-5"""
     ppo_epochs: int = 4
     """passes over every turn of the update"""
     minibatch_size: int = 8
@@ -162,12 +163,15 @@ class PPOSettings:
     """a checkpoint (weights, value head, optimizer, FLOPs) every this many updates, and at the last"""
     seed: int = 0
     """seeds the value head, the training deals (disjoint from evaluation seeds), sampling and minibatch order"""
-    init_tokens: int = 0
-    """D_init: tokens of the shared SFT initialisation, counted in the FLOPs"""
+    init_tokens: int | None = None
+    """D_init: tokens of the shared SFT initialisation, counted in the FLOPs; None: the `model` checkpoint's own
+    (its checkpoint.json), 0 for a base model"""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        if self.init_tokens is None:
+            self.init_tokens = run_folder.start_tokens(self.model)
         resolve_engine(self.engine)  # an unknown name, or vllm where it is missing, fails here
         if self.advantage not in ("gae", "grpo", "rloo"):
             raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
@@ -345,16 +349,34 @@ class RolloutBatch:
     ref_logprobs: list[torch.Tensor] | None = None  # per-token log pi_ref(a|s) for the KL term; None without one
 
 
+SETTINGS_FILE = "ppo.yaml"
+LENGTH_FIELDS = ("updates",)
+"""what a continuation of a run may raise (recorded in settings-history.jsonl)"""
+OUTSIDE_RESULT = ("run_dir", "save_every")
+"""settings that change which checkpoints are written, not the weights"""
+
+
 @releases_memory
 def train_ppo(settings: PPOSettings) -> Path:
-    """Run (or resume) PPO; returns the run folder."""
+    """Run, resume or continue PPO in settings.run_dir; returns the run folder. A folder
+    holding a run with other settings is refused (run_folder.claim_run_folder)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = Path(settings.run_dir)
     tasks = _read_tasks(settings.tasks)
     start_update, resume_folder = _resume_point(run_dir)
+    continued = run_folder.claim_run_folder(
+        run_dir,
+        SETTINGS_FILE,
+        to_dict(settings),
+        done=start_update,
+        length_fields=LENGTH_FIELDS,
+        outside_result=OUTSIDE_RESULT,
+    )
     if start_update >= settings.updates:
+        if continued and accelerator.is_main_process:
+            run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
         return run_dir  # complete: run again, it trains and rewrites nothing
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
     policy = _load_learner(settings, resume_folder, accelerator.device)
@@ -370,12 +392,11 @@ def train_ppo(settings: PPOSettings) -> Path:
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
     answer_field = probe.answer_field
-    buffer_lambda = buffer_lambda_for(settings.env_id)
+    buffer_lambda = _buffer_lambda(probe)
     counters = _running_totals(resume_folder)
 
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(settings, run_dir / "ppo.yaml")
+        run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
         run_folder.drop_metrics_after(run_dir, start_update)
         if start_update == 0:
             _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, buffer_lambda))
@@ -408,6 +429,17 @@ def train_ppo(settings: PPOSettings) -> Path:
         accelerator.wait_for_everyone()
     _record_process_agreement(run_dir, actor_critic, accelerator)
     return run_dir
+
+
+def _buffer_lambda(env) -> float:
+    """The environment's D_buffer / D_RL, which PPO's FLOPs count (Env.buffer_lambda)."""
+    value = getattr(env, "buffer_lambda", None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"{env.env_id}: the environment states no buffer_lambda (found {value!r}): the inference tokens per "
+            "trained token that PPO's FLOPs count (GeneralPoints 6, V-IRL 5.1). Give its class one."
+        )
+    return float(value)
 
 
 def _engine_for(engine: str, processes: int, vision: bool) -> str:

@@ -13,6 +13,7 @@ run_folder).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 
 from .. import run_folder
 from ..compute import gflops, sft_flops
-from ..config import save_yaml
+from ..config import to_dict
 from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
 from ..process import releases_memory
@@ -38,7 +39,8 @@ class SFTSettings:
     dataset: str = "data/generated/gp-l-expert.jsonl"
     """a conversational JSONL (TRL's messages format, with images for VL)"""
     run_dir: str = "papermill_runs/sft"
-    """the run folder: checkpoints/step-NNNNNN/, trainer/, metrics.jsonl; a run resumes from its trainer state"""
+    """the run folder: checkpoints/step-NNNNNN/, trainer/, metrics.jsonl; one run per folder (other settings are
+    refused), which resumes from its trainer state"""
     learning_rate: float = 2e-5
     """peak learning rate (the paper's for 11B: 1e-6 L / 5e-7 VL)"""
     lr_scheduler_type: str = "cosine"
@@ -71,31 +73,53 @@ class SFTSettings:
     """recompute activations in the backward pass: less memory, more time"""
     seed: int = 0
     """seeds the data order and any initialisation"""
-    init_tokens: int = 0
-    """D_init: tokens of the shared SFT initialisation, if this run continues one (counted in the FLOPs)"""
+    init_tokens: int | None = None
+    """D_init: tokens of the shared SFT initialisation, counted in the FLOPs; None: the `model` checkpoint's own
+    (its checkpoint.json), 0 for a base model"""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        if self.init_tokens is None:
+            self.init_tokens = run_folder.start_tokens(self.model)
         if self.loss_on not in ("assistant", "all"):
             raise ValueError(f"loss_on must be 'assistant' or 'all', got {self.loss_on!r}")
         if self.save_steps < 1 or self.batch_size < 1:
             raise ValueError("save_steps and batch_size must be >= 1")
 
 
+SETTINGS_FILE = "sft.yaml"
+LENGTH_FIELDS = ("max_steps", "num_train_epochs")
+"""what a continuation of a run may raise (recorded in settings-history.jsonl)"""
+OUTSIDE_RESULT = ("run_dir", "save_steps", "logging_steps")
+"""settings that change which checkpoints and metric rows are written, not the weights"""
+
+
 @releases_memory
 def train_sft(settings: SFTSettings) -> Path:
-    """Run (or resume) SFT; returns the run folder."""
+    """Run, resume or continue SFT in settings.run_dir; returns the run folder. A folder
+    holding a run with other settings is refused (run_folder.claim_run_folder)."""
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from ..data import load_sft_dataset
 
     run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if settings.max_steps > 0 and _exported_step(run_dir) >= settings.max_steps:
-        return run_dir  # already complete: resuming would train one step past the end
-    save_yaml(settings, run_dir / "sft.yaml")
+    exported = _exported_step(run_dir)
+    continued = run_folder.claim_run_folder(
+        run_dir,
+        SETTINGS_FILE,
+        to_dict(settings),
+        done=max(exported, 0),
+        length_fields=LENGTH_FIELDS,
+        outside_result=OUTSIDE_RESULT,
+    )
+    resume_step = run_folder.last_trainer_step(run_dir)
+    complete = settings.max_steps > 0 and exported >= settings.max_steps
+    if _is_main_process() and (continued or not complete):
+        run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), resume_step or 0, continued)
+    if complete:
+        return run_dir  # resuming would train one step past the end
     close_engines()  # SFT generates nothing: free a running vLLM engine's KV cache (up to 8 GiB) for the step
     policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
     if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
@@ -107,8 +131,6 @@ def train_sft(settings: SFTSettings) -> Path:
     if settings.max_records is not None:
         dataset = dataset.select(range(min(settings.max_records, len(dataset))))
     num_parameters = policy.num_parameters
-
-    resume_step = run_folder.last_trainer_step(run_dir)
     resume = resume_step is not None
     config = SFTConfig(
         output_dir=str(run_folder.trainer_dir(run_dir)),
@@ -180,6 +202,11 @@ def train_sft(settings: SFTSettings) -> Path:
     if trainer.state.global_step % settings.save_steps != 0:  # the last, partial interval
         _export(trainer.model, policy, run_dir, Series().counters(trainer.state))
     return run_dir
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of an `accelerate launch`, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _exported_step(run_dir: Path) -> int:

@@ -61,6 +61,7 @@ class GeneralPointsEnv:
 
     answer_field = "formula"
     single_conversation = True
+    buffer_lambda = 6.0  # the paper's D_buffer / D_RL (compute.rl_flops)
 
     def __init__(self, config: GPConfig | None = None, env_id: str = "gp-l") -> None:
         self.config = config or GPConfig()

@@ -81,6 +81,7 @@ class VirlEnv:
 
     answer_field = "action"
     single_conversation = False  # each point's prompt starts a new conversation
+    buffer_lambda = 5.1  # the paper's D_buffer / D_RL (compute.rl_flops)
 
     def __init__(self, config: VirlConfig | None = None, env_id: str = "virl-l") -> None:
         self.config = config or VirlConfig()
