@@ -39,21 +39,36 @@ TEXT_PROGRESS = "SFTRL_TEXT_PROGRESS"
 # Deprecation notices of the libraries the kit calls, about their own APIs (transformers'
 # gradient_checkpointing, say): nothing a user of the kit can act on, and printed in every
 # notebook, so that the one warning that matters scrolls by unread.
-QUIET_MODULES = r"(transformers|trl|accelerate|peft|datasets|torch|huggingface_hub)(\.|$)"
+QUIET_MODULES = r"(transformers|trl|accelerate|peft|datasets|torch|huggingface_hub|vllm)(\.|$)"
 
 
 # --- inside a notebook ---------------------------------------------------------------
 
 
+RUN_DIR_VARIABLE = "SFTRL_RUN_DIR"  # the run folder every notebook opened by hand shares (`sftrl lab` sets it)
+
+
 def notebook_start(
-    name: str, run_dir: str | None, preset: str = "study", overrides: Mapping[str, Any] | None = None, **parameters: Any
+    name: str,
+    run_dir: str | None,
+    preset: str = "study",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    needs: str | None = None,
+    **parameters: Any,
 ):
     """The first call of every notebook: work from the kit's folder (so data/ and
     configs/ resolve as in the README), quiet the libraries' deprecation notices, open
     the run folder, and settle the sizes: the preset named (`smoke` whenever
     SFTRL_SMOKE=1), then `overrides` (the parameters cell's dict of preset fields), then
     the notebook's own parameters that are not None (presets.choose). Returns the run
-    folder and the chosen presets.Preset."""
+    folder and the chosen presets.Preset.
+
+    The run folder: `run_dir`, else $SFTRL_RUN_DIR (one folder for every notebook of a
+    JupyterLab session, as `sftrl lab` starts it), else a new one. A notebook that
+    continues others' work (`needs`: the notebooks that make what it reads) never gets a
+    new one: without a folder, or with one that does not exist, it stops here and says
+    which notebooks to run first."""
     if (KIT_ROOT / "pyproject.toml").is_file():
         os.chdir(KIT_ROOT)
     quiet_warnings()
@@ -64,10 +79,25 @@ def notebook_start(
 
     given = {key: value for key, value in parameters.items() if value is not None}  # None: not set here
     chosen = choose("smoke" if _flag("SFTRL_SMOKE") else preset, {**(overrides or {}), **given})
-    folder = Path(run_dir) if run_dir else new_run_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _run_folder(name, run_dir or os.environ.get(RUN_DIR_VARIABLE) or None, needs)
     print(f"run folder: {folder.resolve()} | preset: {chosen.name}", flush=True)
     return folder.resolve(), chosen
+
+
+def _run_folder(name: str, run_dir: str | None, needs: str | None) -> Path:
+    if run_dir is None and needs is None:
+        return new_run_dir(name)
+    if run_dir is None:
+        raise ValueError(
+            f"{name} continues the study that {needs} began: set run_dir in the parameters cell to that "
+            f"study's folder (printed at the top of {needs.split()[0]}), or open every notebook under "
+            f"`sftrl lab`, which gives them one folder (${RUN_DIR_VARIABLE})"
+        )
+    folder = Path(run_dir)
+    if needs is not None and not folder.is_dir():
+        raise FileNotFoundError(f"run_dir {folder} does not exist: {needs} make(s) it; run that first")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def quiet_warnings() -> None:
@@ -391,6 +421,12 @@ def run_batch(
     shares = split_parameters(declared, state["parameters"])
     if resume is None:
         folder = Path(run_dir) if run_dir else new_run_dir("-".join(Path(n).stem for n in names))
+        if (folder / BATCH_FILE).is_file():  # its executed notebooks and state would be overwritten
+            earlier = ", ".join(e["name"] for e in _read_state(folder)["notebooks"])
+            raise ValueError(
+                f"{folder} holds a batch already ({earlier}): `sftrl run --resume {folder}` continues it; "
+                "a new batch goes to another --out"
+            )
         folder.mkdir(parents=True, exist_ok=True)
     folder = folder.resolve()
     _write_state(folder, state)
@@ -542,9 +578,18 @@ def _text_table(rows: list[dict[str, Any]], preferred: Sequence[str]) -> list[st
     """Rows as aligned text: the preferred columns that exist, else every column."""
     if not rows:
         return ["(no rows)"]
+    from .evaluation import format_p_value
+
     present = list(dict.fromkeys(key for row in rows for key in row))
     columns = [c for c in preferred if c in present] or present
-    cells = [columns] + [[str(row.get(c, "")) for c in columns] for row in rows]
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column, "")
+        if column == "p" and value not in ("", None):
+            return format_p_value(float(value))
+        return str(value)
+
+    cells = [columns] + [[cell(row, c) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
 

@@ -1,11 +1,13 @@
-"""The `sftrl` command.
+"""The `sftrl` command: the kit's data, evaluation, training and notebook batches.
 
-sftrl data gp [--root data] [--eval-size N] [--sft-text N] [--sft-image N]
-sftrl data virl [--root data] [--eval-routes N] [--visual-ood-routes N] ...
-sftrl eval [--model default] [--env gp-l] [--sets gp-id gp-rule-ood] [--limit N] [--engine auto|hf|vllm] ...
-sftrl sft [--config sft.yaml] [field=value ...]
-sftrl ppo [--config ppo.yaml] [field=value ...]     (also under `accelerate launch -m`)
-sftrl run <preset | notebook ...> [-p key value ...] [--resume RUN_FOLDER]
+sftrl run <preset | notebook ...> [-p key value ...] [--out DIR] [--resume RUN_FOLDER]
+sftrl lab [--out DIR]                 JupyterLab, every notebook sharing one run folder
+sftrl eval [--model default] [--env gp-l] [--sets ...] [--limit N] [--engine auto|hf|vllm] [--out DIR]
+sftrl sft [--config sft.yaml] [field=value ...] [--out DIR]
+sftrl ppo [--config ppo.yaml] [field=value ...] [--out DIR]   (also under `accelerate launch -m`)
+sftrl data gp|virl [--out DIR] [--eval-size N] ...
+
+--out is where a command writes, in every subcommand.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ import re
 import sys
 import time
 from dataclasses import fields
+
+_SIZE_HELP = {
+    "eval_size": "tasks in each frozen GP eval set",
+    "sft_text": "GP-L expert SFT records (the sub-optimal set is half as large)",
+    "sft_image": "GP-VL expert SFT records, each with a PNG",
+    "samples": "sample images to look at",
+    "eval_routes": "routes in virl-id and virl-rule-ood (the same routes) and the other V-IRL sets",
+    "visual_ood_routes": "routes in virl-visual-ood (spread over the 9 other cities)",
+    "sft_text_routes": "V-IRL-L routes whose expert turns become SFT records",
+    "sft_image_routes": "V-IRL-VL routes whose expert turns become SFT records, with street views",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,47 +42,74 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `sftrl` parser. Help strings go through %-formatting: write a literal % as %%."""
-    parser = argparse.ArgumentParser(prog="sftrl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sftrl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="generate datasets and frozen evaluation sets")
     tasks = data.add_subparsers(dest="task", required=True)
-    from .data import GPDataSizes, VirlDataSizes
+    from .data import DATA_ROOT, GPDataSizes, VirlDataSizes
+    from .envs import registered
+    from .models import BUILT_IN
 
     for task, sizes, help_text in (
         ("gp", GPDataSizes, "GeneralPoints: eval sets (data/eval/), SFT data (data/generated/)"),
         ("virl", VirlDataSizes, "V-IRL: eval sets (data/eval/), SFT data and street views (data/generated/)"),
     ):
         sub = tasks.add_parser(task, help=help_text)
-        sub.add_argument("--root", default="data", help="data folder (default: data)")
+        sub.add_argument(
+            "--out",
+            default=str(DATA_ROOT),
+            help="data folder (default: the kit's data/; its committed eval sets are never overwritten)",
+        )
         for f in fields(sizes):
             sub.add_argument(
-                f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"(default: {f.default})"
+                f"--{f.name.replace('_', '-')}",
+                type=int,
+                default=f.default,
+                help=f"{_SIZE_HELP[f.name]} (default: {f.default})",
             )
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
         sub.set_defaults(run=_data, sizes_class=sizes)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on frozen eval sets (success with 95%% CIs)")
-    evaluate.add_argument("--model", default="default", help="'default', 'tiny', 'tiny-vl' or a checkpoint folder")
-    evaluate.add_argument("--env", default="gp-l", help="environment id (gp-l, gp-vl)")
     evaluate.add_argument(
-        "--sets", nargs="+", default=["gp-id", "gp-rule-ood"], help="eval set names under data/eval/ or JSONL paths"
+        "--model", default="default", help=f"a built-in model ({', '.join(BUILT_IN)}) or a model folder (a checkpoint)"
     )
-    evaluate.add_argument("--limit", type=int, default=None, help="first N tasks of each set")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--env", default="gp-l", choices=registered(), help="environment id (default: gp-l)")
+    evaluate.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help="eval set names (the kit's data/eval/) or JSONL paths (default: the environment's ID and rule-OOD sets)",
+    )
+    evaluate.add_argument("--limit", type=int, default=None, help="first N tasks of each set (default: all)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="conversations per generate call (default: 16)")
+    evaluate.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="longest answer (default: the study's for the task: GP 64, V-IRL 96)",
+    )
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    evaluate.add_argument("--top-p", type=float, default=1.0)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--max-attempts", type=int, default=None, help="override the verification budget")
+    evaluate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1, all)")
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    evaluate.add_argument(
+        "--max-attempts", type=int, default=None, help="verification budget (default: the study's evaluation budget, 2)"
+    )
     evaluate.add_argument(
         "--engine",
         choices=("auto", "hf", "vllm"),
         default="auto",
         help="generation engine: vllm, hf (transformers generate), auto (vLLM where installed; default)",
     )
-    evaluate.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-eval)")
+    evaluate.add_argument("--out", default=None, help="run folder (default: a new papermill_runs/<time>-eval)")
     evaluate.set_defaults(run=_eval)
+
+    lab = commands.add_parser("lab", help="JupyterLab on the notebooks, all sharing one run folder")
+    lab.add_argument("--out", default=None, help="the run folder (default: a new papermill_runs/<time>-lab)")
+    lab.set_defaults(run=_lab)
 
     for name, help_text in (
         ("sft", "supervised fine-tuning on TRL (checkpoint series with FLOPs)"),
@@ -90,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="show this help message and exit (with every settings field)",
         )
         train.add_argument("--config", default=None, help="YAML of settings (dataclass fields)")
+        train.add_argument(
+            "--out",
+            default=None,
+            help="the run folder (run_dir); again the same folder resumes or continues its run "
+            f"(default: a new papermill_runs/<time>-{name})",
+        )
         train.add_argument("overrides", nargs="*", help="field=value pairs (value read as YAML) applied after the YAML")
         train.set_defaults(run=_train, method=name)
 
@@ -126,7 +172,7 @@ def _data(args: argparse.Namespace) -> int:
     sizes = args.sizes_class(**{name: getattr(args, name) for name in names})
     generate = generate_gp_data if args.task == "gp" else generate_virl_data
     started = time.perf_counter()
-    summary = generate(args.root, sizes)
+    summary = generate(args.out, sizes)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -150,17 +196,26 @@ def _data(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data import eval_set_path
+    from .data import STUDY_TASKS, eval_set_path
     from .engines import resolve_engine
     from .evaluation import compare_rates, evaluate_model
     from .models import SamplingConfig, is_vision_model
     from .run_folder import new_run_dir
+    from .study import StudySettings
 
-    sets = {f"{args.env}-{name}": eval_set_path(name) for name in args.sets}
+    study = StudySettings(task=args.env) if args.env in STUDY_TASKS else None  # the study's defaults
+    names = args.sets or (list(STUDY_TASKS[args.env].eval_sets) if study else None)
+    if not names:
+        raise ValueError(f"{args.env} is no study task, so it has no default sets: name them with --sets")
+    sets = {Path(name).stem: eval_set_path(name) for name in names}  # keyed as the study keys them
     sampling = SamplingConfig(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens or (study.new_tokens if study else 64),
+        seed=args.seed,
     )
-    overrides = {} if args.max_attempts is None else {"max_attempts": args.max_attempts}
+    budget = args.max_attempts or (study.eval_max_attempts if study else None)
+    overrides = {} if budget is None else {"max_attempts": budget}
     run_dir = Path(args.out) if args.out else new_run_dir("eval")
     engine = resolve_engine(args.engine, is_vision_model(args.model))
     print(f"model {args.model} on {args.env}; sampling {sampling}; engine {engine}; run folder {run_dir}")
@@ -243,7 +298,16 @@ def _train(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"override {pair!r} is not field=value")
         data[key] = yaml.safe_load(value)
+    if args.out is not None:
+        if "run_dir" in data:
+            raise ConfigError(f"the run folder is given twice: --out {args.out} and run_dir={data['run_dir']}")
+        data["run_dir"] = args.out
+    elif "run_dir" not in data:
+        from .run_folder import new_run_dir
+
+        data["run_dir"] = str(new_run_dir(args.method))
     settings = from_dict(settings_class, data, where=args.config or settings_class.__name__)
+    print(f"{args.method} run folder: {settings.run_dir}", flush=True)
     run_dir = train(settings)
     print(f"{args.method} finished: {run_dir}")
     return 0
@@ -265,6 +329,23 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(f"sftrl run: done\n{run_summary(folder)}")
     return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    """JupyterLab on notebooks/, with $SFTRL_RUN_DIR set: every notebook opened in it
+    reads and writes that one run folder (batch.notebook_start)."""
+    import os
+    from pathlib import Path
+
+    from .batch import NOTEBOOKS, RUN_DIR_VARIABLE
+    from .run_folder import new_run_dir
+
+    folder = Path(args.out) if args.out else new_run_dir("lab")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"sftrl lab: every notebook shares the run folder {folder.resolve()}; open 01_environments first", flush=True)
+    command = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={NOTEBOOKS}"]
+    os.execvpe(command[0], command, {**os.environ, RUN_DIR_VARIABLE: str(folder.resolve())})
+    return 0  # not reached: the process is JupyterLab's now
 
 
 def _yaml_number(value):

@@ -16,6 +16,7 @@ picks their training seeds and settings and turns them into records.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -177,24 +178,47 @@ def _eval_record(split: EvalSplit, index: int) -> dict[str, Any]:
     return {"split": split.name, "index": index, "seed": seed, "env_config": config, "task": info["task"]}
 
 
-def eval_set_path(name: str, root: str | Path = "data") -> Path:
-    """A frozen eval set by name (root/eval/<name>.jsonl), or a JSONL path as given."""
+DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+"""the kit's data folder: the committed frozen eval sets in eval/, generated data in generated/"""
+
+
+def eval_set_path(name: str, root: str | Path = DATA_ROOT) -> Path:
+    """A frozen eval set by name (root/eval/<name>.jsonl, the kit's own by default,
+    whatever the current folder), or a JSONL path as given."""
     path = Path(name)
     if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"no eval set at {path}")
         return path
     path = Path(root) / "eval" / f"{name}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no eval set {name!r} at {path}; run `sftrl data gp` or give a JSONL path")
+        known = sorted(p.stem for p in (Path(root) / "eval").glob("*.jsonl"))
+        raise FileNotFoundError(f"no eval set {name!r} at {path}; the sets there: {', '.join(known) or 'none'}")
     return path
 
 
+class FrozenSetError(ValueError):
+    """An eval set would be written over a different one already there."""
+
+
 def write_eval_sets(root: Path, splits: Iterable[EvalSplit], size_of: Callable[[EvalSplit], int]) -> dict[str, Any]:
-    """Each split's frozen set into root/eval/<name>.jsonl; a summary entry per set."""
+    """Each split's frozen set into root/eval/<name>.jsonl; a summary entry per set.
+
+    A set already there is never overwritten: the same records again leave the file as
+    it is, other records (another size, say) raise FrozenSetError before any file is
+    written, since every stored evaluation is keyed on the set it read."""
     summary = {}
-    for split in splits:
-        path = root / "eval" / f"{split.name}.jsonl"
-        records = make_eval_set(split, size_of(split))
-        write_jsonl(path, records)
+    planned = [(split, root / "eval" / f"{split.name}.jsonl", make_eval_set(split, size_of(split))) for split in splits]
+    for _, path, records in planned:
+        if path.is_file() and read_jsonl(path) != [json.loads(json.dumps(r)) for r in records]:
+            raise FrozenSetError(
+                f"{path} is a frozen eval set with other records ({len(read_jsonl(path))} there, "
+                f"{len(records)} asked for); it is never overwritten. Write sets of another size to "
+                "another folder (`sftrl data ... --out DIR`, 02's data_root)."
+            )
+    for split, path, records in planned:
+        if not path.is_file():
+            write_jsonl(path, records)
         summary[split.name] = {
             "path": str(path),
             "records": len(records),
@@ -457,7 +481,17 @@ class GPDataSizes:
     samples: int = 4  # rendered GP-VL sample images, one per eval split and more
 
 
-def generate_gp_data(root: str | Path = "data", sizes: GPDataSizes = GPDataSizes()) -> dict[str, Any]:
+def data_root_for(root: str | Path, sizes: GPDataSizes | VirlDataSizes, elsewhere: str | Path) -> Path:
+    """`root`, unless it is the kit's committed data/ and `sizes` asks for eval sets of
+    another size than the committed ones: then `elsewhere` (the frozen sets are never
+    rewritten in place)."""
+    committed = Path(root).resolve() == DATA_ROOT.resolve()
+    eval_fields = ("eval_size",) if isinstance(sizes, GPDataSizes) else ("eval_routes", "visual_ood_routes")
+    other_size = any(getattr(sizes, f) != getattr(type(sizes)(), f) for f in eval_fields)
+    return Path(elsewhere) if committed and other_size else Path(root)
+
+
+def generate_gp_data(root: str | Path = DATA_ROOT, sizes: GPDataSizes = GPDataSizes()) -> dict[str, Any]:
     """The data stage of the study: frozen eval sets (root/eval/, committed) and SFT
     datasets plus sample images (root/generated/, ignored). Returns a summary."""
     root = Path(root)
@@ -483,7 +517,7 @@ class VirlDataSizes:
     samples: int = 3
 
 
-def generate_virl_data(root: str | Path = "data", sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:
+def generate_virl_data(root: str | Path = DATA_ROOT, sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:
     """V-IRL's data stage: eval sets (root/eval/, committed), SFT data and street views
     (root/generated/). Returns a summary."""
     root = Path(root)

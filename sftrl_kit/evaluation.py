@@ -217,6 +217,14 @@ def failure_examples(
 # --- comparing two rates ---------------------------------------------------------------
 
 
+def format_p_value(p: float) -> str:
+    """A p-value as the README writes it: 'p < 0.0001' below that, else four decimals
+    at most ('0.0005', '0.03')."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"a p-value lies in [0, 1], got {p}")
+    return "p < 0.0001" if p < 0.0001 else f"{p:.4f}".rstrip("0").rstrip(".") if p < 1 else "1"
+
+
 def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict[str, Any]:
     """Is rate a different from rate b? Returns the difference a - b, its 95% interval,
     a two-sided p-value, and `test`: the test the data called for.

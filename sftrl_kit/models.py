@@ -525,7 +525,7 @@ def default_model_dir() -> Path:
 
 def default_vl_dir() -> Path:
     """default-vl as a safetensors folder: composed and its eyes trained on first use
-    (vision.build_default_vl: minutes on a CPU), then cached."""
+    (vision.build_default_vl: about 34 minutes on a 2-core CPU), then cached."""
     from .vision import VL_VERSION, build_default_vl
 
     return _cached_build(f"default-vl-{VL_VERSION}", build_default_vl)

@@ -103,7 +103,9 @@ def checkpoint_rows(
     run_label(folder name, method). `keys` ({set: key or some of its fields}, e.g.
     settings.eval_keys()) keeps the evaluations of those sets with those settings;
     without it, every evaluation. `<metric>_rate` holds the full rate (with its per-task
-    counts, for compare_rates).
+    counts, for compare_rates); the failure modes' rates (evaluation.failure_modes:
+    other_rule_used, other_rule_numbers, ...) are columns too, so that plot_change draws
+    a memorisation signature as it draws success.
     """
     wanted = list(keys.items()) if keys is not None else [(None, None)]
     rows = []
@@ -115,7 +117,11 @@ def checkpoint_rows(
             for eval_set, where in wanted:
                 for metrics in load_evaluations(checkpoint, eval_set, where):
                     row = evaluation_row(run, checkpoint, counters, metrics)
-                    rows.append({**row, "label": label, **{f"{metric}_rate": metrics.get(metric) for metric in RATES}})
+                    rates = {metric: metrics.get(metric) for metric in RATES}
+                    modes = metrics.get("failure_modes", {})
+                    rates |= {mode: entry["rate"] for mode, entry in modes.items() if isinstance(entry, dict)}
+                    values = {mode: rate["value"] for mode, rate in rates.items() if mode not in RATES and rate}
+                    rows.append({**row, **values, "label": label, **{f"{m}_rate": rate for m, rate in rates.items()}})
     return rows
 
 

@@ -2,14 +2,15 @@
 
 A preset is one complete set of sizes for every notebook: the study's (StudySettings,
 which study.py turns into SFTSettings and PPOSettings), plus the few sizes a single
-notebook has of its own (the SFT branch of 03, the budgets of 08, the data of 02, the
+notebook has of its own (the SFT branches and budgets of 08, the data of 02, the
 episodes 01 plays). `sftrl run <preset>` executes the preset's notebooks and passes each
 one `preset=<name>`; a notebook opened in JupyterLab names its preset in its parameters
 cell. SFTRL_SMOKE=1 in the environment picks `smoke` whatever the notebook says.
 
-    quickstart   00 on the embedded default model in about half an hour on a 2-core CPU
+    quickstart   00 on the embedded default model in about 25 minutes on a 2-core CPU
                  (and 06, recognition probing, when the task shows images: gp-vl, virl-vl)
-    study        02-08 on one run folder, sized for a GPU machine
+    study        02, 03, 04, 05, 07 and 08 on one run folder, sized for a GPU machine
+                 (06 is the image tasks' notebook: `sftrl run quickstart -p task gp-vl`)
     smoke        every notebook in seconds on the tiny model (CI)
 
 A notebook's parameters that are not None, and the `overrides` dict of its parameters
@@ -39,7 +40,7 @@ class Preset:
     name: str
     notebooks: tuple[str, ...] | None  # what `sftrl run <name>` executes; None: every notebook in the folder
     study: StudySettings  # 00, 03, 04, 05, 07 and 08
-    sft_branch_steps: int = 64  # 03: SFT steps of the branch from the shared start; 0: no branch
+    sft_branch_steps: int = 0  # 08: SFT steps of its branches; 0: as many as reach PPO's GFLOPs (matched compute)
     budgets: tuple[int, ...] = (1, 3, 5, 10)  # 08: verification budgets of the PPO ablation
     played_episodes: int = 6  # 01: GP episodes the model plays (and a third as many V-IRL ones)
     data_root: str | None = "data"  # 02: where eval sets and SFT data go; None: the run folder's data/

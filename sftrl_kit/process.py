@@ -1,5 +1,6 @@
 """Process-wide state: the environment variables that programs started later inherit,
-and the memory a finished training stage leaves behind."""
+the memory a finished training stage leaves behind, and native libraries' notices on the
+process's stderr."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import ctypes
 import functools
 import gc
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import ParamSpec, TypeVar
 
@@ -61,3 +64,33 @@ def releases_memory(stage: Callable[P, R]) -> Callable[P, R]:
             release_freed_memory()
 
     return run
+
+
+@contextlib.contextmanager
+def stderr_without(*fragments: str) -> Iterator[None]:
+    """Inside: what is written to this process's stderr descriptor, less the lines that
+    hold one of `fragments`. For notices native code prints at every start, which
+    Python's warning filters never see (a C++ TORCH_WARN writes to the descriptor, as
+    vLLM's CPU worker does for its NUMA memory binding: "not the user's business")."""
+    sys.stderr.flush()
+    kept = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    needles = [fragment.encode() for fragment in fragments]
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not any(needle in line for needle in needles):
+                    os.write(kept, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(kept, 2)  # the pipe's last write end closes: the forwarder reads to its end
+        forwarder.join(timeout=10)
+        os.close(kept)

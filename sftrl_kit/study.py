@@ -23,7 +23,7 @@ refuses to mix settings.
     budget_ablation    PPO at several verification budgets from the same start
 
 The notebooks call these in order; every artefact lands in the run folder
-(run_dir/sft-start, run_dir/ppo, run_dir/sft, run_dir/eval-tables, run_dir/figures).
+(run_dir/sft-start, run_dir/ppo, run_dir/sft, run_dir/tables, run_dir/figures).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from .run_folder import (
     list_checkpoints,
     read_evaluation,
     read_evaluations,
-    runs_root,
 )
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 
@@ -80,7 +79,7 @@ REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (da
 @dataclass
 class StudySettings:
     """The study's sizes and design. Defaults are the quickstart: the embedded default
-    model on a 2-core CPU in about half an hour. The presets (presets.py: quickstart,
+    model on a 2-core CPU in about 25 minutes. The presets (presets.py: quickstart,
     study, smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn
     them into SFTSettings and PPOSettings."""
 
@@ -269,30 +268,27 @@ def find_runs(
     run_dir: str | Path, task: str | None = None, start_name: str = "sft-start"
 ) -> tuple[list[Path], Path | None]:
     """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
-    under one of its subfolders, such as the quickstart's), and the shared start's last
-    checkpoint (shared_start: the picked one, if pick_start ran) if they include one. With
-    none there, the newest folder under the runs root that has some is used, so a notebook
-    opened on its own picks up the last study.
+    under one of its subfolders, such as the quickstart's), and the shared start's
+    checkpoint (shared_start: the picked one, if pick_start ran) if they include one.
+    Nothing outside run_dir is looked at: with no runs there, a FileNotFoundError says
+    which notebooks make them.
 
     With `task`, studies of other tasks are passed over: a quickstart folder of another
     task (quickstart_dir) and a PPO run whose ppo.yaml names another environment. (An SFT
     run does not record its task; name the runs explicitly where folders mix tasks.)"""
-
-    def with_subfolders(folder: Path) -> list[Path]:
-        inside = sorted(p for p in folder.glob("*") if p.is_dir())
-        return [f for f in [folder] + inside if task is None or not _other_task_folder(f, task)]
-
-    newest_first = sorted((p for p in runs_root().glob("*") if p.is_dir()), reverse=True)
-    candidates = [f for top in [Path(run_dir)] + newest_first for f in with_subfolders(top)]
-    for folder in candidates:
+    run_dir = Path(run_dir)
+    inside = sorted(p for p in run_dir.glob("*") if p.is_dir())
+    for folder in [run_dir] + inside:
+        if task is not None and _other_task_folder(folder, task):
+            continue
         runs = sorted(p for p in folder.glob("*") if list_checkpoints(p) and _run_of_task(p, task))
         if runs:
             start = folder / start_name
             return [r for r in runs if r != start], shared_start(start) if start in runs else None
     of_task = f" of task {task!r}" if task else ""
     raise FileNotFoundError(
-        f"no training runs{of_task} under {run_dir} or {runs_root()}: "
-        "run 03_sft and 04_ppo_launch (or 00_quickstart) first"
+        f"no training runs{of_task} in {run_dir}: 03_sft and 04_ppo_launch (or 00_quickstart) make them there; "
+        "set run_dir to the folder they wrote"
     )
 
 
@@ -455,6 +451,50 @@ def sft_branch(
     )
 
 
+def matched_sft_branch(
+    settings: StudySettings, run_dir: Path, start: Path, ppo_run: Path, dataset: Path, name: str = "sft"
+) -> Path:
+    """The SFT branch at the PPO branch's training GFLOPs (the paper's x-axis): from the
+    same start checkpoint, sft_steps_for the PPO run's last checkpoint; returns its run
+    folder (compute_match says how close the two ended)."""
+    if not (Path(start) / "checkpoint.json").is_file():
+        raise ValueError(f"the SFT branch continues a start checkpoint; {start} is none (PPO began without SFT)")
+    steps = sft_steps_for(counters(last_checkpoint(ppo_run))["gflops"], Path(start))
+    return sft_branch(settings, run_dir, Path(start), dataset, steps, name)
+
+
+MATCH_TOLERANCE = 0.1  # compute_match: runs within 10% of each other's GFLOPs count as matched
+
+
+def compute_match(runs: Sequence[Path], tolerance: float = MATCH_TOLERANCE) -> str:
+    """A line per run after the first: its last checkpoint's training GFLOPs beside the
+    first run's, and whether they are matched (within `tolerance` of the larger), so that
+    a comparison at unequal compute is said out loud."""
+    ends = [(Path(run).name, counters(last_checkpoint(run))["gflops"]) for run in runs]
+    (first, first_gflops), lines = ends[0], []
+    for name, gflops in ends[1:]:
+        gap = abs(first_gflops - gflops) / max(first_gflops, gflops, 1e-12)
+        verdict = "matched" if gap <= tolerance else "NOT matched: a difference between them is partly one of compute"
+        lines.append(f"{first} {first_gflops:,.0f} vs {name} {gflops:,.0f} GFLOPs ({100 * gap:.1f}% apart): {verdict}")
+    return "\n".join(lines) or f"one run ({first}, {first_gflops:,.0f} GFLOPs): nothing to match"
+
+
+def update_episodes(ppo_run: Path, update: int | None = None) -> dict[str, list]:
+    """One PPO update's episodes (the last by default) as {label: episodes} for the
+    viewer, the label naming the run, the update and the weights that played them (those
+    after the previous update: its checkpoint's folder when one was saved)."""
+    files = sorted((Path(ppo_run) / "episodes").glob("update-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no episodes under {Path(ppo_run) / 'episodes'}: the PPO run has not updated yet")
+    path = files[-1] if update is None else Path(ppo_run) / "episodes" / f"update-{update:04d}.jsonl"
+    number = int(path.stem.split("-")[1])
+    saved = {counters(c)["step"]: c for c in list_checkpoints(ppo_run)}
+    weights = f"checkpoint {saved[number - 1].name}" if number - 1 in saved else f"weights after update {number - 1}"
+    from .episodes import read_episodes
+
+    return {f"{Path(ppo_run).name} · update {number} · played by {weights}": read_episodes(path)}
+
+
 @dataclass(frozen=True)
 class StudyRuns:
     """What run_study leaves: the start both branches began from, the branches' run
@@ -485,8 +525,7 @@ def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> S
     branch_data = prepare_sft_data(settings, folder)
     start, _ = pick_start(settings, sft_start(settings, folder, start_data).parents[1], progress)
     ppo_run = ppo_branch(settings, folder, start)
-    steps = sft_steps_for(counters(last_checkpoint(ppo_run))["gflops"], start)
-    sft_run = sft_branch(settings, folder, start, branch_data, steps)
+    sft_run = matched_sft_branch(settings, folder, start, ppo_run, branch_data)
     return StudyRuns(start, ppo_run, sft_run, evaluate_runs(settings, [ppo_run, sft_run], start, progress))
 
 
@@ -565,6 +604,11 @@ def shared_start(start_run: str | Path) -> Path:
     """The checkpoint the branches start from: the one pick_start chose (start_run/picked.json),
     else the run's last."""
     record = Path(start_run) / PICKED_START
+    if not list_checkpoints(start_run):
+        raise FileNotFoundError(
+            f"no shared start in {start_run}: 03_sft (or 00_quickstart) trains it there. Set run_dir to that "
+            "study's folder, or give a start checkpoint (or a model name, for PPO without SFT)"
+        )
     if record.is_file():
         picked = Path(start_run) / json.loads(record.read_text())["picked"]
         if not picked.is_dir():
@@ -650,7 +694,7 @@ def _comparison(
         "A": _cell(a),
         "B": _cell(b),
         "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
-        "p": round(c["p_value"], 4),
+        "p": c["p_value"],  # exact; evaluation.format_p_value writes it for people
         "significant": c["significant"],
         "test": c["test"],
         "GFLOPs A": round(counters(pair[0])["gflops"], 1),

@@ -408,3 +408,40 @@ def test_a_batch_on_an_image_task_brings_the_presets_vision_notebooks():
     assert not _studies_images([], {"task": "gp-l"})
     with pytest.raises(ValueError, match="unknown study task 'gp-x'"):
         _studies_images(["quickstart"], {"task": "gp-x"})
+
+
+def test_a_notebook_that_continues_a_study_chains_or_refuses(tmp_path, monkeypatch):
+    """Opened by hand, 04, 05 and 07 never start a new folder or guess one: they take
+    run_dir, else $SFTRL_RUN_DIR, and say which notebook to run when neither is there."""
+    from sftrl_kit.batch import RUN_DIR_VARIABLE, notebook_start
+
+    monkeypatch.chdir(tmp_path)  # notebook_start moves to the kit's folder; this puts it back
+    monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv(RUN_DIR_VARIABLE, raising=False)
+    needs = "03_sft and 04_ppo_launch"
+    with pytest.raises(ValueError, match=r"05_evaluation continues the study that 03_sft .* `sftrl lab`"):
+        notebook_start("05_evaluation", None, "smoke", needs=needs)
+    with pytest.raises(FileNotFoundError, match=r"run_dir .*typo does not exist: 03_sft and 04_ppo_launch"):
+        notebook_start("05_evaluation", str(tmp_path / "typo"), "smoke", needs=needs)
+    assert not (tmp_path / "runs").exists()  # nothing was made for the refused ones
+    shared = tmp_path / "study"
+    shared.mkdir()
+    monkeypatch.setenv(RUN_DIR_VARIABLE, str(shared))
+    assert notebook_start("05_evaluation", None, "smoke", needs=needs)[0] == shared.resolve()
+    assert notebook_start("03_sft", None, "smoke")[0] == shared.resolve()  # every notebook shares it
+    monkeypatch.delenv(RUN_DIR_VARIABLE)
+    first = notebook_start("03_sft", None, "smoke")[0]  # a first stage alone gets a new folder
+    assert first.parent == (tmp_path / "runs").resolve()
+    assert first.name.endswith("-03_sft")
+
+
+def test_a_new_batch_never_overwrites_an_earlier_batch_folder(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebook(folder / "01_a.ipynb", "raise AssertionError('no notebook may run')")
+    run_dir = tmp_path / "batch"
+    run_dir.mkdir()
+    (run_dir / "batch.json").write_text(json.dumps({"notebooks": [{"name": "00_quickstart", "status": "ok"}]}))
+    with pytest.raises(ValueError, match=r"holds a batch already \(00_quickstart\): `sftrl run --resume"):
+        run_batch(["01"], run_dir=run_dir, notebooks_dir=folder, log_output=False)
+    assert json.loads((run_dir / "batch.json").read_text())["notebooks"][0]["name"] == "00_quickstart"

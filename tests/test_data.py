@@ -239,3 +239,31 @@ def assert_samples_show_eval_records(samples, root, split_names, count, env_id, 
         observation, _ = make(env_id, **record["env_config"]).reset(options={"task": record["task"]})
         assert Path(path).name == f"{name}-{name_of(record['task'])}.png"
         assert Image.open(path).tobytes() == observation.images[0].tobytes()
+
+
+def test_frozen_sets_are_never_overwritten(tmp_path):
+    """The same records again leave a set as it is; other records (another size) are
+    refused before any file is written; the kit's own data/ sends another size elsewhere."""
+    from sftrl_kit.data import DATA_ROOT, FrozenSetError, GPDataSizes, data_root_for, write_eval_sets
+
+    splits = [ALL_SPLITS["gp-id"], ALL_SPLITS["gp-rule-ood"]]
+    write_eval_sets(tmp_path, splits, lambda _: 5)
+    written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((tmp_path / "eval").iterdir())}
+    write_eval_sets(tmp_path, splits, lambda _: 5)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((tmp_path / "eval").iterdir())} == written
+    (tmp_path / "eval" / "gp-rule-ood.jsonl").unlink()
+    with pytest.raises(FrozenSetError, match=r"gp-id.jsonl is a frozen eval set with other records \(5 there, 7"):
+        write_eval_sets(tmp_path, splits, lambda _: 7)
+    assert not (tmp_path / "eval" / "gp-rule-ood.jsonl").exists()  # refused before anything was written
+    assert data_root_for(DATA_ROOT, GPDataSizes(), tmp_path) == DATA_ROOT
+    assert data_root_for(DATA_ROOT, GPDataSizes(eval_size=500), tmp_path) == tmp_path
+    assert data_root_for(tmp_path / "mine", GPDataSizes(eval_size=500), tmp_path / "x") == tmp_path / "mine"
+
+
+def test_eval_sets_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from sftrl_kit.data import eval_set_path
+
+    monkeypatch.chdir(tmp_path)
+    assert eval_set_path("gp-id") == REPO / "data" / "eval" / "gp-id.jsonl"
+    with pytest.raises(FileNotFoundError, match="no eval set 'gp-idd' .* the sets there: gp-fake-rule, gp-id"):
+        eval_set_path("gp-idd")

@@ -44,7 +44,7 @@ def test_engine_names_resolve_or_fail_clearly(monkeypatch):
     monkeypatch.setenv("SFTRL_ENGINE_HF_ONLY", "1")
     assert resolve_engine("auto") == "hf"
     assert resolve_engine("hf") == "hf"
-    with pytest.raises(RuntimeError, match="SFTRL_ENGINE_HF_ONLY is set"):
+    with pytest.raises(ValueError, match="SFTRL_ENGINE_HF_ONLY is set"):
         resolve_engine("vllm")
 
 

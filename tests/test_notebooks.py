@@ -85,9 +85,16 @@ def test_sftrl_run_smoke_executes_every_notebook(tmp_path):
 
 @pytest.mark.slow
 def test_nbval_lax_finds_no_failing_cell_in_the_committed_notebooks(tmp_path):
-    """nbval executes the notebooks as committed (smoke mode, via SFTRL_SMOKE) and fails on
+    """nbval executes the notebooks as committed (smoke mode, via SFTRL_SMOKE), one after
+    the other in one shared run folder as in JupyterLab under `sftrl lab`, and fails on
     any cell that raises; outputs are not compared (lax)."""
-    env = {**os.environ, "SFTRL_SMOKE": "1", "SFTRL_RUNS": str(tmp_path), "PYTHONPATH": str(REPO / "tests")}
+    env = {
+        **os.environ,
+        "SFTRL_SMOKE": "1",
+        "SFTRL_RUNS": str(tmp_path),
+        "SFTRL_RUN_DIR": str(tmp_path / "study"),  # one folder for every notebook, as `sftrl lab` gives them
+        "PYTHONPATH": str(REPO / "tests"),
+    }
     done = subprocess.run(
         [
             sys.executable,

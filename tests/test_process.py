@@ -82,3 +82,14 @@ def test_releases_memory_keeps_the_stage_result_and_its_errors():
 
     with pytest.raises(ValueError, match="bad config"):
         failing()
+
+
+def test_stderr_without_drops_only_the_named_native_lines(capfd):
+    """Native code writes to the descriptor itself (no Python warning filter sees it):
+    the named notice goes, every other line stays, in order, and stderr is whole after."""
+    from sftrl_kit.process import stderr_without
+
+    with stderr_without("NUMA binding: Using MEMBIND"):
+        os.write(2, b"first\n[W utils.cpp:68] Warning: NUMA binding: Using MEMBIND policy (0)\nsecond\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "first\nsecond\nafter\n"

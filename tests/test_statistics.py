@@ -164,3 +164,18 @@ def test_no_variation_still_gives_an_interval_of_honest_width():
     assert c["p_value"] == 1.0
     assert c["high"] == pytest.approx(wilson_interval(0, 4)["high"])
     assert c["low"] == -c["high"]
+
+
+def test_p_values_are_written_as_the_readme_writes_them():
+    from sftrl_kit.evaluation import format_p_value
+
+    assert [format_p_value(p) for p in (4.2e-7, 0.0001, 0.00048, 0.0623, 0.5, 1.0)] == [
+        "p < 0.0001",
+        "0.0001",
+        "0.0005",
+        "0.0623",
+        "0.5",
+        "1",
+    ]
+    with pytest.raises(ValueError, match="lies in"):
+        format_p_value(1.5)

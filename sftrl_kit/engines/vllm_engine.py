@@ -53,13 +53,17 @@ import psutil  # accelerate's dependency
 import torch
 
 from ..models import Conversation, Generation, Policy, SamplingConfig, text_config
-from ..process import environment_kept
+from ..process import environment_kept, stderr_without
 
 # The engine core must run in this process: weights are handed over as tensors, and a
 # notebook or script not guarded by __main__ cannot spawn one.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # vLLM logs every step of its start at INFO; a notebook wants its warnings only.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# What vLLM's CPU build prints at every start about its own environment: how its native
+# code binds memory to the NUMA nodes, and that the Triton beside it has no CPU backend.
+# Nothing a user of the kit chooses or can act on (process.stderr_without).
+_START_NOTICES = ("Warning: NUMA binding: Using MEMBIND policy", "Triton is installed, but doesn't include CPU backend")
 
 FOLDER_PREFIX = "sftrl-vllm-"  # + the owning process's id: an engine's model folder in the temp dir
 
@@ -118,7 +122,7 @@ class VLLMEngine:
         started = time.perf_counter()
         try:
             _write_model_files(policy, self._folder)
-            with environment_kept(_PROCESS_VARIABLES):
+            with environment_kept(_PROCESS_VARIABLES), stderr_without(*_START_NOTICES):
                 from vllm import LLM
 
                 self.llm = LLM(

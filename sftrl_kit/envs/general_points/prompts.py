@@ -2,7 +2,8 @@
 
 The prompt has the paper's three sections: task (with the face-card rule in words),
 input (the cards as text for GP-L; for GP-VL a pointer to the image), and output (the
-JSON schema, the rule repeated). The rule sentence is the only place the rule appears.
+JSON schema, the rule repeated in its number field). Those two sentences are the only
+places the rule appears: a rule-OOD prompt differs from an ID one there alone.
 """
 
 from __future__ import annotations
