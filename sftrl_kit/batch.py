@@ -419,6 +419,7 @@ def run_batch(
         }
     declared = {e["name"]: notebook_parameters(Path(notebooks_dir) / f"{e['name']}.ipynb") for e in state["notebooks"]}
     shares = split_parameters(declared, state["parameters"])
+    _check_preset_values(state["parameters"])
     if resume is None:
         folder = Path(run_dir) if run_dir else new_run_dir("-".join(Path(n).stem for n in names))
         if (folder / BATCH_FILE).is_file():  # its executed notebooks and state would be overwritten
@@ -438,6 +439,17 @@ def run_batch(
         for entry in todo:
             _execute(entry, folder, state, shares[entry["name"]], Path(notebooks_dir), log_output)
     return folder
+
+
+def _check_preset_values(parameters: Mapping[str, Any]) -> None:
+    """The batch's preset fields (`-p advantage grpo`, an `overrides` dict) must make a
+    valid preset before any kernel starts: a wrong value (advantage, start_rules) is a
+    ValueError here, not a failure in the first notebook after its folder was made."""
+    from .presets import choose, override_fields
+
+    preset = "smoke" if _flag("SFTRL_SMOKE") else parameters.get("preset", "quickstart")
+    fields = set(override_fields())
+    choose(preset, {**(parameters.get("overrides") or {}), **{k: v for k, v in parameters.items() if k in fields}})
 
 
 def _studies_images(preset: Sequence[str], parameters: Mapping[str, Any]) -> bool:

@@ -64,8 +64,9 @@ def launch_training(
         raise ValueError(f"method must be 'sft' or 'ppo', got {method!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A config given without a count runs as many processes as the config says.
     config_path, count = (
-        (Path(accelerate_config), num_processes or 1)
+        (Path(accelerate_config), num_processes)
         if accelerate_config
         else pick_accelerate_config(num_processes, deepspeed)
     )
@@ -77,8 +78,7 @@ def launch_training(
         "accelerate.commands.launch",
         "--config_file",
         str(config_path),
-        "--num_processes",
-        str(count),
+        *(["--num_processes", str(count)] if count is not None else []),
         "-m",
         "sftrl_kit.cli",
         method,

@@ -445,3 +445,16 @@ def test_a_new_batch_never_overwrites_an_earlier_batch_folder(tmp_path):
     with pytest.raises(ValueError, match=r"holds a batch already \(00_quickstart\): `sftrl run --resume"):
         run_batch(["01"], run_dir=run_dir, notebooks_dir=folder, log_output=False)
     assert json.loads((run_dir / "batch.json").read_text())["notebooks"][0]["name"] == "00_quickstart"
+
+
+def test_a_wrong_preset_value_stops_the_batch_before_any_kernel_or_folder(tmp_path):
+    notebook(
+        tmp_path / "00_a.ipynb",
+        "raise AssertionError('no notebook may run')",
+        parameters="preset = 'quickstart'\nrun_dir = None\noverrides = {}",
+    )
+    with pytest.raises(ValueError, match="advantage must be 'gae', 'grpo' or 'rloo', got 'ppo2'"):
+        run_batch(["00"], {"advantage": "ppo2"}, run_dir=tmp_path / "new", notebooks_dir=tmp_path, log_output=False)
+    with pytest.raises(ValueError, match="start_rules"):
+        run_batch(["00"], {"overrides": {"start_rules": "all"}}, run_dir=tmp_path / "new", notebooks_dir=tmp_path)
+    assert not (tmp_path / "new").exists()
