@@ -303,8 +303,12 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError(f"the run folder is given twice: --out {args.out} and run_dir={data['run_dir']}")
         data["run_dir"] = args.out
     elif "run_dir" not in data:
+        import os
+
         from .run_folder import new_run_dir
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would make a folder of its own
+            raise ConfigError("several processes train one run: give it one folder with --out (or run_dir=)")
         data["run_dir"] = str(new_run_dir(args.method))
     settings = from_dict(settings_class, data, where=args.config or settings_class.__name__)
     print(f"{args.method} run folder: {settings.run_dir}", flush=True)

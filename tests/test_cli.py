@@ -307,3 +307,13 @@ def test_sftrl_eval_from_another_folder_follows_the_environment(tmp_path, monkey
 def test_the_run_folder_is_given_once(command, tmp_path, capsys):
     assert main([command, "--out", str(tmp_path / "a"), f"run_dir={tmp_path / 'b'}"]) == 2
     assert "the run folder is given twice" in capsys.readouterr().err
+
+
+def test_several_processes_need_one_named_run_folder(monkeypatch, tmp_path, capsys):
+    """Under `accelerate launch` every process runs the command: each would make a new
+    timestamped folder of its own without --out."""
+    monkeypatch.setenv("SFTRL_RUNS", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["ppo", "model=tiny"]) == 2
+    assert "give it one folder with --out" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
