@@ -200,24 +200,24 @@ def _write_sft_records(path: Path, count: int) -> None:
     write_jsonl(path, data)
 
 
+def _tiny_sft(root: Path, **changes) -> SFTSettings:
+    """SFT of the tiny model on root/d.jsonl into root/run, 2 steps of 2 records."""
+    fixed = dict(
+        model="tiny",
+        dataset=str(root / "d.jsonl"),
+        run_dir=str(root / "run"),
+        max_steps=2,
+        batch_size=2,
+        save_steps=2,
+        logging_steps=1,
+    )
+    return SFTSettings(**{**fixed, **changes})
+
+
 def test_sft_resumes_from_its_last_trainer_checkpoint(tmp_path):
     _write_sft_records(tmp_path / "d.jsonl", 4)
-
-    def run(max_steps):
-        return train_sft(
-            SFTSettings(
-                model="tiny",
-                dataset=str(tmp_path / "d.jsonl"),
-                run_dir=str(tmp_path / "run"),
-                max_steps=max_steps,
-                batch_size=2,
-                save_steps=2,
-                logging_steps=1,
-            )
-        )
-
-    run(2)
-    resumed = run(4)
+    train_sft(_tiny_sft(tmp_path))
+    resumed = train_sft(_tiny_sft(tmp_path, max_steps=4))
     steps = [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-000000", "step-000002", "step-000004"]
@@ -228,15 +228,7 @@ def test_a_complete_sft_run_run_again_trains_nothing(tmp_path):
     step is added and no checkpoint rewritten (TRL, resumed at max_steps in the middle
     of an epoch, trains one step more)."""
     _write_sft_records(tmp_path / "d.jsonl", 4)
-    settings = SFTSettings(
-        model="tiny",
-        dataset=str(tmp_path / "d.jsonl"),
-        run_dir=str(tmp_path / "run"),
-        max_steps=2,
-        batch_size=1,
-        save_steps=2,
-        logging_steps=1,
-    )
+    settings = _tiny_sft(tmp_path, batch_size=1)
     run = train_sft(settings)
     weights = (run / "checkpoints" / "step-000002" / "model.safetensors").read_bytes()
     again = train_sft(settings)
@@ -288,24 +280,6 @@ def test_bootstrapping_needs_a_single_conversation(tmp_path):
         )
 
 
-def test_a_complete_ppo_run_run_again_trains_nothing(tmp_path):
-    """06 calls the study's steps on a folder 00 filled: a finished PPO run is left as it is."""
-    settings = PPOSettings(
-        model="tiny",
-        run_dir=str(tmp_path),
-        updates=1,
-        episodes_per_update=2,
-        max_new_tokens=8,
-        max_attempts=1,
-        minibatch_size=2,
-        micro_batch_size=2,
-    )
-    run = train_ppo(settings)
-    files = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-    assert train_ppo(settings) == run
-    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == files
-
-
 def _files(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -323,6 +297,14 @@ def _tiny_ppo(run_dir: Path, **changes) -> PPOSettings:
         learning_rate=1e-5,
     )
     return PPOSettings(**{**settings, **changes})
+
+
+def test_a_complete_ppo_run_run_again_trains_nothing(tmp_path):
+    """06 calls the study's steps on a folder 00 filled: a finished PPO run is left as it is."""
+    run = train_ppo(_tiny_ppo(tmp_path))
+    files = _files(run)
+    assert train_ppo(_tiny_ppo(tmp_path)) == run
+    assert _files(run) == files
 
 
 def test_ppo_into_a_finished_run_with_other_settings_is_refused_before_anything_runs(tmp_path):
@@ -356,16 +338,7 @@ def test_sft_into_a_finished_run_with_other_settings_is_refused_and_a_longer_run
     _write_sft_records(tmp_path / "d.jsonl", 4)
 
     def settings(**changes):
-        fixed = dict(
-            model="tiny",
-            dataset=str(tmp_path / "d.jsonl"),
-            run_dir=str(tmp_path / "run"),
-            max_steps=2,
-            batch_size=2,
-            save_steps=2,
-            logging_steps=1,
-        )
-        return SFTSettings(**{**fixed, **changes})
+        return _tiny_sft(tmp_path, **changes)
 
     run = train_sft(settings())
     files = _files(run)
