@@ -590,7 +590,7 @@ def _text_table(rows: list[dict[str, Any]], preferred: Sequence[str]) -> list[st
     """Rows as aligned text: the preferred columns that exist, else every column."""
     if not rows:
         return ["(no rows)"]
-    from .evaluation import format_p_value
+    from .stats import format_p_value
 
     present = list(dict.fromkeys(key for row in rows for key in row))
     columns = [c for c in preferred if c in present] or present

@@ -198,9 +198,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .data import STUDY_TASKS, eval_set_path
     from .engines import resolve_engine
-    from .evaluation import compare_rates, evaluate_model
+    from .evaluation import evaluate_model
     from .models import SamplingConfig, is_vision_model
     from .run_folder import new_run_dir
+    from .stats import compare_rates
     from .study import StudySettings
 
     study = StudySettings(task=args.env) if args.env in STUDY_TASKS else None  # the study's defaults

@@ -33,16 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .data import GP_EVAL_SPLITS, VIRL_EVAL_SPLITS
-from .evaluation import (
-    KEY_FIELDS,
-    RATES,
-    compare_rates,
-    evaluation_row,
-    load_evaluations,
-    require_same_settings,
-    wilson_interval,
-)
+from .evaluation import KEY_FIELDS, RATES, evaluation_row, load_evaluations, require_same_settings
 from .run_folder import METRICS, list_checkpoints, read_counters, read_metrics
+from .stats import compare_rates, wilson_interval
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -252,7 +245,7 @@ def change_from_start(
     rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"
 ) -> list[dict[str, Any]]:
     """Per run: last checkpoint minus first on one eval set, in points, with the 95%
-    interval and p-value of evaluation.compare_rates, the test it used, and the episodes
+    interval and p-value of stats.compare_rates, the test it used, and the episodes
     of each end."""
     _one_setting([r for r in rows if r["eval_set"] == eval_set], f"the change in {metric} on {eval_set}")
     out = []

@@ -50,7 +50,6 @@ from .data import (
 from .engines import resolve_engine
 from .evaluation import (
     KEY_FIELDS,
-    compare_rates,
     evaluate_checkpoints,
     evaluate_model,
     evaluation_key,
@@ -68,6 +67,7 @@ from .run_folder import (
     read_evaluations,
 )
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
+from .stats import compare_rates
 
 if TYPE_CHECKING:
     from .train.ppo import PPOSettings
@@ -654,7 +654,7 @@ def what_moved(
     per_step_accuracy, ...) or a failure mode (other_rule_used: the share of answers
     that followed the rule not in force; on rule-OOD sets, the trained rule). Rows of A - B with A's and B's rates and
     95% intervals, the difference with its 95% interval, a p-value, and the test used
-    (evaluation.compare_rates: McNemar's for checkpoints on the same tasks, cluster-robust
+    (stats.compare_rates: McNemar's for checkpoints on the same tasks, cluster-robust
     tests for rates over answers): per run and set, its last checkpoint (A) against its
     first (B); then per set, the first run's last checkpoint (A) against each other run's (B).
 
@@ -694,7 +694,7 @@ def _comparison(
         "A": _cell(a),
         "B": _cell(b),
         "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
-        "p": c["p_value"],  # exact; evaluation.format_p_value writes it for people
+        "p": c["p_value"],  # exact; stats.format_p_value writes it for people
         "significant": c["significant"],
         "test": c["test"],
         "GFLOPs A": round(counters(pair[0])["gflops"], 1),

@@ -393,7 +393,7 @@ def recognition_report(policy, count: int = 200, seed: int = 1, batch_size: int 
     """Exact four-card recognition of default-vl's eyes on held-out black and red hands:
     per colour, the share of hands whose four ranks (and, separately, four ranks and
     colours) the transcription gets right, with Wilson intervals."""
-    from .evaluation import wilson_interval
+    from .stats import wilson_interval
 
     report: dict[str, Any] = {"hands_per_colour": count, "seed": seed}
     for colours, hands in recognition_sets(count, seed).items():
@@ -432,13 +432,13 @@ def place_recognition_report(policy, count: int = 100, seed: int = 1, batch_size
     """Place-name recognition of default-vl's eyes on held-out street views of every
     generated city. "signs": the share of signs (a place as one panel shows it; a place
     shows in one or two panels) whose name the transcription says exactly, both words at
-    the sign's tokens, with an interval clustered by view (`evaluation.rate_by_task`:
+    the sign's tokens, with an interval clustered by view (`stats.rate_by_task`:
     the signs of one view are not independent). "views": the share of views whose whole
     transcription is exact (every sign right and a space at every other token), with a
     Wilson interval. Per city, and pooled over the training city ("id") and over the nine
     cities that are visual OOD for the task ("visual_ood"; the eyes themselves trained on
     all ten cities' styles and names, at other layouts)."""
-    from .evaluation import rate_by_task, wilson_interval
+    from .stats import rate_by_task, wilson_interval
 
     per_view: dict[str, list[tuple[int, int, bool]]] = {}
     for name, views in street_sets(count, seed).items():

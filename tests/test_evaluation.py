@@ -6,15 +6,9 @@ from conftest import REPO  # noqa: E402
 from scripted import ScriptedResponder
 
 from sftrl_kit.episodes import Episode, Turn, read_episodes
-from sftrl_kit.evaluation import (
-    compare_rates,
-    episode_metrics,
-    evaluate,
-    evaluate_checkpoints,
-    load_evaluations,
-    wilson_interval,
-)
+from sftrl_kit.evaluation import episode_metrics, evaluate, evaluate_checkpoints, load_evaluations
 from sftrl_kit.run_folder import evaluation_folder
+from sftrl_kit.stats import compare_rates, wilson_interval
 
 GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
 GP_OOD = REPO / "data" / "eval" / "gp-rule-ood.jsonl"

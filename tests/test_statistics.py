@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sftrl_kit.evaluation import Z_95, compare_rates, mcnemar_exact_p, rate_by_task, wilson_interval
+from sftrl_kit.stats import Z_95, compare_rates, mcnemar_exact_p, rate_by_task, wilson_interval
 
 EPISODES = 50
 MEAN, ICC = 0.3, 0.75
@@ -167,7 +167,7 @@ def test_no_variation_still_gives_an_interval_of_honest_width():
 
 
 def test_p_values_are_written_as_the_readme_writes_them():
-    from sftrl_kit.evaluation import format_p_value
+    from sftrl_kit.stats import format_p_value
 
     assert [format_p_value(p) for p in (4.2e-7, 0.0001, 0.00048, 0.0623, 0.5, 1.0)] == [
         "p < 0.0001",
@@ -179,3 +179,17 @@ def test_p_values_are_written_as_the_readme_writes_them():
     ]
     with pytest.raises(ValueError, match="lies in"):
         format_p_value(1.5)
+
+
+def test_the_statistics_need_nothing_of_the_evaluator():
+    """Intervals and tests import without the evaluator, the models or torch: what
+    measures recognition or compares runs can use them without an import circle."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, sftrl_kit.stats; "
+        "print(sorted(m for m in ('sftrl_kit.evaluation', 'sftrl_kit.models', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

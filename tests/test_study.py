@@ -5,16 +5,10 @@ from conftest import REPO
 from scripted import ScriptedResponder
 
 from sftrl_kit import plots, study
-from sftrl_kit.evaluation import (
-    evaluate,
-    evaluate_model,
-    evaluation_key,
-    load_evaluations,
-    rate_by_task,
-    select_evaluation,
-)
+from sftrl_kit.evaluation import evaluate, evaluate_model, evaluation_key, load_evaluations, select_evaluation
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.run_folder import checkpoint_dir, evaluation_folder, key_digest, write_counters
+from sftrl_kit.stats import rate_by_task
 
 GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=64)

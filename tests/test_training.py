@@ -14,9 +14,10 @@ from sftrl_kit.data import GP_TRAIN_CONFIG, load_eval_set, training_deal_seed
 from sftrl_kit.envs import Observation, make, register, registered
 from sftrl_kit.envs.general_points import solve
 from sftrl_kit.episodes import chat_messages, read_jsonl, write_jsonl
-from sftrl_kit.evaluation import compare_rates, evaluate
+from sftrl_kit.evaluation import evaluate
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.run_folder import RunSettingsError, last_checkpoint, read_counters
+from sftrl_kit.stats import compare_rates
 from sftrl_kit.train.ppo import PPOSettings, train_ppo
 from sftrl_kit.train.sft import SFTSettings, train_sft
 
