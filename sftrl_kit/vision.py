@@ -175,12 +175,20 @@ def read_signs(words: Sequence[str], panel: int, side: str) -> str:
     return " ".join(words[i].strip() for i in _sign_positions(panel, side)).strip()
 
 
+def default_vl_dir() -> Path:
+    """default-vl as a safetensors folder: composed and its eyes trained on first use
+    (build_default_vl: about 34 minutes on a 2-core CPU), then cached."""
+    from .builtin import cached_build
+
+    return cached_build(f"default-vl-{VL_VERSION}", build_default_vl)
+
+
 def build_default_vl(folder: str | Path, settings: EyesSettings | None = None, progress: bool = True) -> Path:
     """Compose default-vl, train its eyes and save it into `folder` (see the module's
     docstring). Deterministic for a given `settings` on a given machine."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from .models import default_model_dir
+    from .builtin import default_model_dir
 
     settings = settings or EyesSettings()
     torch.manual_seed(settings.seed)
@@ -201,7 +209,7 @@ def vl_processor(tokenizer):
     from transformers import Idefics3Processor
     from transformers.models.idefics3 import Idefics3ImageProcessorPil
 
-    from .models import DEFAULT_VL_CHAT_TEMPLATE
+    from .builtin import DEFAULT_VL_CHAT_TEMPLATE
 
     images = Idefics3ImageProcessorPil(
         do_image_splitting=False,

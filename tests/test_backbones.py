@@ -24,16 +24,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sftrl_kit import run_folder
+from sftrl_kit.builtin import IMAGE_TOKEN, VISION_CHAT_TEMPLATE, build_tiny_vision_model, default_tokenizer_dir
 from sftrl_kit.data import expert_records, write_sft_dataset
 from sftrl_kit.envs import make
 from sftrl_kit.episodes import chat_messages
 from sftrl_kit.models import (
-    IMAGE_TOKEN,
     VALUE_HEAD_FILE,
-    VISION_CHAT_TEMPLATE,
     SamplingConfig,
-    build_tiny_vision_model,
-    default_tokenizer_dir,
     load_policy,
     pack_prompt_responses,
     response_token_logprobs,

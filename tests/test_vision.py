@@ -144,7 +144,7 @@ def test_every_word_the_eyes_say_is_one_token_of_the_language_model():
     generated place name is a city word and a kind."""
     from transformers import AutoTokenizer
 
-    from sftrl_kit.models import default_tokenizer_dir
+    from sftrl_kit.builtin import default_tokenizer_dir
     from sftrl_kit.vision import _word_ids
 
     tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
