@@ -554,3 +554,18 @@ def _write_samples(
         observation.images[0].save(path)
         paths.append(str(path))
     return paths
+
+
+def load_training_tasks(path: str | None) -> list[dict[str, Any]] | None:
+    """Training tasks from a JSONL in the eval-set format; never a frozen eval set."""
+    if path is None:
+        return None
+    records = load_eval_set(path)
+    evaluation = sorted({r["split"] for r in records if int(r["seed"]) < EVAL_SEED_LIMIT})
+    if evaluation:
+        raise ValueError(
+            f"{path} holds evaluation deals (split {', '.join(evaluation)}: seeds below "
+            f"{EVAL_SEED_LIMIT:,}); PPO never trains on them. Deal training tasks from seeds "
+            f">= {EVAL_SEED_LIMIT:,}."
+        )
+    return records

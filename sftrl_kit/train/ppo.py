@@ -49,7 +49,6 @@ logged after it.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -64,12 +63,11 @@ from torch import nn
 from .. import run_folder
 from ..compute import gflops, rl_flops
 from ..config import to_dict
-from ..data import training_deal_seed
+from ..data import load_training_tasks, training_deal_seed
 from ..engines import open_engine, resolve_engine
 from ..envs import make
 from ..episodes import Episode, write_episodes
 from ..models import (
-    VALUE_HEAD_FILE,
     LoraSettings,
     MixedPrecision,
     Policy,
@@ -82,6 +80,7 @@ from ..models import (
 )
 from ..process import releases_memory
 from ..rollout import rollout
+from . import checkpoints, distributed
 
 
 @dataclass
@@ -364,8 +363,8 @@ def train_ppo(settings: PPOSettings) -> Path:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = Path(settings.run_dir)
-    tasks = _read_tasks(settings.tasks)
-    start_update, resume_folder = _resume_point(run_dir)
+    tasks = load_training_tasks(settings.tasks)
+    start_update, resume_folder = checkpoints.resume_point(run_dir)
     continued = run_folder.claim_run_folder(
         run_dir,
         SETTINGS_FILE,
@@ -379,12 +378,19 @@ def train_ppo(settings: PPOSettings) -> Path:
             run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
         return run_dir  # complete: run again, it trains and rewrites nothing
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
-    policy = _load_learner(settings, resume_folder, accelerator.device)
+    policy = checkpoints.load_learner(
+        settings.model,
+        resume_folder,
+        accelerator.device,
+        lora=settings.lora,
+        value_head=settings.uses_critic,
+        mixed_precision=settings.mixed_precision,
+    )
     actor_critic = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)
     trainable = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
     if resume_folder is not None:
-        _load_optimizer(optimizer, resume_folder)
+        checkpoints.load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
     generator = open_engine(policy, _engine_for(settings.engine, accelerator.num_processes, policy.is_vision))
@@ -393,7 +399,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
     answer_field = probe.answer_field
     buffer_lambda = _buffer_lambda(probe)
-    counters = _running_totals(resume_folder)
+    counters = checkpoints.running_totals(resume_folder)
 
     if accelerator.is_main_process:
         run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
@@ -413,11 +419,13 @@ def train_ppo(settings: PPOSettings) -> Path:
             update, actor_critic, optimizer, policy, generator, reference, settings, accelerator, tasks, answer_field
         )
         counters["tokens"] += int(stats["trained_tokens"])
-        counters["generated_tokens"] += int(_global_sum(accelerator, sum(len(t.response_ids) for t in turns)))
+        counters["generated_tokens"] += int(
+            distributed.global_sum(accelerator, sum(len(t.response_ids) for t in turns))
+        )
         counters["seconds"] += time.perf_counter() - started
         row = {
             **_counter_row(update, counters, policy, settings, buffer_lambda),
-            **_episode_stats(episodes, accelerator),
+            **distributed.episode_stats(episodes, accelerator),
             **stats,
         }
         if accelerator.is_main_process:
@@ -427,7 +435,7 @@ def train_ppo(settings: PPOSettings) -> Path:
             if update % settings.save_every == 0 or update == settings.updates:
                 _save_checkpoint(run_dir, update, policy, optimizer, row)
         accelerator.wait_for_everyone()
-    _record_process_agreement(run_dir, actor_critic, accelerator)
+    distributed.record_process_agreement(run_dir, actor_critic, accelerator)
     return run_dir
 
 
@@ -490,7 +498,7 @@ def _ppo_update(
 
     # 4. Normalisation over the turns of all processes.
     if settings.normalise_advantages:
-        mean, std = _global_mean_std(accelerator, b_advantages)
+        mean, std = distributed.global_mean_std(accelerator, b_advantages)
         b_advantages = (b_advantages - mean) / (std + 1e-8)
 
     # 5. ppo_epochs x minibatches x micro-batches over every turn.
@@ -501,19 +509,6 @@ def _ppo_update(
     if generator is not policy:
         stats["engine_sync_seconds"] = generator.sync(policy)
     return episodes, turns, stats
-
-
-def _record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
-    """Every process's checksum of the trained weights, in run_dir/processes.json: after
-    DDP they must be equal."""
-    checksum = torch.tensor(
-        [sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(actor_critic).parameters())],
-        dtype=torch.float64,
-        device=accelerator.device,
-    )
-    sums = accelerator.gather(checksum).tolist()
-    if accelerator.is_main_process:
-        (run_dir / "processes.json").write_text(json.dumps({"processes": len(sums), "weight_checksums": sums}) + "\n")
 
 
 def _collect(generator, settings: PPOSettings, update: int, accelerator, tasks) -> list[Episode]:
@@ -671,13 +666,13 @@ def _optimise(
     A step's loss is the mean over the turns of all processes in it; its micro-batches
     accumulate gradients, synchronised at the last one."""
     rng = random.Random(settings.seed * 7919 + update)
-    steps_per_epoch = max(1, math.ceil(_global_max(accelerator, len(turns)) / settings.minibatch_size))
+    steps_per_epoch = max(1, math.ceil(distributed.global_max(accelerator, len(turns)) / settings.minibatch_size))
     logs: dict[str, list[float]] = {}
     trained_turns = trained_tokens = 0
     for epoch in range(settings.ppo_epochs):
         b_inds = rng.sample(range(len(turns)), len(turns))
         minibatches = _split_evenly(b_inds, steps_per_epoch)
-        step_sizes = _global_sums(accelerator, [len(mb_inds) for mb_inds in minibatches])
+        step_sizes = distributed.global_sums(accelerator, [len(mb_inds) for mb_inds in minibatches])
         for step, (mb_inds, step_size) in enumerate(zip(minibatches, step_sizes)):
             # Scaled so the processes' gradients, averaged by DDP, are the mean over the step's turns.
             scale = accelerator.num_processes / step_size
@@ -730,8 +725,8 @@ def _optimise(
             optimizer.zero_grad(set_to_none=True)
     accelerator.sync_gradients = True
     stats = {key: sum(values) / len(values) for key, values in logs.items()}
-    stats["trained_turns"] = int(_global_sum(accelerator, trained_turns))
-    stats["trained_tokens"] = int(_global_sum(accelerator, trained_tokens))
+    stats["trained_turns"] = int(distributed.global_sum(accelerator, trained_turns))
+    stats["trained_tokens"] = int(distributed.global_sum(accelerator, trained_tokens))
     if batch.values is not None:
         stats["explained_variance"] = _explained_variance(batch.values.cpu(), batch.returns.cpu())
     return stats
@@ -793,26 +788,6 @@ def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 # Bookkeeping: statistics, checkpoints, resume
 
 
-def _episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:
-    local = torch.tensor(
-        [
-            len(episodes),
-            sum(e.success for e in episodes),
-            sum(e.total_reward for e in episodes),
-            sum(len(e.turns) for e in episodes),
-        ],
-        dtype=torch.float64,
-        device=accelerator.device,
-    )
-    count, successes, reward, turns = accelerator.reduce(local, reduction="sum").tolist()
-    return {
-        "episodes": int(count),
-        "success_rate": successes / count,
-        "mean_return": reward / count,
-        "mean_episode_length": turns / count,
-    }
-
-
 # The counters a checkpoint's checkpoint.json holds (of the update's metrics row).
 COUNTERS = (
     "method",
@@ -851,101 +826,11 @@ def _counter_row(
 def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
     folder = run_folder.checkpoint_dir(run_dir, "ppo", update)
     mergeable_copy(policy).save(folder)
-    if _is_peft(policy.model):
+    if checkpoints.is_peft(policy.model):
         policy.model.save_pretrained(folder / run_folder.ADAPTER)
-    run_folder.write_trainer_state(folder, *_optimizer_tensors(optimizer))
+    run_folder.write_trainer_state(folder, *checkpoints.optimizer_tensors(optimizer))
     run_folder.write_counters(folder, {k: row[k] for k in COUNTERS})  # last: the checkpoint is complete
     return folder
-
-
-def _is_peft(model) -> bool:
-    return type(model).__module__.startswith("peft")
-
-
-def _load_learner(settings: PPOSettings, resume_folder: Path | None, device) -> Policy:
-    """The policy to train: the initial model, or the last checkpoint's weights. With
-    LoRA a resumed run loads the initial base plus the checkpoint's adapters, so that
-    adapters-off stays the initial policy (the KL reference) and the optimizer state
-    still matches the trainable parameters."""
-    load = dict(
-        device=device, lora=settings.lora, value_head=settings.uses_critic, mixed_precision=settings.mixed_precision
-    )
-    if resume_folder is None or settings.lora is None:
-        return load_policy(resume_folder or settings.model, **load)
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    adapter = resume_folder / run_folder.ADAPTER / "adapter_model.safetensors"
-    if not adapter.is_file():
-        raise ValueError(
-            f"{resume_folder} holds no LoRA adapters ({adapter}); it cannot resume a LoRA run. "
-            "Start a new run folder, or resume with the settings it was trained with."
-        )
-    policy = load_policy(settings.model, **load)
-    outcome = set_peft_model_state_dict(policy.model, load_file(adapter))
-    if getattr(outcome, "unexpected_keys", None):
-        raise ValueError(f"{adapter} does not fit this LoRA configuration: {outcome.unexpected_keys[:3]} ...")
-    if policy.value_head is not None:
-        policy.value_head.load_state_dict(load_file(resume_folder / VALUE_HEAD_FILE))
-    return policy
-
-
-def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """AdamW state as flat tensors (safetensors) plus JSON metadata: no pickle."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entry in state["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(optimizer, folder: Path) -> None:
-    tensors, meta = run_folder.read_trainer_state(folder)
-    state: dict[int, dict[str, Any]] = {}
-    for name, tensor in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _resume_point(run_dir: Path) -> tuple[int, Path | None]:
-    """The update to continue after and its checkpoint: the run's last, or (0, None)."""
-    checkpoints = run_folder.list_checkpoints(run_dir)
-    if not checkpoints:
-        return 0, None
-    return run_folder.read_counters(checkpoints[-1])["step"], checkpoints[-1]
-
-
-def _running_totals(checkpoint: Path | None) -> dict[str, Any]:
-    """The totals a run adds to: those of the checkpoint it resumes from, or zeros."""
-    if checkpoint is None:
-        return {"tokens": 0, "generated_tokens": 0, "seconds": 0.0}
-    saved = run_folder.read_counters(checkpoint)
-    return {k: saved[k] for k in ("tokens", "generated_tokens", "seconds")}
-
-
-def _read_tasks(path: str | None) -> list[dict[str, Any]] | None:
-    """Training tasks from a JSONL in the eval-set format; never a frozen eval set."""
-    if path is None:
-        return None
-    from ..data import EVAL_SEED_LIMIT, load_eval_set
-
-    records = load_eval_set(path)
-    evaluation = sorted({r["split"] for r in records if int(r["seed"]) < EVAL_SEED_LIMIT})
-    if evaluation:
-        raise ValueError(
-            f"{path} holds evaluation deals (split {', '.join(evaluation)}: seeds below "
-            f"{EVAL_SEED_LIMIT:,}); PPO never trains on them. Deal training tasks from seeds "
-            f">= {EVAL_SEED_LIMIT:,}."
-        )
-    return records
 
 
 def _explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
@@ -954,31 +839,6 @@ def _explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
         return float("nan")
     variance = target.var()
     return float("nan") if variance == 0 else float(1 - (target - predicted).var() / variance)
-
-
-def _global_sum(accelerator, value: float) -> float:
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum")[0])
-
-
-def _global_max(accelerator, value: int) -> int:
-    tensor = torch.tensor([value], device=accelerator.device)
-    return int(accelerator.gather(tensor).max())
-
-
-def _global_sums(accelerator, values: list[int]) -> list[int]:
-    tensor = torch.tensor(values, dtype=torch.long, device=accelerator.device)
-    return [int(v) for v in accelerator.reduce(tensor, reduction="sum").tolist()]
-
-
-def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard deviation over every process's values."""
-    local = torch.tensor(
-        [len(values), float(values.sum()), float((values**2).sum())], dtype=torch.float64, device=accelerator.device
-    )
-    count, total, squares = accelerator.reduce(local, reduction="sum").tolist()
-    mean = total / count
-    return mean, math.sqrt(max(squares / count - mean * mean, 0.0))
 
 
 def _chunks(items: list, size: int):
