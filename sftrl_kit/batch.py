@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomically
 from .process import environment_kept
 from .run_folder import new_run_dir
 
@@ -621,7 +622,4 @@ def _read_state(folder: Path) -> dict[str, Any]:
 
 
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
-    path = folder / BATCH_FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(state, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(folder / BATCH_FILE, json.dumps(state, indent=2) + "\n")

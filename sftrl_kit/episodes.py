@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .envs.base import Observation
+from .files import write_atomically
 
 
 @dataclass
@@ -75,17 +76,11 @@ class Episode:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
-    """Write one JSON object per line (atomically: a crash leaves no half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    count = 0
-    with partial.open("w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-            count += 1
-    partial.replace(path)
-    return count
+    """Write one JSON object per line, the file whole or not at all (files.write_atomically);
+    returns the number of records."""
+    lines = [json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records]
+    write_atomically(path, "".join(lines))
+    return len(lines)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

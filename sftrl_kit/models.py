@@ -316,10 +316,15 @@ class Policy:
         return folder
 
 
+def is_peft(model) -> bool:
+    """Whether `model` is a peft model (LoRA adapters over a frozen base)."""
+    return type(model).__module__.startswith("peft")
+
+
 def mergeable_copy(policy: Policy) -> Policy:
     """The policy with LoRA adapters merged into a copy of the weights (for exporting a
     self-contained checkpoint); the policy itself as it is otherwise."""
-    if not type(policy.model).__module__.startswith("peft"):
+    if not is_peft(policy.model):
         return policy
     import copy
 

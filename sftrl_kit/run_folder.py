@@ -49,6 +49,7 @@ from typing import Any
 import yaml
 
 from .episodes import Episode, read_jsonl, write_episodes
+from .files import PARTIAL, write_atomically
 
 CHECKPOINTS = "checkpoints"
 COUNTERS = "checkpoint.json"
@@ -162,7 +163,7 @@ def record_run_settings(
     settings-history.jsonl: when, from which step, and the length fields it changed."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _replace(run_dir / settings_file, yaml.safe_dump(dict(settings), sort_keys=False))
+    write_atomically(run_dir / settings_file, yaml.safe_dump(dict(settings), sort_keys=False))
     row = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "from_step": from_step,
@@ -309,7 +310,7 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> None:
     kept = [
         line + "\n" for number, line in enumerate(lines, 1) if line.strip() and _row_step(path, number, line) <= step
     ]
-    _replace(path, "".join(kept))
+    write_atomically(path, "".join(kept))
 
 
 def _row_step(path: Path, number: int, line: str) -> int:
@@ -367,7 +368,7 @@ def copy_evaluation(evaluation: Mapping[str, Any], model_dir: str | Path, **note
     source = Path(evaluation["folder"])
     metrics = {**{k: v for k, v in evaluation.items() if k != "folder"}, **notes}
     target = evaluation_folder(model_dir, metrics["key"])
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(EVAL_METRICS, "*.partial"), dirs_exist_ok=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(EVAL_METRICS, f"*{PARTIAL}"), dirs_exist_ok=True)
     _write_json(target / EVAL_METRICS, metrics, indent=2)
     return target
 
@@ -394,13 +395,4 @@ def _refuse_old_layout(model_dir: Path, eval_set: str | None = None) -> None:
 
 
 def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(path, json.dumps(data, indent=indent) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write to a .partial file, then rename it over `path`: a crash leaves the old file
-    or the new one, never half of one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    write_atomically(path, json.dumps(data, indent=indent) + "\n")

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-from test_study import synthetic_run  # noqa: E402
+from conftest import synthetic_run  # noqa: E402
 
 from sftrl_kit.plots import (  # noqa: E402
     change_from_start,

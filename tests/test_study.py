@@ -1,45 +1,16 @@
 import json
 
 import pytest
-from conftest import REPO
+from conftest import REPO, synthetic_run
 from scripted import ScriptedResponder
 
 from sftrl_kit import plots, study
 from sftrl_kit.evaluation import evaluate, evaluate_model, evaluation_key, load_evaluations, select_evaluation
 from sftrl_kit.models import SamplingConfig
-from sftrl_kit.run_folder import checkpoint_dir, evaluation_folder, key_digest, write_counters
-from sftrl_kit.stats import rate_by_task
+from sftrl_kit.run_folder import checkpoint_dir, key_digest, write_counters
 
 GP_ID = REPO / "data" / "eval" / "gp-id.jsonl"
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=64)
-
-
-def synthetic_run(root, name, method, successes, budget=5):
-    """A run folder as the trainers and evaluate_model leave it: per checkpoint, successes
-    out of 50 tasks on "id" and "ood" (tasks 0..k-1 solved), and the same count out of 100
-    answers, two per task. `budget`: the evaluations' max_attempts, or {set: max_attempts}."""
-    for step, (id_k, ood_k) in enumerate(successes):
-        folder = root / name / "checkpoints" / f"step-{step:06d}"
-        for eval_set, k in (("id", id_k), ("ood", ood_k)):
-            attempts = budget[eval_set] if isinstance(budget, dict) else budget
-            key = evaluation_key(
-                eval_set, [{"env_config": {}}] * 50, "gp-l", SAMPLING, engine="hf", max_attempts=attempts
-            )
-            target = evaluation_folder(folder, key)
-            target.mkdir(parents=True)
-            tasks = [f"{eval_set}:{i}" for i in range(50)]
-            metrics = {
-                "key": key,
-                "seconds": 1.0,
-                "episodes": 50,
-                "mean_attempts": 1.0,
-                "mean_return": 0.0,
-                "success_rate": rate_by_task({t: (int(i < k), 1) for i, t in enumerate(tasks)}),
-                "per_step_accuracy": rate_by_task({t: (min(2, max(0, k - 2 * i)), 2) for i, t in enumerate(tasks)}),
-            }
-            (target / "metrics.json").write_text(json.dumps(metrics))
-        (folder / "checkpoint.json").write_text(json.dumps({"method": method, "step": step, "gflops": 10.0 * step}))
-    return root / name
 
 
 def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_path):
@@ -186,8 +157,8 @@ def test_an_old_layout_folder_is_an_error_not_a_number(tmp_path):
 
 
 def test_the_start_is_copied_to_step_zero_without_overwriting(tmp_path):
-    start = synthetic_run(tmp_path, "start", "sft", [(5, 5)]) / "checkpoints" / "step-000000"
-    run = synthetic_run(tmp_path, "ppo", "ppo", [(9, 9)], budget=2) / "checkpoints" / "step-000000"
+    start = checkpoint_dir(synthetic_run(tmp_path, "start", "sft", [(5, 5)]), "sft", 0)
+    run = checkpoint_dir(synthetic_run(tmp_path, "ppo", "ppo", [(9, 9)], budget=2), "ppo", 0)
     study._copy_evaluations(start, run)
     kept = {(m["key"]["eval_set"], m["key"]["max_attempts"]): m for m in load_evaluations(run)}
     assert set(kept) == {("id", 2), ("ood", 2), ("id", 5), ("ood", 5)}

@@ -52,7 +52,7 @@ from pathlib import Path
 import psutil  # accelerate's dependency
 import torch
 
-from ..models import Conversation, Generation, Policy, SamplingConfig, text_config
+from ..models import Conversation, Generation, Policy, SamplingConfig, is_peft, text_config
 from ..process import environment_kept, stderr_without
 
 # The engine core must run in this process: weights are handed over as tensors, and a
@@ -278,7 +278,7 @@ def merged_weights(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
     adapters are added to copies of their base weights (W + scale * B A), never in place:
     merging and unmerging in place would drift the frozen base (the KL reference) by
     rounding, update after update."""
-    if not type(model).__module__.startswith("peft"):
+    if not is_peft(model):
         yield list(model.state_dict().items())
         return
     from peft.tuners.lora import LoraLayer

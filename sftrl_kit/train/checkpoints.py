@@ -54,10 +54,6 @@ def running_totals(checkpoint: Path | None) -> dict[str, Any]:
     return {k: saved[k] for k in ("tokens", "generated_tokens", "seconds")}
 
 
-def is_peft(model) -> bool:
-    return type(model).__module__.startswith("peft")
-
-
 def load_learner(
     model: str, resume_folder: Path | None, device, *, lora: Any, value_head: bool, mixed_precision: str
 ) -> Policy:

@@ -73,6 +73,7 @@ from ..models import (
     Policy,
     SamplingConfig,
     autocast,
+    is_peft,
     load_policy,
     mergeable_copy,
     pack_prompt_responses,
@@ -826,7 +827,7 @@ def _counter_row(
 def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
     folder = run_folder.checkpoint_dir(run_dir, "ppo", update)
     mergeable_copy(policy).save(folder)
-    if checkpoints.is_peft(policy.model):
+    if is_peft(policy.model):
         policy.model.save_pretrained(folder / run_folder.ADAPTER)
     run_folder.write_trainer_state(folder, *checkpoints.optimizer_tensors(optimizer))
     run_folder.write_counters(folder, {k: row[k] for k in COUNTERS})  # last: the checkpoint is complete
