@@ -6,9 +6,9 @@
 Builds default-vl into --folder (a fresh temporary folder by default, so the cache is
 neither used nor touched) with the default EyesSettings, timing the build, then measures
 exact four-card recognition of its eyes on held-out black-suit and red-suit hands
-(`vision.recognition_report`: Wilson 95% intervals) and place-name recognition on
+(`recognition.recognition_report`: Wilson 95% intervals) and place-name recognition on
 held-out street views of the training city and the nine visual-OOD cities
-(`vision.place_recognition_report`). The machine's load average is
+(`recognition.place_recognition_report`). The machine's load average is
 recorded before and after: the build's time is only comparable on an idle machine.
 """
 
@@ -27,12 +27,8 @@ from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ i
 sys.path.insert(0, str(REPO))
 
 from sftrl_kit.models import load_policy  # noqa: E402
-from sftrl_kit.vision import (  # noqa: E402
-    EyesSettings,
-    build_default_vl,
-    place_recognition_report,
-    recognition_report,
-)
+from sftrl_kit.models.default_vl import EyesSettings, build_default_vl  # noqa: E402
+from sftrl_kit.recognition import place_recognition_report, recognition_report  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sftrl_kit import run_folder
-from sftrl_kit.builtin import IMAGE_TOKEN, VISION_CHAT_TEMPLATE, build_tiny_vision_model, default_tokenizer_dir
 from sftrl_kit.data import expert_records, write_sft_dataset
 from sftrl_kit.envs import make
 from sftrl_kit.episodes import chat_messages
@@ -35,6 +34,7 @@ from sftrl_kit.models import (
     pack_prompt_responses,
     response_token_logprobs,
 )
+from sftrl_kit.models.builtin import IMAGE_TOKEN, VISION_CHAT_TEMPLATE, build_tiny_vision_model, default_tokenizer_dir
 from sftrl_kit.rollout import rollout
 from sftrl_kit.train.ppo import PPOSettings, train_ppo
 from sftrl_kit.train.sft import SFTSettings, train_sft

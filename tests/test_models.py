@@ -157,8 +157,8 @@ def test_the_embedded_default_model_answers_a_gp_l_prompt():
 def test_the_training_chat_template_renders_like_smollm2s_own(smollm2_tokenizer):
     """The kit's template only adds generation marks: same text, and the assistant mask
     covers exactly the assistant answers and their end-of-turn tokens."""
-    from sftrl_kit.builtin import SMOLLM2_CHAT_TEMPLATE
     from sftrl_kit.data import suboptimal_records
+    from sftrl_kit.models.builtin import SMOLLM2_CHAT_TEMPLATE
 
     original = smollm2_tokenizer.chat_template
     assert "{% generation %}" not in original

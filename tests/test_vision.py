@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
+from sftrl_kit import recognition
 from sftrl_kit.envs.general_points.cards import Card
 from sftrl_kit.envs.virl.city import CITIES, City, generate_city
 from sftrl_kit.envs.virl.streetview import signs_in_views
-from sftrl_kit.vision import (
+from sftrl_kit.models.default_vl import (
     GRID,
     IMAGE_TOKENS,
     EyesSettings,
+    _sign_positions,
     build_default_vl,
     card_transcription,
     eyes_loss,
     image_embeddings,
-    place_recognition_report,
     read_hands,
     read_signs,
-    recognition_report,
     street_transcription,
     transcription_vocabulary,
 )
+from sftrl_kit.recognition import place_recognition_report, recognition_report
 
 HAND = [Card("K", "H"), Card("10", "S"), Card("3", "C"), Card("A", "D")]
 
@@ -90,7 +92,6 @@ def test_the_tokens_that_say_a_sign_lie_on_its_plate_in_every_city_style(style):
     import numpy as np
 
     from sftrl_kit.envs.virl.streetview import render_views
-    from sftrl_kit.vision import _sign_positions
 
     empty = City(CITIES[style], 3, {}, frozenset())
     for heading, shown in ((0, [(0, "right"), (1, "left")]), (45, [(0, "ahead")])):
@@ -144,8 +145,8 @@ def test_every_word_the_eyes_say_is_one_token_of_the_language_model():
     generated place name is a city word and a kind."""
     from transformers import AutoTokenizer
 
-    from sftrl_kit.builtin import default_tokenizer_dir
-    from sftrl_kit.vision import _word_ids
+    from sftrl_kit.models.builtin import default_tokenizer_dir
+    from sftrl_kit.models.default_vl import _word_ids
 
     tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_dir(), local_files_only=True)
     vocabulary = transcription_vocabulary()
@@ -232,7 +233,7 @@ def test_the_eyes_read_every_image_of_a_batch_as_they_read_it_alone(few_step_vl)
     """A batch of pictures gives one transcription per picture, each the one the picture
     gets on its own (the Idefics3 processor reads a flat list of images as one sample)."""
     from sftrl_kit.envs.general_points.render import render_hand
-    from sftrl_kit.vision import read_images
+    from sftrl_kit.models.default_vl import read_images
 
     images = [render_hand(HAND, seed=s) for s in range(3)] + [render_hand([Card("2", "S"), *HAND[1:]], seed=0)]
     together = read_images(few_step_vl, images)
@@ -244,7 +245,6 @@ def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
     """Recognition is counted per hand: all four ranks right (and, separately, ranks and
     colours); here the eyes misread the rank of every third hand and the colour of every
     fifth."""
-    from sftrl_kit import vision
 
     def fake_read(policy, images):
         words = []
@@ -262,12 +262,12 @@ def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
     counter = iter(range(10_000))
 
     def fake_render(hand, seed, size):
-        image = vision.Image.new("RGB", (4, 4))
+        image = Image.new("RGB", (4, 4))
         image.info.update(hand=hand, number=next(counter) % 30)
         return image
 
-    monkeypatch.setattr(vision, "read_images", fake_read)
-    monkeypatch.setattr(vision, "render_hand", fake_render)
+    monkeypatch.setattr(recognition, "read_images", fake_read)
+    monkeypatch.setattr(recognition, "render_hand", fake_render)
     report = recognition_report(policy=None, count=30, seed=0, batch_size=7)
     for colours in ("black", "red"):
         ranks = report[colours]["four_ranks"]
@@ -280,13 +280,11 @@ def test_recognition_counts_hands_whose_four_ranks_are_read(monkeypatch):
 def test_place_recognition_counts_signs_read_exactly_and_views_read_whole(monkeypatch):
     """Each city's views are read right except: the first sign of every fourth view gets
     the wrong kind, and every fifth view has a sign read on a building without one."""
-    from sftrl_kit import vision
-
     rendered = []
 
     def fake_render(city, node, heading, seed):
         rendered.append((city, node, heading))
-        return vision.Image.new("RGB", (4, 4))
+        return Image.new("RGB", (4, 4))
 
     def fake_read(policy, images):
         out = []
@@ -305,13 +303,13 @@ def test_place_recognition_counts_signs_read_exactly_and_views_read_whole(monkey
                     for side in ("left", "ahead", "right")
                     if side not in panel
                 )
-                words[vision._sign_positions(*empty)[0]] = " Hudson"
+                words[_sign_positions(*empty)[0]] = " Hudson"
             out.append(words)
         return out
 
     counts = {name: [] for name in CITIES}
-    monkeypatch.setattr(vision, "render_views", fake_render)
-    monkeypatch.setattr(vision, "read_images", fake_read)
+    monkeypatch.setattr(recognition, "render_views", fake_render)
+    monkeypatch.setattr(recognition, "read_images", fake_read)
     report = place_recognition_report(policy=None, count=20, seed=0, batch_size=7)
     arden = counts["Arden"]
     assert report["id"]["signs"]["episodes"] == 20  # signs are clustered by view

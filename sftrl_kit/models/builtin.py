@@ -5,7 +5,7 @@
     tiny        a ~3M-parameter random Llama with the default model's tokenizer, for tests
     tiny-vl     a tiny LLaVA-style VLM from config: SigLIP-style tower, projector, Llama
 
-(default-vl, the default model with eyes trained in the kit, is built by vision.py on
+(default-vl, the default model with eyes trained in the kit, is built by default_vl.py on
 top of these.) Each is built on first use into $SFTRL_CACHE (default ~/.cache/sftrl-kit)
 through a temporary sibling folder and a rename (`publish`), so the cache never holds half
 a model; `models.load_policy` loads them by name. The chat templates the kit gives them

