@@ -338,11 +338,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _lab(args: argparse.Namespace) -> int:
     """JupyterLab on notebooks/, with $SFTRL_RUN_DIR set: every notebook opened in it
-    reads and writes that one run folder (batch.notebook_start)."""
+    reads and writes that one run folder (notebook.notebook_start)."""
     import os
     from pathlib import Path
 
-    from .batch import NOTEBOOKS, RUN_DIR_VARIABLE
+    from .batch import NOTEBOOKS
+    from .notebook import RUN_DIR_VARIABLE
     from .run_folder import new_run_dir
 
     folder = Path(args.out) if args.out else new_run_dir("lab")

@@ -9,14 +9,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from sftrl_kit import study
-from sftrl_kit.batch import (
-    NotebookFailure,
-    notebook_parameters,
-    resolve_notebooks,
-    run_batch,
-    run_summary,
-    split_parameters,
-)
+from sftrl_kit.batch import NotebookFailure, resolve_notebooks, run_batch, run_summary
+from sftrl_kit.notebook_parameters import notebook_parameters, split_parameters
 
 
 def notebook(path, *sources, parameters="run_dir = None"):
@@ -104,7 +98,7 @@ def test_what_a_notebook_prints_reaches_the_terminal_progress_bars_included(tmp_
     folder.mkdir()
     notebook(
         folder / "01_talk.ipynb",
-        "import sys\nfrom sftrl_kit.batch import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir)\n"
+        "import sys\nfrom sftrl_kit.notebook import notebook_start\nrun_dir, smoke = notebook_start('talk', run_dir)\n"
         "print('hello from cell', 3)\nprint('a warning', file=sys.stderr)\n"
         "from tqdm.auto import tqdm\nfor _ in tqdm(range(4), desc='steps'):\n    pass",
     )
@@ -123,7 +117,7 @@ def test_text_progress_switches_tqdm_and_the_trainer_to_their_console_versions(m
     import tqdm.std
     import transformers.utils
 
-    from sftrl_kit.batch import text_progress
+    from sftrl_kit.notebook import text_progress
 
     monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm)  # restored after the test
     monkeypatch.setattr(tqdm.auto, "trange", tqdm.auto.trange)
@@ -413,7 +407,7 @@ def test_a_batch_on_an_image_task_brings_the_presets_vision_notebooks():
 def test_a_notebook_that_continues_a_study_chains_or_refuses(tmp_path, monkeypatch):
     """Opened by hand, 04, 05 and 07 never start a new folder or guess one: they take
     run_dir, else $SFTRL_RUN_DIR, and say which notebook to run when neither is there."""
-    from sftrl_kit.batch import RUN_DIR_VARIABLE, notebook_start
+    from sftrl_kit.notebook import RUN_DIR_VARIABLE, notebook_start
 
     monkeypatch.chdir(tmp_path)  # notebook_start moves to the kit's folder; this puts it back
     monkeypatch.setenv("SFTRL_RUNS", str(tmp_path / "runs"))

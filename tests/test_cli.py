@@ -269,7 +269,8 @@ def test_field_docs_reads_the_string_after_each_field():
 def test_sftrl_lab_starts_jupyterlab_on_the_notebooks_with_one_run_folder(tmp_path, monkeypatch, capsys):
     import os
 
-    from sftrl_kit.batch import NOTEBOOKS, RUN_DIR_VARIABLE
+    from sftrl_kit.batch import NOTEBOOKS
+    from sftrl_kit.notebook import RUN_DIR_VARIABLE
 
     started = {}
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: started.update(file=file, args=args, env=env))

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sftrl_kit import presets, study
-from sftrl_kit.batch import notebook_start
+from sftrl_kit.notebook import notebook_start
 
 
 def test_quickstart_sizes_are_the_measured_ones():
