@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from sftrl_kit.episodes import read_jsonl  # noqa: E402
 from sftrl_kit.models import load_policy  # noqa: E402
+from sftrl_kit.run_folder import checkpoint_dir, read_metrics  # noqa: E402
 from sftrl_kit.train.ppo import PPOSettings, train_ppo  # noqa: E402
 
 SETTINGS = dict(
@@ -68,9 +68,9 @@ def main() -> None:
         run = train_ppo(
             PPOSettings(model=str(work / "start"), run_dir=str(work / name), mixed_precision=name, **SETTINGS)
         )
-        before = load_file(run / "checkpoints" / "update-0000" / "model.safetensors")
-        after = load_file(run / "checkpoints" / "update-0001" / "model.safetensors")
-        row = read_jsonl(run / "metrics.jsonl")[-1]
+        before = load_file(checkpoint_dir(run, "ppo", 0) / "model.safetensors")
+        after = load_file(checkpoint_dir(run, "ppo", 1) / "model.safetensors")
+        row = read_metrics(run)[-1]
         report["configurations"]["fp32" if name == "fp32" else "bf16-autocast"] = {
             "weights_changed": shares_changed(before, after),
             "ratio_deviation_first_minibatch": row["ratio_deviation_first_minibatch"],

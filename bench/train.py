@@ -27,7 +27,7 @@ from common import REPO, RESULTS, machine, write_report  # noqa: E402  (bench/ i
 sys.path.insert(0, str(REPO))
 
 from sftrl_kit.data import GP_TRAIN_CONFIG, expert_records, write_sft_dataset  # noqa: E402
-from sftrl_kit.episodes import read_jsonl  # noqa: E402
+from sftrl_kit.run_folder import read_metrics  # noqa: E402
 
 
 def bench_sft(model: str, work: Path, steps: int) -> dict:
@@ -46,7 +46,7 @@ def bench_sft(model: str, work: Path, steps: int) -> dict:
             logging_steps=1,
         )
     )
-    final = [r for r in read_jsonl(run / "metrics.jsonl") if "train_runtime" in r][-1]
+    final = [r for r in read_metrics(run) if "train_runtime" in r][-1]
     seconds = float(final["train_runtime"])
     return {
         "steps": steps,
@@ -76,7 +76,7 @@ def bench_ppo(model: str, work: Path, episodes: int, max_new_tokens: int, max_at
             save_every=10_000,
         )
     )
-    row = read_jsonl(run / "metrics.jsonl")[-1]
+    row = read_metrics(run)[-1]
     return {
         "episodes": row["episodes"],
         "turns_per_episode": row["mean_episode_length"],

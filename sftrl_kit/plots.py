@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import run_folder
 from .data import GP_EVAL_SPLITS, VIRL_EVAL_SPLITS
 from .evaluation import KEY_FIELDS, RATES, evaluation_row, load_evaluations, require_same_settings
 from .run_folder import METRICS, list_checkpoints, read_counters, read_metrics
@@ -467,7 +468,7 @@ def _panel(ax: Axes, title: str) -> None:
 
 def save_figure(figure: Figure, run_dir: str | Path, name: str) -> Path:
     """run_dir/figures/<name>.png (150 dpi) and .svg; returns the PNG's path."""
-    folder = Path(run_dir) / "figures"
+    folder = run_folder.figures_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / f"{name}.png", dpi=150, bbox_inches="tight")
     figure.savefig(folder / f"{name}.svg", bbox_inches="tight")

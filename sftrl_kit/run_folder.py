@@ -2,10 +2,13 @@
 
     papermill_runs/<YYYYmmdd-HHMMSS>-<name>/  a batch or notebook run (new_run_dir; the root
                                               is $SFTRL_RUNS, else papermill_runs): executed
-                                              notebooks, batch.json, figures/, tables/ and
+                                              notebooks, batch.json, figures/, tables/, data/
+                                              (the study's SFT datasets) and
+      quickstart-<task>/                      a quickstart study's training runs (00)
       <run>/ (sft-start, ppo, sft, ...)       its training runs (train/sft.py, train/ppo.py)
         sft.yaml | ppo.yaml                   the settings the run ran with (claim_run_folder:
                                               a run with other settings is refused)
+        picked.json                           sft-start: the checkpoint pick_start chose
         settings-history.jsonl                each start and resume: from which step, and
                                               the length fields a continuation changed
         metrics.jsonl                         one JSON row per log (SFT) or update (PPO),
@@ -62,7 +65,17 @@ EVAL = "eval"
 EVAL_METRICS = "metrics.json"
 EVAL_EPISODES = "episodes.jsonl"
 SETTINGS_HISTORY = "settings-history.jsonl"
+SETTINGS_FILES = {"sft": "sft.yaml", "ppo": "ppo.yaml"}
+EPISODES = "episodes"  # PPO: update-NNNN.jsonl per update
+PROCESSES = "processes.json"  # PPO: each process's checksum of the weights
+START_RUN = "sft-start"  # a study's shared start
+PICKED_START = "picked.json"  # in the start's run folder: the checkpoint pick_start chose, and its window
+QUICKSTART_PREFIX = "quickstart-"  # quickstart-<task>: the folder of one task's quickstart study
+TABLES = "tables"
+FIGURES = "figures"
+DATA = "data"
 _CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
+_EPISODES_NAME = "update-{:04d}.jsonl"
 
 
 # --- run folders ----------------------------------------------------------------------
@@ -97,7 +110,7 @@ _ABSENT = "(absent)"
 
 def claim_run_folder(
     run_dir: str | Path,
-    settings_file: str,
+    method: str,
     settings: Mapping[str, Any],
     *,
     done: int,
@@ -108,19 +121,20 @@ def claim_run_folder(
     length fields a continuation changes ({field: (recorded, given)}; {} for a new run or
     the same one).
 
-    A folder is free when it holds no run yet. A folder with a run (its `settings_file`)
+    A folder is free when it holds no run yet. A folder with a run (its settings file,
+    sft.yaml or ppo.yaml by `method`)
     takes the same settings again, with only `length_fields` (max_steps, updates) free to
     differ, and only upwards of `done`, the steps or updates it already holds. Fields in
     `outside_result` (run_dir, save and logging intervals) change nothing in the weights
     and are not compared. Anything else raises RunSettingsError naming each differing
     field with both values; so does a folder holding checkpoints but no settings file."""
     run_dir = Path(run_dir)
-    path = run_dir / settings_file
+    path = settings_file(run_dir, method)
     given = _plain(settings)
     if not path.is_file():
         if list_checkpoints(run_dir) or trainer_dir(run_dir).is_dir():
             raise RunSettingsError(
-                f"{run_dir} holds a run but no {settings_file}: its settings cannot be told. "
+                f"{run_dir} holds a run but no {path.name}: its settings cannot be told. "
                 "Train into a new run_dir, or delete this one."
             )
         return {}
@@ -154,16 +168,16 @@ def claim_run_folder(
 
 def record_run_settings(
     run_dir: str | Path,
-    settings_file: str,
+    method: str,
     settings: Mapping[str, Any],
     from_step: int,
     continued: Mapping[str, tuple[Any, Any]],
 ) -> None:
-    """The settings a run starts or resumes with (settings_file), and a row in
+    """The settings a run starts or resumes with (its settings file), and a row in
     settings-history.jsonl: when, from which step, and the length fields it changed."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / settings_file, yaml.safe_dump(dict(settings), sort_keys=False))
+    write_atomically(settings_file(run_dir, method), yaml.safe_dump(dict(settings), sort_keys=False))
     row = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "from_step": from_step,
@@ -190,6 +204,62 @@ def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Settings as a YAML file gives them back (tuples as lists, and so on), so that
     given and recorded settings compare like for like."""
     return yaml.safe_load(yaml.safe_dump(dict(settings), sort_keys=False))
+
+
+def settings_file(run_dir: str | Path, method: str) -> Path:
+    """The file a training run's settings are recorded in: sft.yaml or ppo.yaml."""
+    if method not in SETTINGS_FILES:
+        raise ValueError(f"method must be one of {', '.join(SETTINGS_FILES)}, got {method!r}")
+    return Path(run_dir) / SETTINGS_FILES[method]
+
+
+def episodes_file(run_dir: str | Path, update: int) -> Path:
+    """Where a PPO run keeps the episodes of one update: episodes/update-NNNN.jsonl."""
+    return Path(run_dir) / EPISODES / _EPISODES_NAME.format(update)
+
+
+def episode_files(run_dir: str | Path) -> dict[int, Path]:
+    """A PPO run's episode files by update, in update order."""
+    files = sorted((Path(run_dir) / EPISODES).glob("update-*.jsonl"))
+    return {int(path.stem.split("-")[1]): path for path in files}
+
+
+def processes_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / PROCESSES
+
+
+def start_run(study_dir: str | Path) -> Path:
+    """A study's shared-start run folder (sft-start)."""
+    return Path(study_dir) / START_RUN
+
+
+def picked_start_file(start_run_dir: str | Path) -> Path:
+    return Path(start_run_dir) / PICKED_START
+
+
+def quickstart_dir(run_dir: str | Path, task: str) -> Path:
+    """Where a quickstart study of `task` keeps its training runs: run_dir/quickstart-<task>,
+    so that studies of two tasks in one run folder (the smoke batch) never share a run."""
+    return Path(run_dir) / f"{QUICKSTART_PREFIX}{task}"
+
+
+def quickstart_task(folder: str | Path) -> str | None:
+    """The task a quickstart study's folder is named after (None for any other folder)."""
+    name = Path(folder).name
+    return name.removeprefix(QUICKSTART_PREFIX) if name.startswith(QUICKSTART_PREFIX) else None
+
+
+def tables_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TABLES
+
+
+def figures_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FIGURES
+
+
+def data_dir(run_dir: str | Path) -> Path:
+    """Where a study keeps the SFT datasets it made."""
+    return Path(run_dir) / DATA
 
 
 # --- checkpoints and their counters ---------------------------------------------------
@@ -225,6 +295,11 @@ def read_counters(checkpoint: str | Path) -> dict[str, Any]:
             f"found {json.dumps(counters)[:80]}"
         )
     return counters
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """Whether `folder` is a complete checkpoint (its counters written)."""
+    return (Path(folder) / COUNTERS).is_file()
 
 
 def start_tokens(model: str | Path) -> int:

@@ -23,7 +23,7 @@ refuses to mix settings.
     budget_ablation    PPO at several verification budgets from the same start
 
 The notebooks call these in order; every artefact lands in the run folder
-(run_dir/sft-start, run_dir/ppo, run_dir/sft, run_dir/tables, run_dir/figures).
+(run_dir/sft-start, run_dir/ppo, run_dir/sft, run_dir/tables, run_dir/figures: run_folder.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from . import run_folder
 from .data import (
     STUDY_TASKS,
     eval_set_path,
@@ -57,6 +58,7 @@ from .evaluation import (
     require_same_settings,
     select_evaluation,
 )
+from .files import write_atomically
 from .models import SamplingConfig, is_vision_model
 from .run_folder import (
     EVAL_EPISODES,
@@ -245,7 +247,7 @@ def prepare_sft_data(
         settings.reasoning and "reasoning",
     ]
     name = "-".join([settings.task, kind, *(o for o in options if o)])
-    path = Path(run_dir) / "data" / f"{name}-{records}.jsonl"
+    path = run_folder.data_dir(run_dir) / f"{name}-{records}.jsonl"
     if path.is_file():
         return path
     if kind == "expert":
@@ -265,7 +267,7 @@ def prepare_sft_data(
 
 
 def find_runs(
-    run_dir: str | Path, task: str | None = None, start_name: str = "sft-start"
+    run_dir: str | Path, task: str | None = None, start_name: str = run_folder.START_RUN
 ) -> tuple[list[Path], Path | None]:
     """Training runs (folders with checkpoints) directly under run_dir (or, failing that,
     under one of its subfolders, such as the quickstart's), and the shared start's
@@ -294,8 +296,8 @@ def find_runs(
 
 def _other_task_folder(folder: Path, task: str) -> bool:
     """Whether folder is the quickstart folder of a task other than `task`."""
-    named = folder.name.removeprefix(QUICKSTART_PREFIX)
-    return folder.name.startswith(QUICKSTART_PREFIX) and named in STUDY_TASKS and named != task
+    named = run_folder.quickstart_task(folder)
+    return named is not None and named in STUDY_TASKS and named != task
 
 
 def _run_of_task(run: Path, task: str | None) -> bool:
@@ -303,7 +305,7 @@ def _run_of_task(run: Path, task: str | None) -> bool:
     whose ppo.yaml cannot be read (a notebook looking for runs passes over it, rather
     than stopping at some old folder's file); only env_id is read, so that settings of
     another kit version or a missing vLLM do not matter here."""
-    config = run / "ppo.yaml"
+    config = run_folder.settings_file(run, "ppo")
     if task is None or not config.is_file():
         return True
     try:
@@ -345,7 +347,7 @@ def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, 
     settings = [{f: row[f] for f in KEY_FIELDS if f in row} for row in rows]
     if any(settings):
         require_same_settings(settings, f"table {name!r}", ignore=("eval_set", *vary))
-    folder = Path(run_dir) / "tables"
+    folder = run_folder.tables_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -356,7 +358,7 @@ def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, 
     return folder / f"{name}.csv"
 
 
-def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str = "sft-start") -> Path:
+def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str = run_folder.START_RUN) -> Path:
     """The shared initialisation: SFT of the base model, with settings.start_checkpoints
     checkpoints (the window pick_start chooses from); returns its last checkpoint."""
     from .train.sft import SFTSettings, train_sft
@@ -457,7 +459,7 @@ def matched_sft_branch(
     """The SFT branch at the PPO branch's training GFLOPs (the paper's x-axis): from the
     same start checkpoint, sft_steps_for the PPO run's last checkpoint; returns its run
     folder (compute_match says how close the two ended)."""
-    if not (Path(start) / "checkpoint.json").is_file():
+    if not run_folder.is_checkpoint(start):
         raise ValueError(f"the SFT branch continues a start checkpoint; {start} is none (PPO began without SFT)")
     steps = sft_steps_for(counters(last_checkpoint(ppo_run))["gflops"], Path(start))
     return sft_branch(settings, run_dir, Path(start), dataset, steps, name)
@@ -483,11 +485,15 @@ def update_episodes(ppo_run: Path, update: int | None = None) -> dict[str, list]
     """One PPO update's episodes (the last by default) as {label: episodes} for the
     viewer, the label naming the run, the update and the weights that played them (those
     after the previous update: its checkpoint's folder when one was saved)."""
-    files = sorted((Path(ppo_run) / "episodes").glob("update-*.jsonl"))
+    files = run_folder.episode_files(ppo_run)
     if not files:
-        raise FileNotFoundError(f"no episodes under {Path(ppo_run) / 'episodes'}: the PPO run has not updated yet")
-    path = files[-1] if update is None else Path(ppo_run) / "episodes" / f"update-{update:04d}.jsonl"
-    number = int(path.stem.split("-")[1])
+        raise FileNotFoundError(f"no episodes in {ppo_run}: the PPO run has not updated yet")
+    number = max(files) if update is None else update
+    if number not in files:
+        raise FileNotFoundError(
+            f"no episodes of update {number} in {ppo_run} (it has updates {min(files)}-{max(files)})"
+        )
+    path = files[number]
     saved = {counters(c)["step"]: c for c in list_checkpoints(ppo_run)}
     weights = f"checkpoint {saved[number - 1].name}" if number - 1 in saved else f"weights after update {number - 1}"
     from .episodes import read_episodes
@@ -506,13 +512,9 @@ class StudyRuns:
     evaluated: list[dict[str, Any]]
 
 
-QUICKSTART_PREFIX = "quickstart-"  # quickstart_dir: the folder of one task's quickstart study
-
-
 def quickstart_dir(run_dir: str | Path, settings: StudySettings) -> Path:
-    """Where a quickstart study of settings.task keeps its training runs: run_dir/quickstart-<task>,
-    so that studies of two tasks in one run folder (the smoke batch) never share a run."""
-    return Path(run_dir) / f"{QUICKSTART_PREFIX}{settings.task}"
+    """Where a quickstart study of settings.task keeps its training runs (run_folder.quickstart_dir)."""
+    return run_folder.quickstart_dir(run_dir, settings.task)
 
 
 def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> StudyRuns:
@@ -554,7 +556,6 @@ def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = 
     return evaluate_model(folder, folder, **_evaluation_settings(settings), progress=progress)
 
 
-PICKED_START = "picked.json"  # in the start's run folder: the checkpoint pick_start chose, and its window
 FORMAT_SHARE = 0.9  # pick_start: a start "answers in format" when this share of its ID answers is readable
 
 
@@ -596,14 +597,14 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     for row in rows:
         row["picked"] = row is best
     picked = str(Path(best["checkpoint"]).relative_to(start_run))  # the run folder may move
-    (Path(start_run) / PICKED_START).write_text(json.dumps({"picked": picked, "window": rows}, indent=2))
+    write_atomically(run_folder.picked_start_file(start_run), json.dumps({"picked": picked, "window": rows}, indent=2))
     return Path(best["checkpoint"]), rows
 
 
 def shared_start(start_run: str | Path) -> Path:
     """The checkpoint the branches start from: the one pick_start chose (start_run/picked.json),
     else the run's last."""
-    record = Path(start_run) / PICKED_START
+    record = run_folder.picked_start_file(start_run)
     if not list_checkpoints(start_run):
         raise FileNotFoundError(
             f"no shared start in {start_run}: 03_sft (or 00_quickstart) trains it there. Set run_dir to that "

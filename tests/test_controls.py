@@ -206,7 +206,8 @@ def test_the_number_field_shows_which_rule_an_answer_applies_whatever_its_formul
 
 
 def test_the_picked_start_is_the_one_later_notebooks_start_from(tmp_path):
-    from sftrl_kit.study import PICKED_START, shared_start
+    from sftrl_kit.run_folder import PICKED_START
+    from sftrl_kit.study import shared_start
 
     run = tmp_path / "sft-start"
     for step in (4, 8):

@@ -184,16 +184,16 @@ def test_a_folder_with_a_run_but_no_settings_file_is_refused(tmp_path):
     run_folder.write_counters(checkpoint, {"step": 0, "tokens": 0})
     claim = dict(done=0, length_fields=("updates",), outside_result=("run_dir",))
     with pytest.raises(run_folder.RunSettingsError, match="holds a run but no ppo.yaml"):
-        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1}, **claim)
-    assert run_folder.claim_run_folder(tmp_path / "new", "ppo.yaml", {"updates": 1}, **claim) == {}
+        run_folder.claim_run_folder(tmp_path, "ppo", {"updates": 1}, **claim)
+    assert run_folder.claim_run_folder(tmp_path / "new", "ppo", {"updates": 1}, **claim) == {}
     (tmp_path / "ppo.yaml").write_text("updates: 1\nlora: {r: 4}\nrun_dir: a\n")
-    assert run_folder.claim_run_folder(
-        tmp_path, "ppo.yaml", {"updates": 3, "lora": {"r": 4}, "run_dir": "b"}, **claim
-    ) == {"updates": (1, 3)}
+    assert run_folder.claim_run_folder(tmp_path, "ppo", {"updates": 3, "lora": {"r": 4}, "run_dir": "b"}, **claim) == {
+        "updates": (1, 3)
+    }
     with pytest.raises(run_folder.RunSettingsError, match=r"lora: \{'r': 4\} in the folder, \{'r': 8\} given"):
-        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1, "lora": {"r": 8}}, **claim)
+        run_folder.claim_run_folder(tmp_path, "ppo", {"updates": 1, "lora": {"r": 8}}, **claim)
     with pytest.raises(run_folder.RunSettingsError, match=r"new_field: '\(absent\)' in the folder, 1 given"):
-        run_folder.claim_run_folder(tmp_path, "ppo.yaml", {"updates": 1, "lora": {"r": 4}, "new_field": 1}, **claim)
+        run_folder.claim_run_folder(tmp_path, "ppo", {"updates": 1, "lora": {"r": 4}, "new_field": 1}, **claim)
 
 
 def test_a_run_from_a_checkpoint_counts_its_tokens_as_d_init(tmp_path):
@@ -219,7 +219,7 @@ def test_a_study_folder_moved_whole_still_holds_its_runs(tmp_path):
     (new / "sft" / "sft.yaml").write_text(json.dumps(recorded))  # the folder, copied
     claim = dict(done=0, length_fields=("max_steps",), outside_result=("run_dir",))
     moved = {"run_dir": str(new / "sft"), "dataset": str(new / "data" / "d.jsonl"), "max_steps": 4}
-    assert run_folder.claim_run_folder(new / "sft", "sft.yaml", moved, **claim) == {}
+    assert run_folder.claim_run_folder(new / "sft", "sft", moved, **claim) == {}
     elsewhere = {**moved, "dataset": str(tmp_path / "other" / "d.jsonl")}
     with pytest.raises(run_folder.RunSettingsError, match="dataset: "):
-        run_folder.claim_run_folder(new / "sft", "sft.yaml", elsewhere, **claim)
+        run_folder.claim_run_folder(new / "sft", "sft", elsewhere, **claim)

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from ..episodes import Episode
+from ..files import write_atomically
+from ..run_folder import processes_file
 
 
 def episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:
@@ -43,7 +45,7 @@ def record_process_agreement(run_dir: Path, actor_critic, accelerator) -> None:
     )
     sums = accelerator.gather(checksum).tolist()
     if accelerator.is_main_process:
-        (run_dir / "processes.json").write_text(json.dumps({"processes": len(sums), "weight_checksums": sums}) + "\n")
+        write_atomically(processes_file(run_dir), json.dumps({"processes": len(sums), "weight_checksums": sums}) + "\n")
 
 
 def global_sum(accelerator, value: float) -> float:

@@ -88,7 +88,6 @@ class SFTSettings:
             raise ValueError("save_steps and batch_size must be >= 1")
 
 
-SETTINGS_FILE = "sft.yaml"
 LENGTH_FIELDS = ("max_steps", "num_train_epochs")
 """what a continuation of a run may raise (recorded in settings-history.jsonl)"""
 OUTSIDE_RESULT = ("run_dir", "save_steps", "logging_steps")
@@ -108,7 +107,7 @@ def train_sft(settings: SFTSettings) -> Path:
     exported = _exported_step(run_dir)
     continued = run_folder.claim_run_folder(
         run_dir,
-        SETTINGS_FILE,
+        "sft",
         to_dict(settings),
         done=max(exported, 0),
         length_fields=LENGTH_FIELDS,
@@ -117,7 +116,7 @@ def train_sft(settings: SFTSettings) -> Path:
     resume_step = run_folder.last_trainer_step(run_dir)
     complete = settings.max_steps > 0 and exported >= settings.max_steps
     if _is_main_process() and (continued or not complete):
-        run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), resume_step or 0, continued)
+        run_folder.record_run_settings(run_dir, "sft", to_dict(settings), resume_step or 0, continued)
     if complete:
         return run_dir  # resuming would train one step past the end
     close_engines()  # SFT generates nothing: free a running vLLM engine's KV cache (up to 8 GiB) for the step
