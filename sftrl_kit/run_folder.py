@@ -5,6 +5,7 @@
                                               notebooks, batch.json, figures/, tables/, data/
                                               (the study's SFT datasets) and
       quickstart-<task>/                      a quickstart study's training runs (00)
+      ablations/                              08's training runs
       <run>/ (sft-start, ppo, sft, ...)       its training runs (train/sft.py, train/ppo.py)
         sft.yaml | ppo.yaml                   the settings the run ran with (claim_run_folder:
                                               a run with other settings is refused)
@@ -74,6 +75,7 @@ QUICKSTART_PREFIX = "quickstart-"  # quickstart-<task>: the folder of one task's
 TABLES = "tables"
 FIGURES = "figures"
 DATA = "data"
+ABLATIONS = "ablations"  # 08's training runs
 _CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
 _EPISODES_NAME = "update-{:04d}.jsonl"
 
@@ -255,6 +257,11 @@ def tables_dir(run_dir: str | Path) -> Path:
 
 def figures_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / FIGURES
+
+
+def ablations_dir(run_dir: str | Path) -> Path:
+    """Where 08_ablations keeps its training runs, apart from the study's own."""
+    return Path(run_dir) / ABLATIONS
 
 
 def data_dir(run_dir: str | Path) -> Path:
