@@ -209,6 +209,13 @@ class StudySettings:
             return f"{self.model}-vl"
         return self.model
 
+    @property
+    def generation_engine(self) -> str:
+        """`engine` resolved for this study's model ("hf" or "vllm"): what its evaluations
+        run on and record in their keys (engines.resolve_engine). PPO resolves its own,
+        knowing its process count."""
+        return resolve_engine(self.engine, is_vision_model(self.base_model))
+
     def eval_sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.new_tokens, seed=self.seed)
 
@@ -222,7 +229,7 @@ class StudySettings:
                 self.env_id,
                 self.eval_sampling(),
                 self.eval_limit,
-                engine=resolve_engine(self.engine, is_vision_model(self.base_model)),
+                engine=self.generation_engine,
                 max_attempts=self.eval_max_attempts,
             )
             for name in self.eval_set_names
@@ -633,7 +640,7 @@ def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
         sampling=settings.eval_sampling(),
         limit=settings.eval_limit,
         batch_size=settings.eval_limit or 64,
-        engine=settings.engine,
+        engine=settings.generation_engine,
         max_attempts=settings.eval_max_attempts,
     )
 

@@ -48,6 +48,20 @@ def test_engine_names_resolve_or_fail_clearly(monkeypatch):
         resolve_engine("vllm")
 
 
+def test_several_processes_get_hf_under_auto_and_refuse_vllm_by_name(monkeypatch):
+    monkeypatch.delenv("SFTRL_ENGINE_HF_ONLY", raising=False)
+    monkeypatch.setattr("sftrl_kit.engines.vllm_missing", lambda: None)  # as where vLLM is installed
+    assert resolve_engine("auto", processes=1) == "vllm"
+    assert resolve_engine("auto", processes=2) == "hf"
+    with pytest.raises(ValueError, match="runs in a single process; this run has 2"):
+        resolve_engine("vllm", processes=2)
+
+
+def test_open_engine_takes_only_a_resolved_name(tiny_policy):
+    with pytest.raises(ValueError, match="takes 'hf' or 'vllm'"):
+        open_engine(tiny_policy, "auto")
+
+
 def test_the_hf_engine_is_the_policy_itself(tiny_policy):
     assert open_engine(tiny_policy, "hf") is tiny_policy
     assert tiny_policy.engine == "hf"
@@ -60,7 +74,7 @@ def test_vision_language_models_get_the_hf_engine_under_auto(tiny_vl_policy):
 
     assert is_vision_model("tiny-vl")
     assert not is_vision_model("tiny")
-    assert open_engine(tiny_vl_policy, "auto") is tiny_vl_policy
+    assert open_engine(tiny_vl_policy, resolve_engine("auto", vision=True)) is tiny_vl_policy
     assert resolve_engine("auto", vision=True) == "hf"
 
 

@@ -48,22 +48,32 @@ def vllm_missing() -> str | None:
     return None
 
 
-def resolve_engine(name: str, vision: bool = False) -> Literal["hf", "vllm"]:
-    """The engine a setting names for a text (or, vision=True, a vision-language) model:
-    "auto" is vLLM for text models where it is installed, HF otherwise. A VLM gets vLLM
-    when asked for by name, where its architecture is one vLLM serves here
-    (vllm_engine.VLLM_VISION_ARCHITECTURES: checked when the engine starts)."""
+def resolve_engine(name: str, vision: bool = False, processes: int = 1) -> Literal["hf", "vllm"]:
+    """The engine a setting names, resolved once where a run starts (the CLI, evaluate_model,
+    StudySettings, train_ppo); below that only "hf" or "vllm" travels.
+
+    "auto" is vLLM for a text model (vision=False) in a single-process run where vLLM is
+    installed, HF otherwise. A VLM gets vLLM when asked for by name, where its architecture
+    is one vLLM serves here (vllm_engine.VLLM_VISION_ARCHITECTURES: checked when the engine
+    starts). vLLM runs in single-process runs only (`processes` > 1: several engines inside
+    accelerate's process group, which the kit does not do yet), so there "auto" is HF and
+    "vllm" an error."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     if name == "auto":
-        return "hf" if vision or vllm_missing() else "vllm"
+        return "hf" if vision or processes > 1 or vllm_missing() else "vllm"
     if name == "vllm" and (reason := vllm_missing()):
         raise EngineUnavailable(f"engine='vllm' was asked for, but {reason}; or use engine='hf' or 'auto'")
+    if name == "vllm" and processes > 1:
+        raise EngineUnavailable(
+            f"engine='vllm' runs in a single process; this run has {processes}: launch one process or use engine='hf'"
+        )
     return name
 
 
-def open_engine(policy: Policy, name: str = "auto", **options):
-    """A responder with `policy`'s current weights.
+def open_engine(policy: Policy, engine: Literal["hf", "vllm"], **options):
+    """A responder with `policy`'s current weights, for a resolved engine name
+    (`resolve_engine`: "auto" is not taken here).
 
     "hf" is the policy itself. "vllm" is the process's one running vLLM engine, started
     on first use and reused while the model's architecture is the same (its weights
@@ -72,8 +82,12 @@ def open_engine(policy: Policy, name: str = "auto", **options):
     responder it returns before opening another.
     options: VLLMEngine settings (kv_cache_gib, max_model_len, enforce_eager, seed).
     """
-    if resolve_engine(name, policy.is_vision) == "hf":
+    if engine == "hf":
         return policy
+    if engine != "vllm":
+        raise ValueError(f"open_engine takes 'hf' or 'vllm' (resolve_engine gives one), got {engine!r}")
+    if reason := vllm_missing():
+        raise EngineUnavailable(f"engine='vllm' was asked for, but {reason}")
     from .vllm_engine import shared_engine
 
     return shared_engine(policy, **options)
