@@ -24,6 +24,7 @@ import torch
 from .. import run_folder
 from ..compute import gflops, sft_flops
 from ..config import to_dict
+from ..data import DATA_ROOT, load_sft_dataset
 from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
 from ..process import releases_memory
@@ -35,12 +36,14 @@ class SFTSettings:
     sized for the 135M default model rather than an 11B one (paper: 1e-6 L / 5e-7 VL)."""
 
     model: str = "default"
-    """the model to fine-tune: 'default', 'tiny', 'tiny-vl' or a checkpoint folder"""
-    dataset: str = "data/generated/gp-l-expert.jsonl"
-    """a conversational JSONL (TRL's messages format, with images for VL)"""
+    """the model to fine-tune: 'default', 'default-vl', 'tiny', 'tiny-vl' or a checkpoint folder"""
+    dataset: str = str(DATA_ROOT / "generated" / "gp-l-expert.jsonl")
+    """a conversational JSONL (TRL's messages format, with images for VL); the default is the kit's own
+    data/generated/gp-l-expert.jsonl (`sftrl data gp` writes it), whatever the working folder"""
     run_dir: str = "papermill_runs/sft"
     """the run folder: checkpoints/step-NNNNNN/, trainer/, metrics.jsonl; one run per folder (other settings are
-    refused), which resumes from its trainer state"""
+    refused), which resumes from its trainer state. `sftrl sft` gives a new papermill_runs/<time>-sft unless
+    --out names one"""
     learning_rate: float = 2e-5
     """peak learning rate (the paper's for 11B: 1e-6 L / 5e-7 VL)"""
     lr_scheduler_type: str = "cosine"
@@ -101,7 +104,6 @@ def train_sft(settings: SFTSettings) -> Path:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from ..data import load_sft_dataset
 
     run_dir = Path(settings.run_dir)
     exported = _exported_step(run_dir)
