@@ -283,16 +283,10 @@ def _trainer(method: str):
 def _train(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import ConfigError, from_dict
+    from .config import ConfigError, from_dict, read_yaml
 
     settings_class, train = _trainer(args.method)
-    data = {}
-    if args.config:
-        from pathlib import Path
-
-        if not Path(args.config).is_file():
-            raise FileNotFoundError(f"config file not found: {args.config}")
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    data = read_yaml(args.config) if args.config else {}
     for pair in args.overrides:
         key, sep, value = pair.partition("=")
         if not sep:

@@ -65,7 +65,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of settings as a dict ({} for an empty file); a ConfigError naming the
+    file when it is missing, not YAML, or not a mapping of field names."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -73,7 +75,15 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return from_dict(cls, data, where=str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value, found {type(data).__name__}")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_yaml(path), where=str(path))
 
 
 def save_yaml(config: Any, path: str | Path) -> None:

@@ -26,6 +26,20 @@ def test_errors_name_the_field_and_the_file(tmp_path):
     broken.write_text("target: [1\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_yaml(GPConfig, broken)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- target\n- 12\n")
+    with pytest.raises(ConfigError, match="listed.yaml: expected a mapping of field: value, found list"):
+        load_yaml(GPConfig, listed)
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml(GPConfig, tmp_path / "empty.yaml") == GPConfig()
+
+
+def test_sftrl_train_reads_its_config_through_the_same_checks(tmp_path, capsys):
+    from sftrl_kit.cli import main
+
+    (tmp_path / "listed.yaml").write_text("- 1\n")
+    assert main(["sft", "--config", str(tmp_path / "listed.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert "expected a mapping of field: value" in capsys.readouterr().err
 
 
 def test_numbers_written_as_text_are_coerced_or_rejected():

@@ -128,6 +128,17 @@ def test_missing_models_get_clear_errors(tmp_path, monkeypatch):
         load_policy("default")
 
 
+def test_a_corrupt_model_config_is_named_not_a_traceback(tmp_path):
+    from sftrl_kit.models import is_vision_model
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"')  # cut off mid-write
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        is_vision_model(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"holds no model config"):
+        load_policy(tmp_path)
+
+
 def test_rollout_checks_its_arguments(tiny_policy):
     with pytest.raises(ValueError, match="tasks has 1 entries for 2"):
         rollout(tiny_policy, [make("gp-l"), make("gp-l")], GREEDY, tasks=[{}], progress=False)

@@ -94,7 +94,7 @@ def check_vision_architecture(folder: str | Path) -> None:
     """Raise a ValueError, before anything loads, for a vision-language architecture
     whose packed-batch inputs the kit does not build (see `forward_inputs`): its
     log-probs and values would be computed without them, silently wrong."""
-    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    model_type = model_config(folder).get("model_type")
     if model_type not in VISION_ARCHITECTURES:
         raise ValueError(
             f"{folder} is a {model_type!r} vision-language model, which the kit does not support yet: "
@@ -125,8 +125,20 @@ def is_vision_model(name_or_path: str | Path) -> bool:
     config has a vision_config), read from config.json without loading weights."""
     if str(name_or_path) in BUILT_IN:
         return str(name_or_path) in VISION_BUILT_IN
-    config = json.loads((resolve_model(name_or_path) / "config.json").read_text())
-    return "vision_config" in config
+    return "vision_config" in model_config(resolve_model(name_or_path))
+
+
+def model_config(folder: str | Path) -> dict:
+    """A checkpoint folder's config.json as a dict (read without loading weights); a
+    ValueError naming the file when it is not a JSON object."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the folder holds no readable model") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds no model config (a JSON object); found {type(config).__name__}")
+    return config
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
