@@ -20,6 +20,13 @@ def sft_flops(num_parameters: int, init_tokens: int, sft_tokens: int) -> float:
     return 6.0 * num_parameters * (init_tokens + sft_tokens)
 
 
+def sft_tokens_for(flops: float, num_parameters: int, init_tokens: int) -> float:
+    """D_SFT whose X_SFT reaches `flops` from a start of D_init tokens: sft_flops inverted
+    (negative when the start alone is past it)."""
+    _check(num_parameters, init_tokens)
+    return flops / (6 * num_parameters) - init_tokens
+
+
 def rl_flops(num_parameters: int, init_tokens: int, rl_tokens: int, buffer_lambda: float) -> float:
     _check(num_parameters, init_tokens, rl_tokens)
     if buffer_lambda < 0:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import run_folder
+from .compute import sft_tokens_for
 from .data import (
     STUDY_TASKS,
     eval_set_path,
@@ -433,8 +434,7 @@ def sft_steps_for(target_gflops: float, start: Path) -> int:
     the start's own run measured."""
     start_counters = counters(start)
     tokens_per_step = start_counters["tokens"] / max(1, start_counters["step"])
-    n = start_counters["num_parameters"]
-    needed_tokens = target_gflops * 1e9 / (6 * n) - start_counters["tokens"]
+    needed_tokens = sft_tokens_for(target_gflops * 1e9, start_counters["num_parameters"], start_counters["tokens"])
     return max(1, math.ceil(needed_tokens / tokens_per_step))
 
 
