@@ -157,8 +157,8 @@ def _check_preset_values(parameters: Mapping[str, Any]) -> None:
 def _studies_images(preset: Sequence[str], parameters: Mapping[str, Any]) -> bool:
     """Whether a batch's study task (its `task` parameter, an override's, or the preset's)
     shows images."""
-    from .data import study_task
     from .presets import PRESETS
+    from .tasks import study_task
 
     task = parameters.get("task") or (parameters.get("overrides") or {}).get("task")
     if task is None and preset:

@@ -19,17 +19,6 @@ import sys
 import time
 from dataclasses import fields
 
-_SIZE_HELP = {
-    "eval_size": "tasks in each frozen GP eval set",
-    "sft_text": "GP-L expert SFT records (the sub-optimal set is half as large)",
-    "sft_image": "GP-VL expert SFT records, each with a PNG",
-    "samples": "sample images to look at",
-    "eval_routes": "routes in virl-id and virl-rule-ood (the same routes) and the other V-IRL sets",
-    "visual_ood_routes": "routes in virl-visual-ood (spread over the 9 other cities)",
-    "sft_text_routes": "V-IRL-L routes whose expert turns become SFT records",
-    "sft_image_routes": "V-IRL-VL routes whose expert turns become SFT records, with street views",
-}
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -49,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="generate datasets and frozen evaluation sets")
     tasks = data.add_subparsers(dest="task", required=True)
+    from .config import field_docs
     from .data import DATA_ROOT, GPDataSizes, VirlDataSizes
     from .envs import registered
     from .models import BUILT_IN
@@ -68,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"--{f.name.replace('_', '-')}",
                 type=int,
                 default=f.default,
-                help=f"{_SIZE_HELP[f.name]} (default: {f.default})",
+                help=f"{field_docs(sizes)[f.name]} (default: {f.default})",
             )
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
         sub.set_defaults(run=_data, sizes_class=sizes)
@@ -139,7 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("overrides", nargs="*", help="field=value pairs (value read as YAML) applied after the YAML")
         train.set_defaults(run=_train, method=name)
 
-    run = commands.add_parser("run", help="execute notebooks in order with papermill into one run folder")
+    run = commands.add_parser(
+        "run",
+        help="execute notebooks in order with papermill into one run folder",
+        description="execute notebooks in order with papermill into one run folder",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "-h", "--help", action=_SettingsHelp, method="run", help="show this help message and exit (with every size)"
+    )
     run.add_argument("notebooks", nargs="*", help="presets (quickstart, smoke, study) and/or notebooks (03, 03_sft)")
     run.add_argument(
         "-p",
@@ -196,12 +195,13 @@ def _data(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data import STUDY_TASKS, eval_set_path
+    from .data import eval_set_path
     from .evaluation import evaluate_model
     from .models import SamplingConfig
     from .run_folder import new_run_dir
     from .stats import compare_rates
     from .study import StudySettings
+    from .tasks import STUDY_TASKS
 
     study = StudySettings(task=args.env) if args.env in STUDY_TASKS else None  # the study's defaults
     names = args.sets or (list(STUDY_TASKS[args.env].eval_sets) if study else None)
@@ -249,9 +249,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 class _SettingsHelp(argparse.Action):
-    """--help of `sftrl sft` / `sftrl ppo`: the usage, then every settings field with its
-    default and meaning, generated from the settings dataclass (imported only when asked:
-    the trainers import torch)."""
+    """--help of `sftrl sft` / `sftrl ppo` / `sftrl run`: the usage, then every settings
+    field with its default and meaning, generated from the settings dataclasses (imported
+    only when asked: the trainers and the study import torch)."""
 
     def __init__(self, option_strings, method: str, dest=argparse.SUPPRESS, help=None) -> None:
         super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
@@ -260,11 +260,19 @@ class _SettingsHelp(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         from .config import settings_help
 
-        settings_class = _trainer(self.method)[0]
-        parser.epilog = (
-            f"{settings_class.__name__} fields, as field=value overrides or YAML keys "
-            f"(field = default  (type), then its meaning):\n{settings_help(settings_class)}"
-        )
+        if self.method == "run":
+            from .presets import overrides_help
+
+            parser.epilog = (
+                "Sizes a batch can change, as -p KEY VALUE where a notebook declares KEY, or as -p overrides "
+                "'{field: value, ...}' (field = the quickstart's value  (type), then its meaning):\n" + overrides_help()
+            )
+        else:
+            settings_class = _trainer(self.method)[0]
+            parser.epilog = (
+                f"{settings_class.__name__} fields, as field=value overrides or YAML keys "
+                f"(field = default  (type), then its meaning):\n{settings_help(settings_class)}"
+            )
         parser.print_help()
         parser.exit()
 

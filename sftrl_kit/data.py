@@ -29,6 +29,7 @@ from .envs.general_points import sft_data as gp_sft
 from .envs.virl import sft_data as virl_sft
 from .envs.virl.city import OOD_CITIES, TRAIN_CITY
 from .episodes import chat_messages, read_jsonl, write_jsonl
+from .tasks import STUDY_TASKS
 
 
 @dataclass(frozen=True)
@@ -249,73 +250,11 @@ _TRAINING = {
 OTHER_RULE_SEED_OFFSET = 500_000  # the other rule's records of a "both rules" set are dealt from base + this
 
 
-@dataclass(frozen=True)
-class StudyTask:
-    """What a study needs to know about its task (study.StudySettings.task)."""
-
-    env_id: str
-    rule_field: str  # the environment setting that is the task's rule
-    other_rule: dict[str, Any]  # the settings that put the other (rule-OOD) rule in force
-    eval_sets: tuple[str, str]  # ID, rule-OOD
-    validation_sets: tuple[str, str]  # ID, rule-OOD of other deals/routes: what choices (the window's pick) read
-    fake_rule_set: str  # rule-OOD's prompt, the trained rule's verifier
-    metric: str  # the headline rate: what one number per checkpoint should be
-    unit: str  # what one SFT record count counts (deals or routes)
-    answer_tokens: int  # room for the longest expert answer (GP: 52 tokens, V-IRL: 72, SmolLM2's tokenizer)
-    signatures: tuple[str, ...]  # evaluation.failure_modes that count answers following the rule not in force
-    visual_ood_set: str | None = None  # the vision tasks: the trained rule in visuals never trained on
-
-    @property
-    def vision(self) -> bool:
-        """Whether the task shows images (gp-vl, virl-vl): its model must see."""
-        return self.visual_ood_set is not None
-
-
-STUDY_TASKS = {
-    "gp-l": StudyTask(
-        "gp-l",
-        "face_rule",
-        {"face_rule": "ordinal", "sampling": "with_face"},
-        ("gp-id", "gp-rule-ood"),
-        ("gp-val-id", "gp-val-rule-ood"),
-        "gp-fake-rule",
-        "success_rate",
-        "deals",
-        64,
-        ("other_rule_used", "other_rule_numbers"),
-    ),
-    "virl-l": StudyTask(
-        "virl-l",
-        "action_space",
-        {"action_space": "relative"},
-        ("virl-id", "virl-rule-ood"),
-        ("virl-val-id", "virl-val-rule-ood"),
-        "virl-fake-rule",
-        "per_step_accuracy",
-        "routes",
-        96,
-        ("other_rule_used",),
-    ),
-}
-# The image versions: the same rules, sets and signatures; the cards or street views are
-# shown, not written, and a third set changes the visuals only (red suits, other cities).
-STUDY_TASKS |= {
-    "gp-vl": replace(STUDY_TASKS["gp-l"], env_id="gp-vl", visual_ood_set="gp-visual-ood"),
-    "virl-vl": replace(STUDY_TASKS["virl-l"], env_id="virl-vl", visual_ood_set="virl-visual-ood"),
-}
-
-
 def training_config(env_id: str) -> dict[str, Any]:
     """The settings an environment trains under (its rule at the trained value)."""
     if env_id not in _TRAINING:
         raise ValueError(f"no training settings for {env_id!r}; known: {sorted(_TRAINING)}")
     return dict(_TRAINING[env_id][1])
-
-
-def study_task(name: str) -> StudyTask:
-    if name not in STUDY_TASKS:
-        raise ValueError(f"unknown study task {name!r}; tasks: {', '.join(STUDY_TASKS)}")
-    return STUDY_TASKS[name]
 
 
 def expert_records(
@@ -475,10 +414,16 @@ def load_sft_dataset(path: str | Path):
 
 @dataclass(frozen=True)
 class GPDataSizes:
+    """The sizes of GeneralPoints' data stage (`sftrl data gp`)."""
+
     eval_size: int = EVAL_SET_SIZE
-    sft_text: int = 2000  # GP-L expert records (the suboptimal set is half as large)
-    sft_image: int = 500  # GP-VL expert records, each with a PNG
-    samples: int = 4  # rendered GP-VL sample images, one per eval split and more
+    """tasks in each frozen GP eval set"""
+    sft_text: int = 2000
+    """GP-L expert SFT records (the sub-optimal set is half as large)"""
+    sft_image: int = 500
+    """GP-VL expert SFT records, each with a PNG"""
+    samples: int = 4
+    """rendered GP-VL sample images to look at, one per eval split and more"""
 
 
 def data_root_for(root: str | Path, sizes: GPDataSizes | VirlDataSizes, elsewhere: str | Path) -> Path:
@@ -510,11 +455,18 @@ def generate_gp_data(root: str | Path = DATA_ROOT, sizes: GPDataSizes = GPDataSi
 
 @dataclass(frozen=True)
 class VirlDataSizes:
-    eval_routes: int = 150  # virl-id and virl-rule-ood (the same routes)
-    visual_ood_routes: int = 90  # 10 per other city
+    """The sizes of V-IRL's data stage (`sftrl data virl`)."""
+
+    eval_routes: int = 150
+    """routes in virl-id and virl-rule-ood (the same routes) and the other V-IRL sets"""
+    visual_ood_routes: int = 90
+    """routes in virl-visual-ood (10 in each of the 9 other cities)"""
     sft_text_routes: int = 300
+    """V-IRL-L routes whose expert turns become SFT records"""
     sft_image_routes: int = 60
+    """V-IRL-VL routes whose expert turns become SFT records, with street views"""
     samples: int = 3
+    """street-view samples to look at"""
 
 
 def generate_virl_data(root: str | Path = DATA_ROOT, sizes: VirlDataSizes = VirlDataSizes()) -> dict[str, Any]:

@@ -38,15 +38,25 @@ class Preset:
     """A complete set of sizes: the study's, and each notebook's own."""
 
     name: str
-    notebooks: tuple[str, ...] | None  # what `sftrl run <name>` executes; None: every notebook in the folder
-    study: StudySettings  # 00, 03, 04, 05, 07 and 08
-    sft_branch_steps: int = 0  # 08: SFT steps of its branches; 0: as many as reach PPO's GFLOPs (matched compute)
-    budgets: tuple[int, ...] = (1, 3, 5, 10)  # 08: verification budgets of the PPO ablation
-    played_episodes: int = 6  # 01: GP episodes the model plays (and a third as many V-IRL ones)
-    data_root: str | None = "data"  # 02: where eval sets and SFT data go; None: the run folder's data/
-    gp_data: GPDataSizes = field(default_factory=GPDataSizes)  # 02
-    virl_data: VirlDataSizes = field(default_factory=VirlDataSizes)  # 02
-    vision_notebooks: tuple[str, ...] = ()  # what `sftrl run <name>` adds when the task shows images
+    """the preset's name (quickstart, study, smoke)"""
+    notebooks: tuple[str, ...] | None
+    """what `sftrl run <name>` executes; None: every notebook in the folder"""
+    study: StudySettings
+    """the study's sizes and design: 00, 03, 04, 05, 07 and 08"""
+    sft_branch_steps: int = 0
+    """08: SFT steps of its branches; 0: as many as reach PPO's GFLOPs (matched compute)"""
+    budgets: tuple[int, ...] = (1, 3, 5, 10)
+    """08: verification budgets of the PPO ablation"""
+    played_episodes: int = 6
+    """01: GP episodes the model plays (and a third as many V-IRL ones)"""
+    data_root: str | None = "data"
+    """02: where eval sets and SFT data go (another size goes to another root); None: the run folder's data/"""
+    gp_data: GPDataSizes = field(default_factory=GPDataSizes)
+    """02: the GeneralPoints data's sizes"""
+    virl_data: VirlDataSizes = field(default_factory=VirlDataSizes)
+    """02: the V-IRL data's sizes"""
+    vision_notebooks: tuple[str, ...] = ()
+    """what `sftrl run <name>` adds when the task shows images"""
 
 
 QUICKSTART = Preset("quickstart", ("00_quickstart",), StudySettings(), vision_notebooks=("06_recognition_probing",))
@@ -105,6 +115,21 @@ def override_fields() -> dict[str, str]:
     own = {f.name: f for f in dataclasses.fields(Preset) if f.name not in _FIXED}
     study = {f.name: f for f in dataclasses.fields(StudySettings)}
     return {name: "dict" if f.name in ("gp_data", "virl_data") else str(f.type) for name, f in {**study, **own}.items()}
+
+
+def overrides_help() -> str:
+    """What `sftrl run --help` lists: every field an override may change, with its
+    default (the quickstart's), type and meaning (config.settings_help's format)."""
+    from .config import settings_help
+
+    own = settings_help(Preset).split("\n\n")[0].splitlines()  # the preset's own fields, not the nested ones
+    kept = [pair for pair in zip(own[::2], own[1::2]) if pair[0].split()[0] not in _FIXED]
+    return (
+        "StudySettings fields (the study's sizes and design):\n"
+        + settings_help(StudySettings)
+        + "\n\nPreset fields (one notebook's own sizes):\n"
+        + "\n".join(line for pair in kept for line in pair)
+    )
 
 
 def choose(name: str, overrides: Mapping[str, Any] | None = None) -> Preset:

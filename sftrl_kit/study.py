@@ -40,11 +40,9 @@ import yaml
 from . import run_folder
 from .compute import sft_tokens_for
 from .data import (
-    STUDY_TASKS,
     eval_set_path,
     expert_records,
     load_eval_set,
-    study_task,
     suboptimal_records,
     training_config,
     write_sft_dataset,
@@ -71,6 +69,7 @@ from .run_folder import (
 )
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 from .stats import compare_rates
+from .tasks import STUDY_TASKS, StudyTask, study_task
 
 if TYPE_CHECKING:
     from .train.ppo import PPOSettings
@@ -79,41 +78,83 @@ if TYPE_CHECKING:
 REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (data.expert_records(reasoning=True))
 
 
+FIRST_ANSWER_METRIC = (
+    "first_answer_accuracy"  # the fake-rule control's clean number: later tries are told the verifier's rule
+)
+
+
 @dataclass
 class StudySettings:
     """The study's sizes and design. Defaults are the quickstart: the embedded default
     model on a 2-core CPU in about 25 minutes. The presets (presets.py: quickstart,
     study, smoke) are built from these fields; sft_start, sft_branch and ppo_settings turn
-    them into SFTSettings and PPOSettings."""
+    them into SFTSettings and PPOSettings. What the study knows of its task (its sets,
+    headline metric, signatures) is `task_info`."""
 
-    task: str = "gp-l"  # the task studied: gp-l, virl-l, gp-vl or virl-vl (data.STUDY_TASKS)
-    model: str = "default"  # a built-in ("default", "tiny": the task's modality, see base_model) or a folder
-    sft_records: int = 2000  # deals (GP) or routes (V-IRL) of expert SFT data generated into the run folder
-    start_rules: str = "both"  # the shared start's data: "trained" rule only (the paper's) or "both" rules,
-    # each stated in its prompt, so that the start follows whichever rule its prompt states (the positive control)
-    start_steps: int = 24  # SFT steps of the shared initialisation
-    start_checkpoints: int = 1  # checkpoints of the start evaluated (> 1: the SFT window curve; pick_start chooses)
+    # The task and the model
+    task: str = "gp-l"
+    """the task studied: gp-l, virl-l, gp-vl or virl-vl (tasks.STUDY_TASKS)"""
+    model: str = "default"
+    """a built-in ("default", "tiny": the task's modality, see base_model) or a checkpoint folder"""
+
+    # The shared start: SFT of the base model
+    sft_records: int = 2000
+    """deals (GP) or routes (V-IRL) of expert SFT data generated into the run folder"""
+    start_rules: str = "both"
+    """the shared start's data: "trained" rule only (the paper's) or "both" rules, each stated in its prompt, so
+    that the start follows whichever rule its prompt states (the positive control)"""
+    start_steps: int = 24
+    """SFT steps of the shared initialisation"""
+    start_checkpoints: int = 1
+    """checkpoints of the start evaluated (> 1: the SFT window curve, from which pick_start chooses)"""
     start_learning_rate: float = 1e-4
-    sft_learning_rate: float = 1e-4  # the SFT branch, continuing from the start (at the start's rate)
+    """the shared start's peak learning rate"""
+
+    # The SFT branch
+    sft_learning_rate: float = 1e-4
+    """the SFT branch's peak learning rate, continuing from the start (at the start's rate)"""
     sft_batch_size: int = 8
-    prompt_variants: bool = False  # SFT records in varied wordings and layouts (evaluation: the canonical prompt)
-    reasoning: bool = False  # expert answers start with a short "thought" applying the stated rule
-    ppo_updates: int = 6  # and, at matched FLOPs, about 44 SFT steps in the SFT branch
+    """sequences per SFT step, in the start and in the branch"""
+    prompt_variants: bool = False
+    """SFT records in varied wordings and layouts (evaluation keeps the canonical prompt)"""
+    reasoning: bool = False
+    """expert answers start with a short "thought" applying the stated rule"""
+
+    # The PPO branch
+    ppo_updates: int = 6
+    """PPO updates (the SFT branch trains to their GFLOPs: about 44 steps at the quickstart's sizes)"""
     episodes_per_update: int = 8
+    """episodes per PPO update (per process)"""
     ppo_epochs: int = 1
-    ppo_learning_rate: float = 1e-5  # at 2e-6 four updates left the policy where it was (approx_kl < 1e-3)
-    advantage: str = "gae"  # PPO's advantages: "gae" (value head, the paper's), or critic-free "grpo" / "rloo"
-    group_size: int = 1  # episodes per deal or route in PPO (grpo / rloo need >= 2)
-    train_max_attempts: int = 2  # verification budget in training (the paper: 5)
-    max_new_tokens: int | None = None  # None: the task's longest expert answer and a margin (new_tokens)
-    temperature: float = 1.0  # PPO's sampling
-    checkpoints: int = 2  # evaluated checkpoints per branch after the start
-    eval_sets: list[str] | None = None  # None: the task's ID, rule-OOD (and visual-OOD) sets (eval_set_names)
-    fake_rule: bool = False  # also evaluate the fake-rule set (rule-OOD prompt, trained-rule verifier)
-    eval_limit: int | None = 100  # first N deals or routes of each frozen set; None: all
-    eval_max_attempts: int = 2  # verification budget at evaluation (the paper: 5)
+    """passes over each update's episodes"""
+    ppo_learning_rate: float = 1e-5
+    """PPO's learning rate (at 2e-6 four updates left the policy where it was: approx_kl < 1e-3)"""
+    advantage: str = "gae"
+    """PPO's advantages: "gae" (value head, the paper's), or critic-free "grpo" / "rloo\""""
+    group_size: int = 1
+    """episodes per deal or route in PPO (grpo / rloo need >= 2)"""
+    train_max_attempts: int = 2
+    """verification budget in training (the paper: 5)"""
+    max_new_tokens: int | None = None
+    """tokens a response may take; None: the task's longest expert answer and a margin (new_tokens)"""
+    temperature: float = 1.0
+    """PPO's sampling temperature"""
+
+    # Evaluation
+    checkpoints: int = 2
+    """evaluated checkpoints per branch after the start"""
+    eval_sets: list[str] | None = None
+    """the frozen sets evaluated; None: the task's ID, rule-OOD (and visual-OOD) sets (eval_set_names)"""
+    fake_rule: bool = False
+    """also evaluate the fake-rule set (the rule-OOD prompt, the trained rule's verifier)"""
+    eval_limit: int | None = 100
+    """the first N deals or routes of each frozen set; None: all"""
+    eval_max_attempts: int = 2
+    """verification budget at evaluation (the paper: 5)"""
     seed: int = 0
-    engine: str = "auto"  # who generates rollouts and evaluations: vllm, hf, or auto (vLLM where installed)
+    """seeds the SFT data, training and sampling"""
+    engine: str = "auto"
+    """who generates rollouts and evaluations: "vllm", "hf", or "auto" (vLLM where installed; generation_engine)"""
 
     def __post_init__(self) -> None:
         study_task(self.task)  # a clear error for an unknown task
@@ -127,13 +168,11 @@ class StudySettings:
             raise ValueError(f"start_checkpoints must be in [1, start_steps], got {self.start_checkpoints}")
 
     @property
-    def env_id(self) -> str:
-        return study_task(self.task).env_id
-
-    @property
-    def metric(self) -> str:
-        """The headline rate: success_rate (GP), per_step_accuracy (V-IRL, the paper's)."""
-        return study_task(self.task).metric
+    def task_info(self) -> StudyTask:
+        """What the study knows of its task: env_id, the ID and rule-OOD sets (id_set,
+        rule_ood_set), the headline `metric`, the memorisation `signatures`, the
+        fake-rule and visual-OOD sets, whether it shows images (`vision`)."""
+        return study_task(self.task)
 
     @property
     def eval_set_names(self) -> list[str]:
@@ -143,7 +182,11 @@ class StudySettings:
         names = list(self.eval_sets) if self.eval_sets is not None else list(task.eval_sets)
         if self.eval_sets is None and task.visual_ood_set is not None:
             names.append(task.visual_ood_set)
-        return names + [self.fake_rule_set] if self.fake_rule and self.fake_rule_set not in names else names
+        return (
+            names + [self.task_info.fake_rule_set]
+            if self.fake_rule and self.task_info.fake_rule_set not in names
+            else names
+        )
 
     @property
     def new_tokens(self) -> int:
@@ -153,23 +196,6 @@ class StudySettings:
             return self.max_new_tokens
         return study_task(self.task).answer_tokens + (REASONING_TOKENS if self.reasoning else 0)
 
-    @property
-    def signatures(self) -> tuple[str, ...]:
-        """The memorisation signatures to count (failure modes): other_rule_used, and for
-        GP other_rule_numbers (the number field valued under the rule not in force)."""
-        return study_task(self.task).signatures
-
-    @property
-    def fake_rule_set(self) -> str:
-        """The task's fake-rule set (rule-OOD's prompt, the trained rule's verifier)."""
-        return study_task(self.task).fake_rule_set
-
-    @property
-    def first_answer_metric(self) -> str:
-        """The rate over first answers only (the fake-rule control's clean number: the
-        verifier's message after a wrong answer names the verifier's rule)."""
-        return "first_answer_accuracy"
-
     def validation(self) -> StudySettings:
         """These settings on the task's validation sets (ID and rule-OOD kinds of tasks, dealt
         apart from the reported sets): what the SFT window's pick reads, so that choosing
@@ -177,36 +203,19 @@ class StudySettings:
         return replace(self, eval_sets=list(study_task(self.task).validation_sets), fake_rule=False)
 
     @property
-    def id_set(self) -> str:
-        return study_task(self.task).eval_sets[0]
-
-    @property
-    def rule_ood_set(self) -> str:
-        return study_task(self.task).eval_sets[1]
-
-    @property
     def headline_sets(self) -> list[str]:
         """The sets the verdict reads: ID, rule-OOD, and visual-OOD for the image tasks
         (eval_set_names without the fake-rule control)."""
-        return [self.id_set, self.rule_ood_set] + ([self.visual_ood_set] if self.visual_ood_set else [])
-
-    @property
-    def visual_ood_set(self) -> str | None:
-        """The vision tasks' third set: the trained rule in unseen visuals (red suits,
-        other cities); None for the text tasks."""
-        return study_task(self.task).visual_ood_set
-
-    @property
-    def vision(self) -> bool:
-        """Whether the task shows images (gp-vl, virl-vl)."""
-        return study_task(self.task).vision
+        return [self.task_info.id_set, self.task_info.rule_ood_set] + (
+            [self.task_info.visual_ood_set] if self.task_info.visual_ood_set else []
+        )
 
     @property
     def base_model(self) -> str:
         """The model the shared start trains: `model`, where the built-in names "default"
         and "tiny" name the variant of the task's modality (default-vl and tiny-vl for the
         image tasks), so that one preset serves every task."""
-        if self.vision and self.model in ("default", "tiny"):
+        if self.task_info.vision and self.model in ("default", "tiny"):
             return f"{self.model}-vl"
         return self.model
 
@@ -227,7 +236,7 @@ class StudySettings:
             name: evaluation_key(
                 name,
                 load_eval_set(eval_set_path(name)),
-                self.env_id,
+                self.task_info.env_id,
                 self.eval_sampling(),
                 self.eval_limit,
                 engine=self.generation_engine,
@@ -260,14 +269,14 @@ def prepare_sft_data(
         return path
     if kind == "expert":
         made = expert_records(
-            settings.env_id,
+            settings.task_info.env_id,
             records,
             rules=rules,
             prompt_variants=settings.prompt_variants,
             reasoning=settings.reasoning,
         )
     elif kind == "suboptimal" and rules == "trained" and not (settings.prompt_variants or settings.reasoning):
-        made = suboptimal_records(settings.env_id, records)
+        made = suboptimal_records(settings.task_info.env_id, records)
     else:
         raise ValueError("suboptimal records come under the trained rule, without prompt variants or reasoning")
     write_sft_dataset(path, made)
@@ -371,7 +380,7 @@ def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str =
     checkpoints (the window pick_start chooses from); returns its last checkpoint."""
     from .train.sft import SFTSettings, train_sft
 
-    if settings.vision and not is_vision_model(settings.base_model):
+    if settings.task_info.vision and not is_vision_model(settings.base_model):
         raise ValueError(f"task {settings.task} shows images; {settings.base_model} is a text-only model")
     folder = train_sft(
         SFTSettings(
@@ -401,8 +410,8 @@ def ppo_settings(
     ppo = PPOSettings(
         model=str(start),
         run_dir=str(Path(run_dir) / name),
-        env_id=settings.env_id,
-        env_config=training_config(settings.env_id),
+        env_id=settings.task_info.env_id,
+        env_config=training_config(settings.task_info.env_id),
         advantage=settings.advantage,
         group_size=settings.group_size,
         max_attempts=settings.train_max_attempts,
@@ -594,13 +603,13 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
             at = {name: select_evaluation(checkpoint, name, keys[name]) for name in keys}
             unreadable = at[val_id]["failure_modes"]["unparseable"]["rate"]["value"]
             row |= {
-                f"{val_id} {settings.metric}": at[val_id][settings.metric]["value"],
-                f"{val_ood} {settings.metric}": at[val_ood][settings.metric]["value"],
+                f"{val_id} {settings.task_info.metric}": at[val_id][settings.task_info.metric]["value"],
+                f"{val_ood} {settings.task_info.metric}": at[val_ood][settings.task_info.metric]["value"],
                 "readable share (ID)": 1 - unreadable,
                 "in format": 1 - unreadable >= FORMAT_SHARE,
             }
         rows.append(row)
-    best = choose_start(rows, f"{val_ood} {settings.metric}") if keys else rows[0]
+    best = choose_start(rows, f"{val_ood} {settings.task_info.metric}") if keys else rows[0]
     for row in rows:
         row["picked"] = row is best
     picked = str(Path(best["checkpoint"]).relative_to(start_run))  # the run folder may move
@@ -636,7 +645,7 @@ def _evaluation_settings(settings: StudySettings) -> dict[str, Any]:
     """The study's evaluation as evaluate_model's and evaluate_checkpoints' arguments."""
     return dict(
         eval_sets={name: eval_set_path(name) for name in settings.eval_set_names},
-        env_id=settings.env_id,
+        env_id=settings.task_info.env_id,
         sampling=settings.eval_sampling(),
         limit=settings.eval_limit,
         batch_size=settings.eval_limit or 64,

@@ -52,3 +52,39 @@ def test_numbers_written_as_text_are_coerced_or_rejected():
     with pytest.raises(ConfigError, match=r"PPOSettings.learning_rate: expected a number, got 'fast'"):
         from_dict(PPOSettings, {"learning_rate": "fast"})
     assert from_dict(PPOSettings, {"tasks": "123"}).tasks == "123"  # a str | None field stays text
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "sftrl_kit.study:StudySettings",
+        "sftrl_kit.presets:Preset",
+        "sftrl_kit.train.sft:SFTSettings",
+        "sftrl_kit.train.ppo:PPOSettings",
+        "sftrl_kit.models:LoraSettings",
+        "sftrl_kit.engines.vllm_engine:VLLMOptions",
+        "sftrl_kit.models.default_vl:EyesSettings",
+        "sftrl_kit.data:GPDataSizes",
+        "sftrl_kit.data:VirlDataSizes",
+    ],
+)
+def test_every_settings_field_has_a_docstring_that_help_can_print(where):
+    import importlib
+
+    from sftrl_kit.config import field_docs
+
+    module, name = where.split(":")
+    undocumented = [f for f, doc in field_docs(getattr(importlib.import_module(module), name)).items() if not doc]
+    assert undocumented == []
+
+
+def test_sftrl_run_help_lists_every_size_an_override_may_change(capsys):
+    from sftrl_kit.cli import main
+    from sftrl_kit.presets import override_fields
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    listed = {
+        line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and " = " in line
+    }
+    assert listed == set(override_fields())

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import REPO
 
-from sftrl_kit.data import OTHER_RULE_SEED_OFFSET, STUDY_TASKS, eval_set_path, expert_records, load_eval_set
+from sftrl_kit.data import OTHER_RULE_SEED_OFFSET, eval_set_path, expert_records, load_eval_set
 from sftrl_kit.envs import make
 from sftrl_kit.envs.base import PROMPT_VARIANTS
 from sftrl_kit.envs.general_points import rule_text
@@ -17,6 +17,7 @@ from sftrl_kit.envs.general_points.cards import Card, hand_values
 from sftrl_kit.envs.general_points.solver import solve
 from sftrl_kit.envs.virl.prompts import action_space_text
 from sftrl_kit.study import StudySettings, choose_start, ppo_settings
+from sftrl_kit.tasks import STUDY_TASKS
 
 # the seed-11 prompt of each task under the other rule, from the kit at 210f486; V-IRL's since
 # the generated cities' names became one token per word (71c3bbb's prompt with each place

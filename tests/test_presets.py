@@ -93,7 +93,7 @@ def test_overrides_change_a_copy_and_none_keeps_the_presets_value():
     assert presets.PRESETS["study"].study.eval_set_names == ["gp-id", "gp-rule-ood"]
     virl = presets.choose("quickstart", {"task": "virl-l", "fake_rule": True})
     assert virl.study.eval_set_names == ["virl-id", "virl-rule-ood", "virl-fake-rule"]
-    assert (virl.study.env_id, virl.study.metric) == ("virl-l", "per_step_accuracy")
+    assert (virl.study.task_info.env_id, virl.study.task_info.metric) == ("virl-l", "per_step_accuracy")
     with pytest.raises(ValueError, match="unknown study task 'virl'"):
         presets.choose("quickstart", {"task": "virl"})
     with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['eval_limt'\]"):

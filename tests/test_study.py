@@ -283,13 +283,13 @@ def test_ppo_settings_are_the_branchs_and_04s_one_source(tmp_path):
 
 def test_the_image_tasks_add_a_visual_ood_set_and_their_own_models(tmp_path):
     gp_vl = study.StudySettings(task="gp-vl")
-    assert gp_vl.vision
-    assert gp_vl.env_id == "gp-vl"
+    assert gp_vl.task_info.vision
+    assert gp_vl.task_info.env_id == "gp-vl"
     assert gp_vl.eval_set_names == ["gp-id", "gp-rule-ood", "gp-visual-ood"]
     assert gp_vl.headline_sets == gp_vl.eval_set_names
     assert study.StudySettings(task="gp-vl", fake_rule=True).eval_set_names[-1] == "gp-fake-rule"
     assert gp_vl.validation().eval_set_names == ["gp-val-id", "gp-val-rule-ood"]  # the pick reads no visual set
-    assert study.StudySettings(task="virl-vl").visual_ood_set == "virl-visual-ood"
+    assert study.StudySettings(task="virl-vl").task_info.visual_ood_set == "virl-visual-ood"
     assert (gp_vl.base_model, study.StudySettings(task="gp-vl", model="tiny").base_model) == ("default-vl", "tiny-vl")
     assert study.StudySettings(task="gp-l", model="tiny").base_model == "tiny"
     assert study.StudySettings(task="gp-vl", model="/my/folder").base_model == "/my/folder"

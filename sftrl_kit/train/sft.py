@@ -104,7 +104,6 @@ def train_sft(settings: SFTSettings) -> Path:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-
     run_dir = Path(settings.run_dir)
     exported = _exported_step(run_dir)
     continued = run_folder.claim_run_folder(
