@@ -48,6 +48,7 @@ from .data import (
     write_sft_dataset,
 )
 from .engines import resolve_engine
+from .envs import recognised
 from .evaluation import (
     KEY_FIELDS,
     evaluate_checkpoints,
@@ -348,8 +349,7 @@ def misread_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] 
 
 
 def _misread(turn) -> bool:
-    seen = turn.verdict.get("recognised_cards") or turn.verdict.get("recognised_places")
-    return turn.verdict.get("recognition_correct") is False and seen is not None
+    return turn.verdict.get("recognition_correct") is False and recognised(turn.verdict) is not None
 
 
 def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:

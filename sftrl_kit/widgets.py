@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .envs.general_points.formula import FormulaError, parse_formula
+from .envs import recognised
 from .episodes import Episode
 
 _STYLE = """
@@ -79,18 +79,15 @@ def image_html(image, width: int = 224) -> str:
 def read_as(verdict: Mapping[str, Any]) -> str | None:
     """What the verifier read, once: the formula with its value, or the action.
 
-    A GP formula may already state its result ("(2+4)*4=24"); its value is then not
-    repeated, and named only when it differs from the claim."""
+    A GP formula may already state its result ("(2+4)*4=24", the verdict's `claimed`);
+    its value is then not repeated, and named only when it differs from the claim."""
     parsed = verdict.get("formula") or verdict.get("action")
     if parsed is None:
         return None
     parsed, value = str(parsed), verdict.get("value")
     if value is None:
         return parsed
-    try:
-        claimed = parse_formula(parsed).claimed_result if verdict.get("formula") else None
-    except FormulaError:
-        claimed = None
+    claimed = verdict.get("claimed")
     if claimed is None:
         return f"{parsed} = {value}"
     return parsed if str(claimed) == str(value) else f"{parsed} (its left side equals {value})"
@@ -121,7 +118,7 @@ def recognition_html(verdict: Mapping[str, Any]) -> str | None:
     correct = verdict.get("recognition_correct")
     if correct is None:
         return None
-    seen = verdict.get("recognised_cards") or verdict.get("recognised_places") or []
+    seen = recognised(verdict) or []
     badge = '<span class="sftrl-ok">read right</span>' if correct else '<span class="sftrl-bad">misread</span>'
     return f'<div class="sftrl-meta">saw: <code>{html.escape(", ".join(map(str, seen)))}</code> {badge}</div>'
 

@@ -8,6 +8,7 @@ from sftrl_kit.envs.answers import (
     MAX_ANSWER_CHARS,
     AnswerError,
     as_text_list,
+    field_offset,
     normalise_key,
     normalise_value,
     parse_answer,
@@ -136,6 +137,34 @@ def test_python_string_escapes_read_as_python_reads_them():
     assert read_json_object(text) == written
 
 
+@pytest.mark.parametrize(
+    "text, offset",
+    [
+        ('Thinking. {"cards": ["A"], "formula": "1+2"}', 27),
+        ("Thinking. {'cards': ['A'], 'formula': '1+2'}", 27),
+        ('Thinking. {cards: ["A"], formula: "1+2"}', 25),
+        ("Sure! ```{'formula': '1+2 = 24',}```", 10),  # notebook 01's sloppy answer
+        ('{"Formula ": "1+2"}', 1),
+        ('{"thought": "a, formula: b", "note": "formula", "formula": "1"}', 48),  # strings are not keys
+        ('Formula: 3*4, so {"formula": "3*4"}', 18),  # prose is not a key
+        ('{"cards": ["A"], "formula"', 17),  # cut off after the key
+        ('formula = "1+2"', 0),  # no object: parse_answer's last resort
+        ('{"cards": ["A"], "formula', None),
+        ('{"cards": ["A"]}', None),
+        ("no answer at all", None),
+    ],
+)
+def test_field_offset_finds_the_key_as_parse_answer_reads_it(text, offset):
+    assert field_offset(text, "formula") == offset
+
+
+def test_field_offset_reads_every_spelling_of_a_virl_key():
+    for key in ("current observation", "Current_Observation", "current-observation", " CURRENT OBSERVATION "):
+        text = json.dumps({"action": "forward()", key: "x"})
+        assert field_offset(text, "current observation") == text.index(json.dumps(key))
+        assert field_offset(text, "action") == 1
+
+
 def test_values_lose_surrounding_whitespace_only():
     assert normalise_value(" a b\n") == "a b"
     assert normalise_value(["\tA ", 3]) == ["A", 3]
@@ -205,3 +234,23 @@ def test_an_answer_written_as_a_python_literal_reads_as_the_object(task, data):
     fields, required = TASKS[task]
     answer = data.draw(answer_objects(fields, required))
     assert parse_answer(repr(answer), fields, required=(required,)) == expected_reading(answer, fields)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    data=st.data(),
+    as_python=st.booleans(),
+    indent=st.sampled_from([None, 0, 2]),
+    wrapping=st.sampled_from(["{}", "```json\n{}\n```", "My answer:\n{}\nDone."]),
+)
+def test_field_offset_points_at_the_first_key_parse_answer_reads(task, data, as_python, indent, wrapping):
+    fields, required = TASKS[task]
+    answer = data.draw(answer_objects(fields, required))
+    written = repr(answer) if as_python else json.dumps(answer, indent=indent)
+    text = wrapping.replace("{}", written)
+    key = next(k for k in answer if normalise_key(k) == required)
+    offset = field_offset(text, required)
+    assert offset is not None
+    assert text[offset:].startswith(repr(key) if as_python else json.dumps(key))
+    assert text[:offset].rstrip()[-1] in "{,"  # a key, not a value

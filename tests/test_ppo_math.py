@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from sftrl_kit.envs.answers import parse_answer
 from sftrl_kit.train.ppo import PPOSettings, answer_token_weights, gae, group_advantages, ppo_losses
 
 
@@ -60,6 +61,33 @@ def test_answer_weights_find_the_field_in_the_text(tiny_policy):
     assert '"formula' in tokenizer.decode(ids[: first_answer + 1]) or "formula" in tokenizer.decode(ids[first_answer:])
     assert answer_token_weights(tokenizer, ids, "formula", 1.0) == [1.0] * len(ids)
     assert answer_token_weights(tokenizer, ids, "action", 0.5) == [0.5] * len(ids)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "{'formula': '8*3'}",
+        "{ formula: '8*3' }",
+        "{ 'Formula ': '8*3' }",
+        "Sure! ```{'formula': '8*3 = 24',}```",  # notebook 01's sloppy answer
+    ],
+)
+def test_answer_weights_read_the_field_as_the_verifier_does(tiny_policy, answer):
+    """An answer the verifier reads, quoted any way, has the same thought as the double-quoted one."""
+    tokenizer = tiny_policy.tokenizer
+    double = answer.replace("'", '"').replace("{ formula:", '{ "formula":')
+    assert parse_answer(answer, ["formula"], ["formula"]) == parse_answer(double, ["formula"], ["formula"])
+
+    def thought(text: str) -> str:
+        ids = tokenizer("Let me think: 8 and 3 make 24. " + text, add_special_tokens=False)["input_ids"]
+        weights = answer_token_weights(tokenizer, ids, "formula", 0.5)
+        count = weights.count(0.5)
+        assert weights == [0.5] * count + [1.0] * (len(ids) - count)
+        return tokenizer.decode(ids[:count])
+
+    assert thought(answer) == thought(double)
+    assert thought(answer).startswith("Let me think")
+    assert "formula" not in thought(answer).lower()
 
 
 def test_settings_are_checked():

@@ -4,8 +4,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from sftrl_kit.envs import recognised
 from sftrl_kit.envs.general_points import OUTCOMES, GPConfig, GPRewards, verify
 from sftrl_kit.envs.general_points.cards import Card
+from sftrl_kit.envs.general_points.formula import parse_formula
 from sftrl_kit.envs.general_points.verifier import normalise_rank
 from sftrl_kit.envs.virl import verifier as virl_verifier
 from sftrl_kit.envs.virl.config import VirlConfig
@@ -99,6 +101,43 @@ def test_card_names_are_normalised_for_recognition():
     hand = [Card("10", "S"), Card("Q", "H"), Card("K", "D"), Card("A", "C")]
     cards = ("10 of spades", "Q♥", "king", "Ace")
     assert verify(answer("(12-10)*(13-1)", cards), hand, GPConfig(modality="image")).recognition_correct
+
+
+@pytest.mark.parametrize(
+    "formula, hand, outcome, claimed",
+    [
+        ("(10-1)*8/3", HAND, "correct", None),
+        ("(10-1)*8/3 = 24", HAND, "correct", 24),
+        ("10+8+3+1=22", HAND, "wrong_value", 22),
+        ("(10-1)*8/3=25", HAND, "wrong_value", 25),
+        ("10+8+3=21", HAND, "numbers_mismatch", 21),
+        ("8/(3-3)*8=24", [Card("3", "S"), Card("3", "C"), Card("8", "S"), Card("8", "C")], "illegal_formula", 24),
+        ("(10-1)*8/3)=24", HAND, "illegal_formula", None),  # does not parse: it claims nothing
+    ],
+)
+def test_the_verdict_carries_what_the_formula_claims(formula, hand, outcome, claimed):
+    verdict = verify(answer(formula), hand, TEXT)
+    assert (verdict.outcome, verdict.claimed) == (outcome, claimed)
+    if claimed is not None:
+        assert claimed == parse_formula(formula).claimed_result
+    if outcome == "correct" or formula.startswith("10+8+3+1"):  # an honest claim equals the value
+        assert verdict.value == str(claimed if claimed is not None else 24)
+    assert json.loads(json.dumps(verdict.to_dict()))["claimed"] == claimed  # episodes store it as JSON
+
+
+def test_recognised_reads_the_cards_a_gp_verdict_records():
+    misread = verify(answer("(10-1)*8/3", cards=("K", "3", "8", "A")), HAND, IMAGE).to_dict()
+    assert recognised(misread) == ["K", "3", "8", "A"]
+    assert misread["recognition_correct"] is False
+    assert recognised(verify(answer("(10-1)*8/3", cards=("Q♠", "3", "8", "ace")), HAND, IMAGE).to_dict()) == [
+        "Q",
+        "3",
+        "8",
+        "A",
+    ]
+    assert recognised(verify(answer("(10-1)*8/3", cards=()), HAND, IMAGE).to_dict()) is None  # named no cards
+    assert recognised(verify("no answer", HAND, IMAGE).to_dict()) is None
+    assert recognised(verify(answer("(10-1)*8/3"), HAND, TEXT).to_dict()) == ["Q", "3", "8", "A"]
 
 
 def test_reward_table_is_configurable():

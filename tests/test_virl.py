@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO  # noqa: E402
 
-from sftrl_kit.envs import make
+from sftrl_kit.envs import make, recognised
 from sftrl_kit.envs.virl.city import OOD_CITIES, TRAIN_CITY, generate_city, generate_route
 from sftrl_kit.envs.virl.prompts import describe_landmarks, format_answer
 from sftrl_kit.envs.virl.routes import (
@@ -20,7 +20,7 @@ from sftrl_kit.envs.virl.routes import (
     relative_turn,
     turn_action,
 )
-from sftrl_kit.envs.virl.verifier import claimed_places, normalise_action
+from sftrl_kit.envs.virl.verifier import claimed_places, normalise_action, normalise_place
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -402,6 +402,25 @@ def test_vl_recognition_where_no_place_is_in_view():
     text = make("virl-l")
     text.reset(seed=3)
     assert text.step(format_answer("", "", text.decisions[0].action))[4]["verdict"]["recognition_correct"] is None
+
+
+def two_places(decision) -> bool:
+    return len(decision.landmarks) >= 2
+
+
+def test_recognised_reads_the_places_a_virl_verdict_records():
+    env, decision = vl_env_at(two_places)
+    verdict = env.step(format_answer(describe_landmarks(decision.landmarks), "", decision.action))[4]["verdict"]
+    assert recognised(verdict) == sorted(normalise_place(m.name) for m in decision.landmarks)
+    env, decision = vl_env_at(two_places)
+    verdict = env.step(format_answer("No named places in view.", "", decision.action))[4]["verdict"]
+    assert (recognised(verdict), verdict["recognition_correct"]) == ([], False)  # a claim: nothing in view
+    env, decision = vl_env_at(two_places)
+    verdict = env.step("no answer")[4]["verdict"]
+    assert (recognised(verdict), verdict["recognition_correct"]) == (None, False)  # unreadable: named nothing
+    text = make("virl-l")
+    text.reset(seed=3)
+    assert recognised(text.step(format_answer("", "", text.decisions[0].action))[4]["verdict"]) is None
 
 
 def test_vl_recognition_reaches_evaluations_recognition_accuracy():

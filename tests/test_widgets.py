@@ -115,11 +115,14 @@ def test_read_as_shows_the_formula_once(played):
     right, written_out, wrong_claim = (e.turns[0] for e in played[:3])
     assert read_as(right.verdict) == f"{right.verdict['formula']} = 24"
     assert written_out.verdict["formula"].endswith("=24")
+    assert (written_out.verdict["claimed"], wrong_claim.verdict["claimed"], right.verdict["claimed"]) == (24, 25, None)
     assert read_as(written_out.verdict) == written_out.verdict["formula"]
     assert "=24 = 24" not in episode_html(played[1])
     assert read_as(wrong_claim.verdict) == f"{wrong_claim.verdict['formula']} (its left side equals 24)"
     assert read_as({"action": "forward()", "value": None}) == "forward()"
     assert read_as({"formula": None, "value": None}) is None
+    # A verdict stored before verdicts carried `claimed` still reads; its claim is not parsed again.
+    assert read_as({"formula": "1+2=3", "value": "3"}) == "1+2=3 = 3"
 
 
 def test_long_unbroken_answers_wrap_inside_the_page(played, tmp_path):

@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..config import from_dict
-from .base import Env, Observation, make, register, registered, revision_text
+from .base import Env, Observation, make, recognised, register, registered, revision_text
 from .general_points import GeneralPointsEnv, GPConfig
 from .virl.config import VirlConfig
 from .virl.env import VirlEnv
@@ -25,4 +25,4 @@ register("gp-vl", _factory(GeneralPointsEnv, GPConfig, "image", "gp-vl"))
 register("virl-l", _factory(VirlEnv, VirlConfig, "text", "virl-l"))
 register("virl-vl", _factory(VirlEnv, VirlConfig, "image", "virl-vl"))
 
-__all__ = ["Env", "Observation", "make", "register", "registered", "revision_text"]
+__all__ = ["Env", "Observation", "make", "recognised", "register", "registered", "revision_text"]

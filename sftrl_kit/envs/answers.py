@@ -12,6 +12,9 @@ exactly as the decoded object does. Keys are normalised ("Current_Observation " 
 "current observation") so that every task asks for its fields in one spelling, and
 values lose surrounding whitespace (`normalise_value`), which no task's field gives a
 meaning to, so every verifier checks the same value however the model spaced it.
+
+`field_offset` says where in the text a field is written, reading keys as `parse_answer`
+does (PPO's `thought_coef` weights the tokens before it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _BARE_WORDS = {"True": "true", "False": "false", "None": "null"}
 _BARE_WORD = re.compile("|".join(_BARE_WORDS))
 _TRAILING_COMMA = re.compile(r",(?=\s*[}\]])")
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_][A-Za-z0-9_ ]*?)(\s*:)")
+_BARE_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*:")  # _UNQUOTED_KEY after its [{,]
+_KEY_END = re.compile(r"\s*(:|\Z)")  # a key, or one the text was cut off after
 
 
 class AnswerError(ValueError):
@@ -80,6 +85,40 @@ def parse_answer(
     if "{" not in text:
         raise AnswerError("the answer contains no JSON object")
     raise AnswerError(f"the answer object has no readable {missing} field")
+
+
+def field_offset(text: str, field: str) -> int | None:
+    """Where `field` is first written in `text`: the offset of its key (the opening quote
+    of a quoted key), or None where it is not written.
+
+    Keys are read as `parse_answer` reads them: double-quoted, single-quoted or bare
+    (`{formula: ...}`), in any spelling `normalise_key` folds into the field ("Formula ",
+    "current_observation"), followed by ":" inside an object, whether or not the object
+    is complete or readable (a quoted key the text is cut off after counts too). Only
+    where no object holds the key, the first pair that parse_answer's last resort reads
+    (`formula = "1+2"`). The first such key counts, so a schema echoed before the answer
+    is not a thought."""
+    wanted = normalise_key(field)
+    depth, index = 0, 0
+    while index < len(text):
+        char = text[index]
+        if char == "{" or (char == "," and depth):
+            depth += char == "{"
+            bare = _BARE_KEY.match(text, index + 1)
+            if bare and normalise_key(bare.group(1)) == wanted:
+                return bare.start(1)
+        elif char == "}" and depth:
+            depth -= 1
+        elif depth and char in "\"'" and not _is_apostrophe(text, index):
+            end = _string_end(text, index)
+            key = end < len(text) and _KEY_END.match(text, end + 1)
+            if key and normalise_key(_decode_string(text[index + 1 : end])) == wanted:
+                return index
+            index = end + 1
+            continue
+        index += 1
+    pair = _field_pattern(wanted).search(text)
+    return pair.start() if pair else None
 
 
 def _pick(obj: dict, wanted: set[str]) -> dict[str, Any]:
@@ -215,15 +254,19 @@ def _fields_by_pattern(text: str, wanted: set[str]) -> dict[str, Any]:
     A quoted value's escapes are decoded as in an object."""
     found: dict[str, Any] = {}
     for key in wanted:
-        name = r"[\s_-]*".join(re.escape(part) for part in key.split())
-        pattern = re.compile(
-            r"""["']?""" + name + r"""["']?\s*[:=]\s*"""
-            r"""(?:"((?:[^"\\\n]|\\.)*)"|'((?:[^'\\\n]|\\.)*)'|(\[[^\]\n]*\]))""",
-            re.IGNORECASE,
-        )
-        matches = list(pattern.finditer(text))
+        matches = list(_field_pattern(key).finditer(text))
         if matches:
             double, single, bracket = matches[-1].groups()
             quoted = double if double is not None else single
             found[key] = _decode_string(quoted) if quoted is not None else bracket
     return found
+
+
+def _field_pattern(key: str) -> re.Pattern:
+    """`"key": "value"`, `'key' = 'value'`, `key: [..]`: one field's pair, as the last resort reads it."""
+    name = r"[\s_-]*".join(re.escape(part) for part in key.split())
+    return re.compile(
+        r"""["']?""" + name + r"""["']?\s*[:=]\s*"""
+        r"""(?:"((?:[^"\\\n]|\\.)*)"|'((?:[^'\\\n]|\\.)*)'|(\[[^\]\n]*\]))""",
+        re.IGNORECASE,
+    )

@@ -10,7 +10,7 @@ correct answer moves the task on (V-IRL), the next prompt. `Env` documents every
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -119,6 +119,15 @@ class Env(Protocol):
 def revision_text(feedback: str) -> str:
     """The user turn that follows a failed attempt in sequential revision."""
     return f"You failed because: {feedback} Revise your answer and reply with the JSON object only."
+
+
+def recognised(verdict: Mapping[str, Any]) -> list[str] | None:
+    """What a vision answer said it saw, as its verdict (the dict episodes keep) records
+    it: GP's card ranks (`recognised_cards`) or V-IRL's places in view
+    (`recognised_places`); None where it named nothing. An empty card list names nothing
+    (GP reads a missing "cards" field as []); an empty place list is V-IRL's claim that
+    no named place is in view, so it stays []."""
+    return verdict.get("recognised_cards") or verdict.get("recognised_places")
 
 
 _REGISTRY: dict[str, Callable[..., Env]] = {}

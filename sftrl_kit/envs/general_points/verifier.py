@@ -50,6 +50,7 @@ class Verdict:
     feedback: str  # what went wrong, worded for the model to read
     formula: str | None = None
     value: str | None = None  # the formula's exact value, e.g. "22" or "71/3"
+    claimed: int | None = None  # the result the formula states after "=", e.g. 24 in "(2+4)*4=24"
     recognised_cards: list[str] | None = None
     recognition_correct: bool | None = None  # None when recognition is not checked
     other_rule_used: bool = False  # its numbers are the hand's under the other face rule
@@ -75,7 +76,7 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
             rewards.illegal,
             "unparseable",
             f"I could not read your answer ({error}). Reply with one JSON object with the "
-            'fields "cards", "number" and "formula".',
+            'fields "' + '", "'.join(ANSWER_FIELDS[:-1]) + f'" and "{ANSWER_FIELDS[-1]}".',
             recognition_correct=False if config.checks_recognition else None,
         )
     recognised, recognition_ok = _check_recognition(answer, hand, config)
@@ -143,12 +144,19 @@ def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> 
             f"Your formula uses the numbers {used}, but the cards' numbers are {expected}. "
             "Use each card's number exactly once.",
             text,
+            claimed=formula.claimed_result,
             other_rule_used=other_rule_used,
         )
     try:
         value = formula.value()
     except FormulaError as error:
-        return Verdict(rewards.illegal, "illegal_formula", f"Your formula is not legal: {error}.", text)
+        return Verdict(
+            rewards.illegal,
+            "illegal_formula",
+            f"Your formula is not legal: {error}.",
+            text,
+            claimed=formula.claimed_result,
+        )
     shown = _show(value)
     if formula.claimed_result is not None and formula.claimed_result != target:
         return Verdict(
@@ -157,6 +165,7 @@ def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> 
             f"Your equation claims {formula.claimed_result}, but the target is {target}.",
             text,
             shown,
+            formula.claimed_result,
         )
     if value != target:
         return Verdict(
@@ -165,8 +174,11 @@ def _score_formula(raw_formula: Any, hand: Sequence[Card], config: GPConfig) -> 
             f"Your formula equals {shown}, not {target}.",
             text,
             shown,
+            formula.claimed_result,
         )
-    return Verdict(rewards.correct, "correct", f"Correct: your formula equals {target}.", text, shown)
+    return Verdict(
+        rewards.correct, "correct", f"Correct: your formula equals {target}.", text, shown, formula.claimed_result
+    )
 
 
 def _check_recognition(
