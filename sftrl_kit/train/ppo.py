@@ -66,6 +66,7 @@ from ..config import to_dict
 from ..data import load_training_tasks, training_deal_seed
 from ..engines import open_engine, resolve_engine
 from ..envs import make
+from ..envs.answers import field_offset
 from ..episodes import Episode, write_episodes
 from ..models import (
     LoraSettings,
@@ -272,13 +273,14 @@ def ppo_losses(
 
 def answer_token_weights(tokenizer, response_ids: Sequence[int], answer_field: str | None, coef: float) -> list[float]:
     """Per-token weights of the action log-prob: `coef` before the answer field, 1 from
-    it on. The field is found in the decoded text, never by token ids; an answer without
+    it on. The field is found in the decoded text, never by token ids, and read as the
+    verifier reads it (`answers.field_offset`: any quoting of the key); an answer without
     the field is all 'thought'."""
     if coef == 1.0 or not response_ids:
         return [1.0] * len(response_ids)
     text = tokenizer.decode(response_ids, skip_special_tokens=False)
-    position = text.lower().find(f'"{answer_field}"') if answer_field else -1
-    if position < 0:
+    position = field_offset(text, answer_field) if answer_field else None
+    if position is None:
         return [coef] * len(response_ids)
     weights = []
     for i in range(len(response_ids)):
@@ -394,7 +396,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         checkpoints.load_optimizer(optimizer, resume_folder)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
-    generator = open_engine(policy, _engine_for(settings.engine, accelerator.num_processes, policy.is_vision))
+    generator = open_engine(policy, resolve_engine(settings.engine, policy.is_vision, accelerator.num_processes))
     probe = make(settings.env_id, **settings.env_config)
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
@@ -449,19 +451,6 @@ def _buffer_lambda(env) -> float:
             "trained token that PPO's FLOPs count (GeneralPoints 6, V-IRL 5.1). Give its class one."
         )
     return float(value)
-
-
-def _engine_for(engine: str, processes: int, vision: bool) -> str:
-    """The engine of this run: vLLM runs in single-process runs only (several processes
-    would each start an engine inside accelerate's process group, which the kit does not
-    set up yet); "auto" falls back to HF there, an explicit "vllm" is an error."""
-    if processes == 1 or resolve_engine(engine, vision) == "hf":
-        return engine
-    if engine == "vllm":
-        raise ValueError(
-            f"engine='vllm' runs in a single process; this run has {processes}: launch one process or use engine='hf'"
-        )
-    return "hf"
 
 
 def _ppo_update(
