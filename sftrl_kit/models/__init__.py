@@ -22,7 +22,7 @@ This face re-exports what the rest of the kit, notebooks and tests use, so that
 `from sftrl_kit.models import load_policy` stays the one import a user needs.
 """
 
-from .generation import Conversation, Generation, SamplingConfig
+from .generation import Conversation, Generation, SamplingConfig, logit_scale
 from .loading import (
     BUILT_IN,
     VISION_BUILT_IN,
@@ -69,6 +69,7 @@ __all__ = [
     "is_peft",
     "is_vision_model",
     "load_policy",
+    "logit_scale",
     "mergeable_copy",
     "pack_prompt_responses",
     "resolve_autocast",

@@ -37,7 +37,13 @@ class SamplingConfig:
     @property
     def logit_scale(self) -> float:
         """Log-probs are taken of logits / temperature (of raw logits when greedy)."""
-        return 1.0 if self.greedy else self.temperature
+        return logit_scale(self.temperature)
+
+
+def logit_scale(temperature: float) -> float:
+    """What logits are divided by before the log-softmax of a sampled token's log-prob:
+    the temperature, or 1 for greedy decoding (temperature 0: raw logits)."""
+    return 1.0 if temperature == 0 else temperature
 
 
 @dataclass

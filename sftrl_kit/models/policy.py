@@ -152,7 +152,35 @@ class Policy:
             for prompt, response, lp in zip(prompts, responses, logprobs)
         ]
 
+    def pack(self, prompts: Sequence[list[int]], responses: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Rows prompt + response, left-padded, on this policy's device: the one packing of
+        every scored batch (scoring.pack_prompt_responses)."""
+        return pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
+
     @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+        images: dict[str, torch.Tensor],
+        logit_scale: float = 1.0,
+        top_p: float = 1.0,
+        model: nn.Module | None = None,
+    ) -> list[torch.Tensor]:
+        """log pi(response token | context) for each response, by one forward pass of
+        `model` over the packed batch: this policy's own by default; PPO's reference passes
+        its frozen copy (or this model with its adapters off). `images`: the batch's image
+        tensors (image_inputs or image_tensors)."""
+        return response_token_logprobs(
+            self.model if model is None else model,
+            self.pack(prompts, responses),
+            responses,
+            images,
+            logit_scale,
+            top_p,
+            autocast_dtype=self.autocast_dtype,
+        ).logprobs
+
     def token_logprobs(
         self,
         prompt_inputs: dict,
@@ -161,21 +189,9 @@ class Policy:
         logit_scale: float = 1.0,
         top_p: float = 1.0,
     ) -> list[torch.Tensor]:
-        """log pi(response token | context) for each response, by one forward pass.
-
-        prompt_inputs carries the image tensors (pixel_values ...) of the batch; the text
-        is rebuilt left-padded as prompt + response.
-        """
-        batch = pack_prompt_responses(prompts, responses, self.tokenizer.pad_token_id, self.device)
-        return response_token_logprobs(
-            self.model,
-            batch,
-            responses,
-            self.image_tensors(prompt_inputs),
-            logit_scale,
-            top_p,
-            autocast_dtype=self.autocast_dtype,
-        ).logprobs
+        """`score` with the image tensors of a processor's output for the prompts
+        (prompt_inputs, as `encode` made it); the text is rebuilt as prompt + response."""
+        return self.score(prompts, responses, self.image_tensors(prompt_inputs), logit_scale, top_p)
 
     def image_inputs(self, images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         """The image tensors of rows' images, row by row (empty for text models)."""

@@ -63,11 +63,11 @@ from torch import nn
 from .. import run_folder
 from ..compute import gflops, rl_flops
 from ..config import to_dict
-from ..data import load_training_tasks, training_deal_seed
+from ..data import load_training_tasks, training_config, training_deal_seed
 from ..engines import open_engine, resolve_engine
-from ..envs import make
+from ..envs import Observation, make
 from ..envs.answers import field_offset
-from ..episodes import Episode, write_episodes
+from ..episodes import Episode, chat_messages, write_episodes
 from ..models import (
     LoraSettings,
     MixedPrecision,
@@ -76,8 +76,8 @@ from ..models import (
     autocast,
     is_peft,
     load_policy,
+    logit_scale,
     mergeable_copy,
-    pack_prompt_responses,
     response_token_logprobs,
 )
 from ..process import releases_memory
@@ -98,7 +98,7 @@ class PPOSettings:
     which resumes from its last checkpoint"""
     env_id: str = "gp-l"
     """the environment trained on (gp-l, gp-vl, virl-l, virl-vl)"""
-    env_config: dict[str, Any] = field(default_factory=lambda: {"face_rule": "ten", "colours": "black"})
+    env_config: dict[str, Any] = field(default_factory=lambda: training_config("gp-l"))
     """the environment's settings (its config dataclass's fields); the default is the GP training rule"""
     max_attempts: int | None = None
     """verification budget per episode; None: the environment's own (GP 5, V-IRL 2 per point)"""
@@ -196,8 +196,8 @@ class PPOSettings:
 
     @property
     def logit_scale(self) -> float:
-        """Log-probs are of logits / temperature (of raw logits when greedy)."""
-        return 1.0 if self.temperature == 0 else self.temperature
+        """What the sampled tokens' logits are divided by (models.logit_scale)."""
+        return logit_scale(self.temperature)
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,7 +351,6 @@ class RolloutBatch:
     ref_logprobs: list[torch.Tensor] | None = None  # per-token log pi_ref(a|s) for the KL term; None without one
 
 
-SETTINGS_FILE = "ppo.yaml"
 LENGTH_FIELDS = ("updates",)
 """what a continuation of a run may raise (recorded in settings-history.jsonl)"""
 OUTSIDE_RESULT = ("run_dir", "save_every")
@@ -370,7 +369,7 @@ def train_ppo(settings: PPOSettings) -> Path:
     start_update, resume_folder = checkpoints.resume_point(run_dir)
     continued = run_folder.claim_run_folder(
         run_dir,
-        SETTINGS_FILE,
+        "ppo",
         to_dict(settings),
         done=start_update,
         length_fields=LENGTH_FIELDS,
@@ -378,7 +377,7 @@ def train_ppo(settings: PPOSettings) -> Path:
     )
     if start_update >= settings.updates:
         if continued and accelerator.is_main_process:
-            run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
+            run_folder.record_run_settings(run_dir, "ppo", to_dict(settings), start_update, continued)
         return run_dir  # complete: run again, it trains and rewrites nothing
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
     policy = checkpoints.load_learner(
@@ -405,7 +404,7 @@ def train_ppo(settings: PPOSettings) -> Path:
     counters = checkpoints.running_totals(resume_folder)
 
     if accelerator.is_main_process:
-        run_folder.record_run_settings(run_dir, SETTINGS_FILE, to_dict(settings), start_update, continued)
+        run_folder.record_run_settings(run_dir, "ppo", to_dict(settings), start_update, continued)
         run_folder.drop_metrics_after(run_dir, start_update)
         if start_update == 0:
             _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, buffer_lambda))
@@ -433,7 +432,7 @@ def train_ppo(settings: PPOSettings) -> Path:
         }
         if accelerator.is_main_process:
             run_folder.append_metrics(run_dir, row)
-            write_episodes(run_dir / "episodes" / f"update-{update:04d}.jsonl", episodes)
+            write_episodes(run_folder.episodes_file(run_dir, update), episodes)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['mean_return']:.2f}")
             if update % settings.save_every == 0 or update == settings.updates:
                 _save_checkpoint(run_dir, update, policy, optimizer, row)
@@ -520,24 +519,19 @@ def _collect(generator, settings: PPOSettings, update: int, accelerator, tasks) 
     with_logprobs = generator.engine != "hf"
     if tasks:
         picked = [tasks[(first + i // settings.group_size) % len(tasks)] for i in range(len(envs))]
-        return rollout(
-            generator,
-            envs,
-            sampling,
-            tasks=[t["task"] for t in picked],
-            batch_size=settings.rollout_batch_size,
-            progress=False,
-            with_logprobs=with_logprobs,
-        )
-    seeds = [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
+        where = {"tasks": [t["task"] for t in picked]}
+    else:
+        where = {
+            "seeds": [training_deal_seed(settings.seed, first + i // settings.group_size) for i in range(len(envs))]
+        }
     return rollout(
         generator,
         envs,
         sampling,
-        seeds=seeds,
         batch_size=settings.rollout_batch_size,
         progress=False,
         with_logprobs=with_logprobs,
+        **where,
     )
 
 
@@ -560,9 +554,7 @@ def _actor_critic_pass(actor_critic, policy: Policy, turns: list[_Turn], setting
     """The learner on turns: per-token log-probs and entropies of each response, and V of
     each turn's state (None without a critic). Gradients flow if enabled."""
     responses = [t.response_ids for t in turns]
-    batch = pack_prompt_responses(
-        [t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device
-    )
+    batch = policy.pack([t.prompt_ids for t in turns], responses)
     return actor_critic(batch, responses, policy.image_inputs([t.images for t in turns]), settings.logit_scale)
 
 
@@ -622,9 +614,6 @@ def _truncated(episode: Episode, settings: PPOSettings) -> bool:
 @torch.no_grad()
 def _bootstrap_value(actor_critic, policy, episode: Episode, settings) -> float:
     """V(conversation after the last feedback), for bootstrap_truncated."""
-    from ..envs.base import Observation
-    from ..episodes import chat_messages
-
     exchanges = [(t.response, t.feedback) for t in episode.turns]
     text = policy.prompt_text(chat_messages(Observation(episode.prompt, episode.images), exchanges))
     prompt_ids = policy.encode([text], [episode.images])["input_ids"][0].tolist()
@@ -674,40 +663,15 @@ def _optimise(
                 inds = micro_inds or [0]
                 micro = [turns[i] for i in inds]
                 with accelerator.no_sync(actor_critic) if not last else contextlib.nullcontext():
-                    token_logprobs, entropies, newvalues = _actor_critic_pass(actor_critic, policy, micro, settings)
-                    newlogprobs = _action_logprobs(token_logprobs, micro)
-                    device = newlogprobs.device
-                    mb_logprobs = batch.logprobs[inds].to(device)
-                    losses = ppo_losses(
-                        newlogprobs,
-                        mb_logprobs,
-                        batch.advantages[inds].to(device, newlogprobs.dtype),
-                        settings.clip_range,
-                        new_values=newvalues,
-                        old_values=batch.values[inds].to(device) if newvalues is not None else None,
-                        returns=batch.returns[inds].to(device) if newvalues is not None else None,
-                        value_clip_range=settings.value_clip_range,
-                    )
-                    entropy = torch.stack([e.mean() for e in entropies]).mean()
-                    loss = losses["policy_loss"] - settings.entropy_coef * entropy
-                    if newvalues is not None:
-                        loss = loss + settings.value_coef * losses["value_loss"]
-                    if settings.kl_coef > 0:
-                        kl = torch.stack(
-                            [_k3(lp, batch.ref_logprobs[i].to(device)) for lp, i in zip(token_logprobs, inds)]
-                        ).mean()
-                        loss = loss + settings.kl_coef * kl
-                        losses["kl_to_initial"] = kl
-                    losses.update(entropy=entropy, loss=loss)
-                    accelerator.backward(loss * (len(micro_inds) * scale))
+                    losses, ratio_deviation = _micro_batch_losses(actor_critic, policy, micro, inds, batch, settings)
+                    accelerator.backward(losses["loss"] * (len(micro_inds) * scale))
                 if micro_inds:
                     for key, value in losses.items():
                         logs.setdefault(key, []).append(float(value.detach()))
                     trained_turns += len(micro)
                     trained_tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in micro)
                     if epoch == 0 and step == 0 and index == 0:  # 0 up to numerics: the learner made b_logprobs
-                        deviation = (newlogprobs.detach() - mb_logprobs).exp().sub(1).abs().max()
-                        logs["ratio_deviation_first_minibatch"] = [float(deviation)]
+                        logs["ratio_deviation_first_minibatch"] = [float(ratio_deviation)]
             grad_norm = accelerator.clip_grad_norm_(actor_critic.parameters(), settings.max_grad_norm)
             if grad_norm is not None:
                 logs.setdefault("grad_norm", []).append(float(grad_norm))
@@ -720,6 +684,40 @@ def _optimise(
     if batch.values is not None:
         stats["explained_variance"] = _explained_variance(batch.values.cpu(), batch.returns.cpu())
     return stats
+
+
+def _micro_batch_losses(
+    actor_critic, policy: Policy, micro: list[_Turn], inds: list[int], batch: RolloutBatch, settings: PPOSettings
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The loss of one micro-batch (turns `micro`, at rows `inds` of the rollout batch)
+    and its parts, as ppo_losses names them, with entropy, kl_to_initial (with a KL term)
+    and loss = policy_loss - entropy_coef * entropy (+ value_coef * value_loss, + kl_coef
+    * kl); and max |ratio - 1| over the micro-batch (0 up to numerics on the first one)."""
+    token_logprobs, entropies, newvalues = _actor_critic_pass(actor_critic, policy, micro, settings)
+    newlogprobs = _action_logprobs(token_logprobs, micro)
+    device = newlogprobs.device
+    mb_logprobs = batch.logprobs[inds].to(device)
+    losses = ppo_losses(
+        newlogprobs,
+        mb_logprobs,
+        batch.advantages[inds].to(device, newlogprobs.dtype),
+        settings.clip_range,
+        new_values=newvalues,
+        old_values=batch.values[inds].to(device) if newvalues is not None else None,
+        returns=batch.returns[inds].to(device) if newvalues is not None else None,
+        value_clip_range=settings.value_clip_range,
+    )
+    entropy = torch.stack([e.mean() for e in entropies]).mean()
+    loss = losses["policy_loss"] - settings.entropy_coef * entropy
+    if newvalues is not None:
+        loss = loss + settings.value_coef * losses["value_loss"]
+    if settings.kl_coef > 0:
+        kl = torch.stack([_k3(lp, batch.ref_logprobs[i].to(device)) for lp, i in zip(token_logprobs, inds)]).mean()
+        loss = loss + settings.kl_coef * kl
+        losses["kl_to_initial"] = kl
+    losses.update(entropy=entropy, loss=loss)
+    ratio_deviation = (newlogprobs.detach() - mb_logprobs).exp().sub(1).abs().max()
+    return losses, ratio_deviation
 
 
 def _split_evenly(items: list, parts: int) -> list[list]:
@@ -752,20 +750,12 @@ def _reference_logprobs_fn(settings: PPOSettings, policy: Policy, device):
     return lambda turns: _token_logprobs(frozen, policy, turns, settings)
 
 
-@torch.no_grad()
 def _token_logprobs(model, policy: Policy, turns: list[_Turn], settings: PPOSettings) -> list[torch.Tensor]:
-    responses = [t.response_ids for t in turns]
-    batch = pack_prompt_responses(
-        [t.prompt_ids for t in turns], responses, policy.tokenizer.pad_token_id, policy.device
+    """Per-token log-probs of the turns' responses under `model` (the reference)."""
+    prompts, responses = [t.prompt_ids for t in turns], [t.response_ids for t in turns]
+    return policy.score(
+        prompts, responses, policy.image_inputs([t.images for t in turns]), settings.logit_scale, model=model
     )
-    return response_token_logprobs(
-        model,
-        batch,
-        responses,
-        policy.image_inputs([t.images for t in turns]),
-        settings.logit_scale,
-        autocast_dtype=policy.autocast_dtype,
-    ).logprobs
 
 
 def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
