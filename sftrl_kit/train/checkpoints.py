@@ -1,6 +1,7 @@
-"""PPO's checkpoints and resume, apart from the algorithm: the optimizer's state as
-safetensors plus JSON (nothing is unpickled), where a run resumes, what it adds to, and
-the learner it resumes with. The run folder's names are run_folder's."""
+"""The trainers' checkpoints and resume, apart from the algorithms: where a run resumes
+(PPO and SFT), and for PPO the optimizer's state as safetensors plus JSON (nothing is
+unpickled), what it adds to, and the learner it resumes with. The run folder's names are
+run_folder's; SFT's optimizer state is TRL's own (run_dir/trainer/)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def load_optimizer(optimizer, folder: Path) -> None:
 
 
 def resume_point(run_dir: Path) -> tuple[int, Path | None]:
-    """The update to continue after and its checkpoint: the run's last, or (0, None)."""
+    """The step or update to continue after and its checkpoint: the run's last, or (0, None)."""
     checkpoints = run_folder.list_checkpoints(run_dir)
     if not checkpoints:
         return 0, None

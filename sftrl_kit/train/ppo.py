@@ -174,10 +174,7 @@ class PPOSettings:
         if self.init_tokens is None:
             self.init_tokens = run_folder.start_tokens(self.model)
         resolve_engine(self.engine)  # an unknown name, or vllm where it is missing, fails here
-        if self.advantage not in ("gae", "grpo", "rloo"):
-            raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
-        if self.advantage != "gae" and self.group_size < 2:
-            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
+        check_advantage(self.advantage, self.group_size)
         if self.episodes_per_update % self.group_size:
             raise ValueError("episodes_per_update must be a multiple of group_size")
         if self.minibatch_size % self.micro_batch_size:
@@ -202,6 +199,18 @@ class PPOSettings:
 
 # ---------------------------------------------------------------------------------------
 # The pure pieces: advantages and losses (unit-tested against hand-computed values)
+
+
+ADVANTAGES = ("gae", "grpo", "rloo")
+
+
+def check_advantage(advantage: str, group_size: int) -> None:
+    """A ValueError for an unknown advantage estimator, or a critic-free one (grpo, rloo:
+    a baseline from the other episodes of a group) with groups of fewer than 2."""
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {advantage!r}")
+    if advantage != "gae" and group_size < 2:
+        raise ValueError(f"advantage={advantage!r} needs group_size >= 2, got {group_size}")
 
 
 def gae(rewards: Sequence[float], values: Sequence[float], last_value: float, gamma: float, lam: float):

@@ -28,6 +28,7 @@ from ..data import DATA_ROOT, load_sft_dataset
 from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
 from ..process import releases_memory
+from . import checkpoints
 
 
 @dataclass
@@ -211,8 +212,8 @@ def _is_main_process() -> bool:
 
 def _exported_step(run_dir: Path) -> int:
     """The step of the run's last exported checkpoint (-1 when there is none)."""
-    checkpoints = run_folder.list_checkpoints(run_dir)
-    return run_folder.read_counters(checkpoints[-1])["step"] if checkpoints else -1
+    step, checkpoint = checkpoints.resume_point(run_dir)
+    return step if checkpoint is not None else -1
 
 
 def _export(model, policy, run_dir: Path, counters: dict[str, Any]) -> Path:
