@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import pytest
+from conftest import REPO
 
 from sftrl_kit import presets, study
 from sftrl_kit.notebook import notebook_start
@@ -150,3 +151,34 @@ def test_train_configs_hold_only_what_differs_from_the_defaults(name, settings_c
     assert data
     assert {key: value for key, value in data.items() if defaults[key] == value} == {}
     assert dataclasses.asdict(load_yaml(cls, path)) == {**defaults, **data}
+
+
+def test_the_preset_values_notebook_comments_quote_are_the_presets():
+    """A parameters cell's comment that quotes a preset's value ("None: the preset's
+    (study: 20)", "(quickstart: 24)", or the notebook's own preset's "(0)") says what
+    presets.py holds, so that the two cannot drift apart."""
+    import ast
+    import json
+    import re
+
+    from sftrl_kit.presets import PRESETS
+
+    quoted = re.compile(r"^(\w+) = None  #.*?(?:\((quickstart|study|smoke): |None: the preset's \()(.+)\)\s*$")
+    checked = 0
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+        source = "".join(cells[0]["source"])
+        own = re.search(r'^preset = "(\w+)"', source, re.MULTILINE).group(1)
+        for line in source.splitlines():
+            match = quoted.match(line)
+            if not match:
+                continue
+            name, preset, text = match.group(1), PRESETS[match.group(2) or own], match.group(3)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                continue  # words, not a value ("the embedded SmolLM2-135M-Instruct; ...")
+            actual = getattr(preset.study, name) if hasattr(preset.study, name) else getattr(preset, name)
+            assert (list(actual) if isinstance(actual, tuple) else actual) == value, f"{path.name}: {line}"
+            checked += 1
+    assert checked >= 15  # 19 today
