@@ -221,14 +221,14 @@ def _execute(
 # --- what a run left ------------------------------------------------------------------
 
 FIGURES = ("*.png", "*.svg")
-TABLES = ("tables/*.csv", "tables/*.md")  # study.write_table's folder; its .json twins hold exact values
+TABLES = ("tables/*.csv", "tables/*.md")  # tables.write_table's folder; its .json twins hold exact values
 VERDICT_COLUMNS = ("comparison", "eval_set", "metric", "A - B (points)", "p", "significant", "test")
 
 
 def run_summary(folder: str | Path, most: int = 12) -> str:
     """What a batch left in its run folder, for the terminal: the executed notebooks, the
     figures and the tables (`most` names per folder), and the what-moved table
-    (study.what_moved, saved by study.write_table as tables/*what*moved*) if a notebook
+    (tables.what_moved, saved by tables.write_table as tables/*what*moved*) if a notebook
     wrote one."""
     folder = Path(folder)
     lines = [f"run folder: {folder}"]

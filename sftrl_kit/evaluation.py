@@ -47,6 +47,9 @@ EVAL_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=256, seed=0)
 KEY_FIELDS = ("env_id", "limit", "max_attempts", *(f.name for f in fields(SamplingConfig)), "engine", "env_overrides")
 # The metrics that are rates (each a rate_by_task dict: value, interval, counts).
 RATES = ("success_rate", "first_attempt_success", "per_step_accuracy", "first_answer_accuracy", "recognition_accuracy")
+FIRST_ANSWER_METRIC = (
+    "first_answer_accuracy"  # the fake-rule control's clean number: later tries hear the verifier's rule
+)
 
 
 def task_ids(episodes: Sequence[Episode]) -> list[str]:

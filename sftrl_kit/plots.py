@@ -1,25 +1,24 @@
 """The study's figures, drawn from run folders alone.
 
-A run folder holds checkpoints/<name>/checkpoint.json (step, tokens, GFLOPs) and, after
-evaluation, checkpoints/<name>/eval/<set>/<key digest>/metrics.json, one per set and
-settings (the layout: run_folder). `checkpoint_rows` flattens them
-(evaluation.evaluation_row), with each evaluation's settings as columns
-(evaluation.KEY_FIELDS); the plots take those rows, so every figure can be redrawn from
-the folders. A figure refuses rows whose settings differ (a ValueError names them): pick
-them with `checkpoint_rows(..., keys=settings.eval_keys())`.
+The plots take the rows of `tables.checkpoint_rows` (one per run, checkpoint and
+evaluation, with each evaluation's settings as columns), so every figure can be redrawn
+from the folders; what a figure shows beyond the rows (a change from the start) is
+computed in tables.py too. A figure refuses rows whose settings differ (a ValueError names
+them): pick them with `tables.checkpoint_rows(..., keys=settings.eval_keys())`.
 
   plot_curves      a metric against training GFLOPs, one panel per eval set (ID, OOD),
                    points with the 95% intervals the evaluation stored (Wilson's, on the
                    effective number of answers for rates over answers), and a
                    Savitzky-Golay-smoothed line (polynomial order 3), as in the paper
   plot_change      change of a metric from each run's first checkpoint to its last,
-                   in points, with the difference's 95% interval (the paper's OOD bars)
+                   in points, with the difference's 95% interval (the paper's OOD bars;
+                   the numbers: tables.change_from_start)
   plot_recognition recognition accuracy against success per checkpoint, one panel per
                    set (the vision tasks: the paper's recognition figure)
   training_curves  a run's own log (metrics.jsonl): PPO's success, return, KL, clip
                    fraction and explained variance per update; SFT's loss per step
 
-Every figure names runs and sets the same way: `run_label` ("RL (PPO)", "SFT") and
+Every figure names runs and sets the same way: `tables.run_label` ("RL (PPO)", "SFT") and
 `set_label` (the split registry's description, data.GP_EVAL_SPLITS / VIRL_EVAL_SPLITS).
 """
 
@@ -34,9 +33,9 @@ import numpy as np
 
 from . import run_folder
 from .data import GP_EVAL_SPLITS, VIRL_EVAL_SPLITS
-from .evaluation import KEY_FIELDS, RATES, evaluation_row, load_evaluations, require_same_settings
-from .run_folder import METRICS, list_checkpoints, read_counters, read_metrics
-from .stats import compare_rates, wilson_interval
+from .run_folder import METRICS, read_metrics
+from .stats import wilson_interval
+from .tables import change_from_start, require_one_setting, run_label, run_series, runs_in
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 # --- names, defined once --------------------------------------------------------------
 
-METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
 # What the kind of a split is called, from the end of its id (gp-rule-ood -> rule OOD).
 _SET_KINDS = {"id": "ID", "rule-ood": "rule OOD", "fake-rule": "fake rule", "visual-ood": "visual OOD", "ood": "OOD"}
 # One look per run, in the order runs come: colour, marker and line style all differ,
@@ -61,14 +59,6 @@ _STYLES = [
 ]
 
 
-def run_label(name: str, method: str | None = None) -> str:
-    """How figures name a run: "RL (PPO)" or "SFT" for a folder named after its method
-    (the study's branches), else the method's label and the folder ("RL (PPO), budget-3")."""
-    if name in METHOD_LABELS:
-        return METHOD_LABELS[name]
-    return f"{METHOD_LABELS[method]}, {name}" if method in METHOD_LABELS else name
-
-
 def set_label(eval_set: str) -> str:
     """How figures name an eval set: its kind and the split registry's description,
     'gp-rule-ood' -> 'rule OOD: new rule (J, Q, K = 11, 12, 13), at least one face card,
@@ -83,56 +73,6 @@ def set_label(eval_set: str) -> str:
 
 def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
-
-
-# --- rows from run folders ------------------------------------------------------------
-
-
-def checkpoint_rows(
-    run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None, keys: dict[str, dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
-    """One row per (run, checkpoint, evaluation) with counters, settings and rates.
-
-    `run` is labels[i] or the folder's name; `label`, what figures show, is labels[i] or
-    run_label(folder name, method). `keys` ({set: key or some of its fields}, e.g.
-    settings.eval_keys()) keeps the evaluations of those sets with those settings;
-    without it, every evaluation. `<metric>_rate` holds the full rate (with its per-task
-    counts, for compare_rates); the failure modes' rates (evaluation.failure_modes:
-    other_rule_used, other_rule_numbers, ...) are columns too, so that plot_change draws
-    a memorisation signature as it draws success.
-    """
-    wanted = list(keys.items()) if keys is not None else [(None, None)]
-    rows = []
-    for index, run_dir in enumerate(run_dirs):
-        run = labels[index] if labels else Path(run_dir).name
-        for checkpoint in list_checkpoints(run_dir):
-            counters = read_counters(checkpoint)
-            label = labels[index] if labels else run_label(run, counters.get("method"))
-            for eval_set, where in wanted:
-                for metrics in load_evaluations(checkpoint, eval_set, where):
-                    row = evaluation_row(run, checkpoint, counters, metrics)
-                    rates = {metric: metrics.get(metric) for metric in RATES}
-                    modes = metrics.get("failure_modes", {})
-                    rates |= {mode: entry["rate"] for mode, entry in modes.items() if isinstance(entry, dict)}
-                    values = {mode: rate["value"] for mode, rate in rates.items() if mode not in RATES and rate}
-                    rows.append({**row, **values, "label": label, **{f"{m}_rate": rate for m, rate in rates.items()}})
-    return rows
-
-
-def _one_setting(rows: Sequence[dict[str, Any]], what: str) -> None:
-    require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], what)
-
-
-def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """{run: its label}, in the order the rows bring them."""
-    return {r["run"]: r.get("label", r["run"]) for r in rows}
-
-
-def _series(rows: Sequence[dict[str, Any]], run: str, eval_set: str, metric: str, x: str = "gflops") -> list[dict]:
-    return sorted(
-        (r for r in rows if r["run"] == run and r["eval_set"] == eval_set and r[metric] is not None),
-        key=lambda r: r[x],
-    )
 
 
 def _episodes_text(rows: Sequence[dict[str, Any]], what: str = "per point") -> str:
@@ -189,8 +129,8 @@ def plot_curves(
     from matplotlib.lines import Line2D
 
     sets = list(eval_sets or sorted({r["eval_set"] for r in rows}))
-    _one_setting([r for r in rows if r["eval_set"] in sets], f"the {metric} curves")
-    runs = _runs(r for r in rows if r["eval_set"] in sets)
+    require_one_setting([r for r in rows if r["eval_set"] in sets], f"the {metric} curves")
+    runs = runs_in(r for r in rows if r["eval_set"] in sets)
     if x not in ("gflops", "step"):
         raise ValueError(f"x must be 'gflops' or 'step', got {x!r}")
     xs = [r[x] for r in rows] or [0.0]
@@ -201,7 +141,7 @@ def plot_curves(
         top = 10.0
         shown = []
         for index, (run, label) in enumerate(runs.items()):
-            series = _series(rows, run, eval_set, metric, x)
+            series = run_series(rows, run, eval_set, metric, x)
             if not series:
                 continue
             shown += series
@@ -242,37 +182,6 @@ def plot_curves(
     return _with_legend(figure, axes[0][0], handles)
 
 
-def change_from_start(
-    rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate"
-) -> list[dict[str, Any]]:
-    """Per run: last checkpoint minus first on one eval set, in points, with the 95%
-    interval and p-value of stats.compare_rates, the test it used, and the episodes
-    of each end."""
-    _one_setting([r for r in rows if r["eval_set"] == eval_set], f"the change in {metric} on {eval_set}")
-    out = []
-    for run, label in _runs(rows).items():
-        series = _series(rows, run, eval_set, metric)
-        if len(series) < 2:
-            continue
-        first, last = series[0], series[-1]
-        interval = compare_rates(last[f"{metric}_rate"], first[f"{metric}_rate"])
-        out.append(
-            {
-                "run": run,
-                "label": label,
-                "start": 100 * first[metric],
-                "end": 100 * last[metric],
-                "change": 100 * (last[metric] - first[metric]),
-                "low": 100 * interval["low"],
-                "high": 100 * interval["high"],
-                "p_value": interval["p_value"],
-                "test": interval["test"],
-                "episodes": (first["episodes"], last["episodes"]),
-            }
-        )
-    return out
-
-
 def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "success_rate") -> Figure:
     """Bars of each run's change (points) from its first checkpoint, with the 95%
     interval of the difference from compare_rates (not zero when both rates are 0/n).
@@ -281,7 +190,7 @@ def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "su
     import matplotlib.pyplot as plt
 
     changes = change_from_start(rows, eval_set, metric)
-    runs = list(_runs(rows))
+    runs = list(runs_in(rows))
     figure, ax = plt.subplots(figsize=(max(5.5, 1.5 + 1.6 * len(changes)), 4.4))
     positions = np.arange(len(changes))
     for position, change in zip(positions, changes):
@@ -336,14 +245,14 @@ def plot_recognition(rows: Sequence[dict[str, Any]], eval_sets: Sequence[str], m
     from matplotlib.lines import Line2D
 
     recognition = "recognition_accuracy"
-    _one_setting([r for r in rows if r["eval_set"] in eval_sets], "the recognition figure")
-    runs = _runs(r for r in rows if r["eval_set"] in eval_sets)
+    require_one_setting([r for r in rows if r["eval_set"] in eval_sets], "the recognition figure")
+    runs = runs_in(r for r in rows if r["eval_set"] in eval_sets)
     figure, axes = plt.subplots(1, len(eval_sets), figsize=(5.2 * len(eval_sets), 4.4), squeeze=False)
     handles = []
     for ax, eval_set in zip(axes[0], eval_sets):
         shown = []
         for index, (run, label) in enumerate(runs.items()):
-            series = [r for r in _series(rows, run, eval_set, metric) if r[recognition] is not None]
+            series = [r for r in run_series(rows, run, eval_set, metric) if r[recognition] is not None]
             if not series:
                 continue
             shown += series

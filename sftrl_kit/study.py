@@ -13,9 +13,11 @@ for any task (StudySettings.task: gp-l, virl-l, or the image versions gp-vl, vir
     evaluate_runs      every checkpoint of every run on the study's sets
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
                        once and its results copied to each branch's step 0)
-    what_moved         per run and set: start -> end with intervals and a test; and the
-                       branches against each other at the end
     run_study          all of the above in one call (what 06 runs, or finds 00 ran)
+
+What moved (each run's end against its start, the branches' ends against each other, with
+intervals and a test) and the verdict are tables.what_moved and tables.verdict_rows, read
+from the evaluated run folders; tables.write_table saves them.
 
 Evaluations are keyed by their settings (evaluation.evaluation_key): `settings.eval_keys()`
 names the ones a study's tables and figures use, and anything that gathers evaluations
@@ -49,15 +51,7 @@ from .data import (
 )
 from .engines import resolve_engine
 from .envs import recognised
-from .evaluation import (
-    KEY_FIELDS,
-    evaluate_checkpoints,
-    evaluate_model,
-    evaluation_key,
-    key_columns,
-    require_same_settings,
-    select_evaluation,
-)
+from .evaluation import evaluate_checkpoints, evaluate_model, evaluation_key, select_evaluation
 from .files import write_atomically
 from .models import SamplingConfig, is_vision_model
 from .run_folder import (
@@ -69,7 +63,6 @@ from .run_folder import (
     read_evaluations,
 )
 from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
-from .stats import compare_rates
 from .tasks import STUDY_TASKS, StudyTask, study_task
 
 if TYPE_CHECKING:
@@ -77,11 +70,6 @@ if TYPE_CHECKING:
 
 
 REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (data.expert_records(reasoning=True))
-
-
-FIRST_ANSWER_METRIC = (
-    "first_answer_accuracy"  # the fake-rule control's clean number: later tries are told the verifier's rule
-)
 
 
 @dataclass
@@ -232,7 +220,7 @@ class StudySettings:
 
     def eval_keys(self) -> dict[str, dict[str, Any]]:
         """{set: the key of its evaluation under these settings}: what tables and figures
-        should select (`what_moved(..., keys=...)`, `plots.checkpoint_rows(..., keys=...)`)."""
+        should select (`tables.what_moved(..., keys=...)`, `tables.checkpoint_rows(..., keys=...)`)."""
         return {
             name: evaluation_key(
                 name,
@@ -350,29 +338,6 @@ def misread_episodes(checkpoint: str | Path, eval_set: str, key: dict[str, Any] 
 
 def _misread(turn) -> bool:
     return turn.verdict.get("recognition_correct") is False and recognised(turn.verdict) is not None
-
-
-def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:
-    """rows -> run_dir/tables/<name>.csv (and .json, exact values).
-
-    Rows that carry evaluation settings (columns named as in evaluation.KEY_FIELDS) must
-    agree on them, except the fields in `vary` (a table meant to compare, e.g., budgets):
-    otherwise a ValueError names the differing fields.
-    """
-    import csv
-
-    settings = [{f: row[f] for f in KEY_FIELDS if f in row} for row in rows]
-    if any(settings):
-        require_same_settings(settings, f"table {name!r}", ignore=("eval_set", *vary))
-    folder = run_folder.tables_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (folder / f"{name}.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / f"{name}.csv"
 
 
 def sft_start(settings: StudySettings, run_dir: Path, dataset: Path, name: str = run_folder.START_RUN) -> Path:
@@ -659,84 +624,6 @@ def _copy_evaluations(start: Path, step_zero: Path) -> None:
     for evaluation in read_evaluations(start):
         if read_evaluation(step_zero, evaluation["key"]) is None:
             copy_evaluation(evaluation, step_zero, copied_from=str(start))
-
-
-def what_moved(
-    runs: Sequence[Path],
-    eval_sets: Sequence[str],
-    metric: str = "success_rate",
-    keys: dict[str, dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Did anything move? `metric`: a rate of evaluation's metrics (success_rate,
-    per_step_accuracy, ...) or a failure mode (other_rule_used: the share of answers
-    that followed the rule not in force; on rule-OOD sets, the trained rule). Rows of A - B with A's and B's rates and
-    95% intervals, the difference with its 95% interval, a p-value, and the test used
-    (stats.compare_rates: McNemar's for checkpoints on the same tasks, cluster-robust
-    tests for rates over answers): per run and set, its last checkpoint (A) against its
-    first (B); then per set, the first run's last checkpoint (A) against each other run's (B).
-
-    `keys` ({set: key or some of its fields}, e.g. settings.eval_keys()) picks the
-    evaluations; without it, each checkpoint must hold one per set. Rows whose
-    evaluations differ in any setting raise a ValueError that names them."""
-    rows = []
-    ends = {}
-    for run in map(Path, runs):
-        series = _evaluated(run)
-        if len(series) < 2:
-            continue
-        first, last = series[0], series[-1]
-        for name in eval_sets:
-            ends[(run.name, name)] = last
-            rows.append(_comparison(f"{run.name}: end - start", name, (last, first), metric, keys))
-    names = [Path(r).name for r in runs]
-    for name in eval_sets:
-        for other in names[1:]:
-            if (names[0], name) in ends and (other, name) in ends:
-                pair = (ends[(names[0], name)], ends[(other, name)])
-                rows.append(_comparison(f"{names[0]} end - {other} end", name, pair, metric, keys))
-    require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], "what_moved")
-    return rows
-
-
-def _comparison(
-    label: str, eval_set: str, pair: tuple[Path, Path], metric: str, keys: dict[str, dict[str, Any]] | None
-) -> dict[str, Any]:
-    (a, key_a), (b, key_b) = (_rate(checkpoint, eval_set, metric, (keys or {}).get(eval_set)) for checkpoint in pair)
-    require_same_settings([key_a, key_b], f"{label} on {eval_set}")
-    c = compare_rates(a, b)
-    return {
-        "comparison": label,
-        "eval_set": eval_set,
-        "metric": metric,
-        "A": _cell(a),
-        "B": _cell(b),
-        "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
-        "p": c["p_value"],  # exact; stats.format_p_value writes it for people
-        "significant": c["significant"],
-        "test": c["test"],
-        "GFLOPs A": round(counters(pair[0])["gflops"], 1),
-        "GFLOPs B": round(counters(pair[1])["gflops"], 1),
-        **key_columns(key_a),
-    }
-
-
-def _evaluated(run: Path) -> list[Path]:
-    """The run's checkpoints with an evaluation, in the order of their steps."""
-    return [checkpoint for checkpoint in list_checkpoints(run) if read_evaluations(checkpoint)]
-
-
-def _rate(checkpoint: Path, eval_set: str, metric: str, key: dict[str, Any] | None) -> tuple[dict[str, Any], dict]:
-    """A checkpoint's rate `metric` on eval_set (the evaluation with `key`), and that key."""
-    metrics = select_evaluation(checkpoint, eval_set, key)
-    if metric in metrics.get("failure_modes", {}):
-        return metrics["failure_modes"][metric]["rate"], metrics["key"]
-    if metrics.get(metric) is None:
-        raise KeyError(f"{metrics['folder']} has no rate {metric!r}")
-    return metrics[metric], metrics["key"]
-
-
-def _cell(rate: dict[str, Any]) -> str:
-    return f"{rate['successes']}/{rate['trials']} = {100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
 
 
 def _every(total: int, checkpoints: int) -> int:

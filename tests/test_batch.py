@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from sftrl_kit import study
+from sftrl_kit import tables
 from sftrl_kit.batch import NotebookFailure, resolve_notebooks, run_batch, run_summary
 from sftrl_kit.notebook_parameters import notebook_parameters, split_parameters
 
@@ -249,7 +249,7 @@ def test_the_summary_says_where_notebooks_figures_tables_and_the_verdict_are(tmp
     (run / "batch.json").write_text(
         json.dumps({"notebooks": [{"name": "00_quickstart", "status": "ok", "seconds": 1830.0}], "parameters": {}})
     )
-    study.write_table([{"run": "ppo", "eval_set": "gp-id", "success": "3/4"}], run, "quickstart-evaluations")
+    tables.write_table([{"run": "ppo", "eval_set": "gp-id", "success": "3/4"}], run, "quickstart-evaluations")
     moved = [
         {
             "comparison": "ppo: end - start",
@@ -273,7 +273,7 @@ def test_the_summary_says_where_notebooks_figures_tables_and_the_verdict_are(tmp
             "test": "McNemar exact",
         },
     ]
-    study.write_table(moved, run, "quickstart-what-moved")
+    tables.write_table(moved, run, "quickstart-what-moved")
 
     (run / "views" / "route-7").mkdir(parents=True)
     for k in range(3):

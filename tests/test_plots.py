@@ -10,16 +10,14 @@ import pytest  # noqa: E402
 from conftest import synthetic_run  # noqa: E402
 
 from sftrl_kit.plots import (  # noqa: E402
-    change_from_start,
-    checkpoint_rows,
     plot_change,
     plot_curves,
     plot_recognition,
-    run_label,
     set_label,
     smooth,
     training_curves,
 )
+from sftrl_kit.tables import change_from_start, checkpoint_rows, run_label  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import pytest
 from conftest import REPO, synthetic_run
 from scripted import ScriptedResponder
 
-from sftrl_kit import plots, study
+from sftrl_kit import plots, study, tables
 from sftrl_kit.evaluation import evaluate, evaluate_model, evaluation_key, load_evaluations, select_evaluation
 from sftrl_kit.models import SamplingConfig
 from sftrl_kit.run_folder import checkpoint_dir, key_digest, write_counters
@@ -16,7 +16,7 @@ SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=64)
 def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_path):
     rl = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8), (30, 30)])
     sft = synthetic_run(tmp_path, "sft", "sft", [(10, 6), (30, 4), (40, 2)])
-    rows = study.what_moved([rl, sft], ["id", "ood"])
+    rows = tables.what_moved([rl, sft], ["id", "ood"])
     by_label = {(r["comparison"], r["eval_set"]): r for r in rows}
     assert len(rows) == 6
     ood_rl = by_label[("rl: end - start", "ood")]
@@ -36,40 +36,40 @@ def test_what_moved_compares_each_run_to_its_start_and_the_branches_ends(tmp_pat
     assert ends["A"].startswith("30/50")
     assert ends["B"].startswith("2/50")
     assert ends["significant"]
-    per_answer = study.what_moved([rl], ["ood"], metric="per_step_accuracy")[0]
+    per_answer = tables.what_moved([rl], ["ood"], metric="per_step_accuracy")[0]
     assert per_answer["test"].startswith("paired z, cluster-robust")
 
 
 def test_what_moved_skips_runs_with_one_evaluated_checkpoint(tmp_path):
     lone = synthetic_run(tmp_path, "lone", "ppo", [(10, 6)])
-    assert study.what_moved([lone], ["id"]) == []
+    assert tables.what_moved([lone], ["id"]) == []
 
 
 def test_tables_and_figures_refuse_evaluations_at_mixed_budgets(tmp_path):
     run = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8)], budget={"id": 5, "ood": 2})
-    rows = plots.checkpoint_rows([run])
+    rows = tables.checkpoint_rows([run])
     with pytest.raises(ValueError, match="max_attempts: 5, 2"):
         plots.plot_curves(rows, eval_sets=["id", "ood"])
     with pytest.raises(ValueError, match="max_attempts: 5, 2"):
-        study.what_moved([run], ["id", "ood"])
+        tables.what_moved([run], ["id", "ood"])
     with pytest.raises(ValueError, match="max_attempts: 5, 2"):
-        study.write_table(rows, tmp_path, "mixed")
-    study.write_table(rows, tmp_path, "budgets", vary=["max_attempts"])  # a table meant to compare budgets
-    assert len(study.what_moved([run], ["id"])) == 1  # one budget per set: fine
-    assert len(plots.change_from_start(rows, "ood")) == 1
+        tables.write_table(rows, tmp_path, "mixed")
+    tables.write_table(rows, tmp_path, "budgets", vary=["max_attempts"])  # a table meant to compare budgets
+    assert len(tables.what_moved([run], ["id"])) == 1  # one budget per set: fine
+    assert len(tables.change_from_start(rows, "ood")) == 1
 
 
 def test_a_second_budget_on_the_same_checkpoints_is_kept_apart_by_the_keys(tmp_path):
     run = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8)], budget=5)
     synthetic_run(tmp_path, "rl", "ppo", [(1, 1), (2, 2)], budget=2)  # the same checkpoints, evaluated at budget 2
     with pytest.raises(ValueError, match="max_attempts: 2, 5"):
-        study.what_moved([run], ["id"])
+        tables.what_moved([run], ["id"])
     with pytest.raises(ValueError, match="max_attempts: 2, 5"):
-        plots.change_from_start(plots.checkpoint_rows([run]), "id")
-    at_5 = study.what_moved([run], ["id"], keys={"id": {"max_attempts": 5}})
+        tables.change_from_start(tables.checkpoint_rows([run]), "id")
+    at_5 = tables.what_moved([run], ["id"], keys={"id": {"max_attempts": 5}})
     assert at_5[0]["A"].startswith("20/50")
     assert at_5[0]["max_attempts"] == 5
-    rows = plots.checkpoint_rows([run], keys={"id": {"max_attempts": 2}})
+    rows = tables.checkpoint_rows([run], keys={"id": {"max_attempts": 2}})
     assert [r["success_rate_successes"] for r in rows] == [1, 2]
     assert {r["eval_set"] for r in rows} == {"id"}
 
@@ -262,7 +262,7 @@ def test_compute_match_says_when_two_runs_are_not_at_matched_gflops(tmp_path):
 
 
 def test_tables_are_written_as_csv_and_json(tmp_path):
-    path = study.write_table([{"a": 1, "b": "x"}, {"a": 2, "c": True}], tmp_path, "t")
+    path = tables.write_table([{"a": 1, "b": "x"}, {"a": 2, "c": True}], tmp_path, "t")
     assert path.read_text().splitlines() == ["a,b,c", "1,x,", "2,,True"]
     assert json.loads((tmp_path / "tables" / "t.json").read_text())[1] == {"a": 2, "c": True}
 
