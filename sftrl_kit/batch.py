@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import run_folder
 from .files import write_atomically
 from .notebook import KIT_ROOT, TEXT_PROGRESS, env_flag
 from .notebook_parameters import notebook_parameters, split_parameters
@@ -221,7 +222,7 @@ def _execute(
 # --- what a run left ------------------------------------------------------------------
 
 FIGURES = ("*.png", "*.svg")
-TABLES = ("tables/*.csv", "tables/*.md")  # tables.write_table's folder; its .json twins hold exact values
+TABLES = (f"{run_folder.TABLES}/*.csv", f"{run_folder.TABLES}/*.md")  # tables.write_table's; .json twins: exact values
 VERDICT_COLUMNS = ("comparison", "eval_set", "metric", "A - B (points)", "p", "significant", "test")
 
 
@@ -238,9 +239,9 @@ def run_summary(folder: str | Path, most: int = 12) -> str:
             f"  {e['name']}.ipynb  {e['status']}" + (f", {e['seconds'] / 60:.1f} min" if "seconds" in e else "")
             for e in _read_state(folder)["notebooks"]
         ]
-    lines += _listing("figures", folder, _files(folder, FIGURES), most)
-    lines += _listing("tables", folder, _files(folder, TABLES), most)
-    for table in _files(folder, ("tables/*.csv",)):
+    lines += _listing(run_folder.FIGURES, folder, _files(folder, FIGURES), most)
+    lines += _listing(run_folder.TABLES, folder, _files(folder, TABLES), most)
+    for table in _files(folder, TABLES[:1]):
         if table.stem.replace("_", "-").endswith("what-moved"):
             lines.append(f"what moved ({table.relative_to(folder)}):")
             lines += ["  " + line for line in _text_table(_read_rows(table), VERDICT_COLUMNS)]

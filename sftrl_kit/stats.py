@@ -93,6 +93,15 @@ def format_p_value(p: float) -> str:
     return "p < 0.0001" if p < 0.0001 else f"{p:.4f}".rstrip("0").rstrip(".") if p < 1 else "1"
 
 
+def format_rate(rate: dict[str, Any], counts: bool = True) -> str:
+    """A rate as tables and the terminal write it: '3/100 = 3.0% [1.0, 8.5]' (counts=False:
+    '  3.0% [1.0, 8.5]', the value in five characters, for columns)."""
+    interval = f"[{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+    if counts:
+        return f"{rate['successes']}/{rate['trials']} = {100 * rate['value']:.1f}% {interval}"
+    return f"{100 * rate['value']:5.1f}% {interval}"
+
+
 def compare_rates(a: dict[str, Any], b: dict[str, Any], z: float = Z_95) -> dict[str, Any]:
     """Is rate a different from rate b? Returns the difference a - b, its 95% interval,
     a two-sided p-value, and `test`: the test the data called for.

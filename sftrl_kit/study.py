@@ -59,10 +59,10 @@ from .run_folder import (
     copy_evaluation,
     last_checkpoint,
     list_checkpoints,
+    read_counters,
     read_evaluation,
     read_evaluations,
 )
-from .run_folder import read_counters as counters  # study.counters(checkpoint), as the notebooks call it
 from .tasks import STUDY_TASKS, StudyTask, study_task
 
 if TYPE_CHECKING:
@@ -391,7 +391,7 @@ def ppo_settings(
         save_every=_every(settings.ppo_updates, settings.checkpoints),
         seed=settings.seed,
         engine=settings.engine,
-        init_tokens=counters(start)["tokens"] if Path(start).is_dir() else 0,
+        init_tokens=read_counters(start)["tokens"] if Path(start).is_dir() else 0,
     )
     return replace(ppo, **overrides)
 
@@ -406,7 +406,7 @@ def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = 
 def sft_steps_for(target_gflops: float, start: Path) -> int:
     """SFT steps from the start whose X_SFT reaches target_gflops, at the tokens per step
     the start's own run measured."""
-    start_counters = counters(start)
+    start_counters = read_counters(start)
     tokens_per_step = start_counters["tokens"] / max(1, start_counters["step"])
     needed_tokens = sft_tokens_for(target_gflops * 1e9, start_counters["num_parameters"], start_counters["tokens"])
     return max(1, math.ceil(needed_tokens / tokens_per_step))
@@ -429,7 +429,7 @@ def sft_branch(
             batch_size=settings.sft_batch_size,
             logging_steps=1,
             seed=settings.seed + 1,
-            init_tokens=counters(start)["tokens"],
+            init_tokens=read_counters(start)["tokens"],
         )
     )
 
@@ -442,7 +442,7 @@ def matched_sft_branch(
     folder (compute_match says how close the two ended)."""
     if not run_folder.is_checkpoint(start):
         raise ValueError(f"the SFT branch continues a start checkpoint; {start} is none (PPO began without SFT)")
-    steps = sft_steps_for(counters(last_checkpoint(ppo_run))["gflops"], Path(start))
+    steps = sft_steps_for(read_counters(last_checkpoint(ppo_run))["gflops"], Path(start))
     return sft_branch(settings, run_dir, Path(start), dataset, steps, name)
 
 
@@ -453,7 +453,7 @@ def compute_match(runs: Sequence[Path], tolerance: float = MATCH_TOLERANCE) -> s
     """A line per run after the first: its last checkpoint's training GFLOPs beside the
     first run's, and whether they are matched (within `tolerance` of the larger), so that
     a comparison at unequal compute is said out loud."""
-    ends = [(Path(run).name, counters(last_checkpoint(run))["gflops"]) for run in runs]
+    ends = [(Path(run).name, read_counters(last_checkpoint(run))["gflops"]) for run in runs]
     (first, first_gflops), lines = ends[0], []
     for name, gflops in ends[1:]:
         gap = abs(first_gflops - gflops) / max(first_gflops, gflops, 1e-12)
@@ -475,7 +475,7 @@ def update_episodes(ppo_run: Path, update: int | None = None) -> dict[str, list]
             f"no episodes of update {number} in {ppo_run} (it has updates {min(files)}-{max(files)})"
         )
     path = files[number]
-    saved = {counters(c)["step"]: c for c in list_checkpoints(ppo_run)}
+    saved = {read_counters(c)["step"]: c for c in list_checkpoints(ppo_run)}
     weights = f"checkpoint {saved[number - 1].name}" if number - 1 in saved else f"weights after update {number - 1}"
     from .episodes import read_episodes
 
@@ -526,7 +526,7 @@ def evaluate_runs(
         evaluate_checkpoint(settings, Path(start), progress)
         for run in runs:
             first = list_checkpoints(run)[:1]
-            if first and counters(first[0])["step"] == 0:
+            if first and read_counters(first[0])["step"] == 0:
                 _copy_evaluations(Path(start), first[0])
     return evaluate_checkpoints(runs, **_evaluation_settings(settings), progress=progress)
 
@@ -554,7 +554,7 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     Why validation sets: the best of several noisy estimates is biased upwards, so a start
     picked on the reported rule-OOD deals would make every branch's "end - start" there
     lean negative by the selection alone."""
-    candidates = [c for c in list_checkpoints(start_run) if counters(c)["step"] > 0]  # step 0: no format yet
+    candidates = [c for c in list_checkpoints(start_run) if read_counters(c)["step"] > 0]  # step 0: no format yet
     if not candidates:
         raise FileNotFoundError(f"{start_run} has no trained checkpoint to pick from")
     window = settings.validation()
@@ -562,7 +562,7 @@ def pick_start(settings: StudySettings, start_run: Path, progress: bool = True) 
     keys = window.eval_keys() if len(candidates) > 1 else {}
     rows = []
     for checkpoint in candidates:
-        row: dict[str, Any] = {"checkpoint": str(checkpoint), "step": counters(checkpoint)["step"]}
+        row: dict[str, Any] = {"checkpoint": str(checkpoint), "step": read_counters(checkpoint)["step"]}
         if keys:
             evaluate_checkpoint(window, checkpoint, progress)
             at = {name: select_evaluation(checkpoint, name, keys[name]) for name in keys}

@@ -38,7 +38,7 @@ from .evaluation import (
     require_same_settings,
 )
 from .run_folder import list_checkpoints, read_counters
-from .stats import compare_rates
+from .stats import compare_rates, format_rate
 
 METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
 
@@ -227,8 +227,8 @@ def _comparison(
         "comparison": label,
         "eval_set": eval_set,
         "metric": metric,
-        "A": _cell(_rate(a, metric)),
-        "B": _cell(_rate(b, metric)),
+        "A": format_rate(_rate(a, metric)),
+        "B": format_rate(_rate(b, metric)),
         "A - B (points)": f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]",
         "p": c["p_value"],  # exact; stats.format_p_value writes it for people
         "significant": c["significant"],
@@ -237,10 +237,6 @@ def _comparison(
         "GFLOPs B": round(b["gflops"], 1),
         **{field: a[field] for field in KEY_FIELDS if field in a},  # the key's settings (evaluation.key_columns)
     }
-
-
-def _cell(rate: dict[str, Any]) -> str:
-    return f"{rate['successes']}/{rate['trials']} = {100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
 
 
 def verdict_rows(settings: Any, runs: Sequence[Path], keys: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:

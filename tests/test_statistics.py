@@ -193,3 +193,11 @@ def test_the_statistics_need_nothing_of_the_evaluator():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_rates_are_written_one_way_in_tables_and_the_terminal():
+    from sftrl_kit.stats import format_rate
+
+    rate = {"successes": 3, "trials": 100, "value": 0.03, "low": 0.0103, "high": 0.0845}
+    assert format_rate(rate) == "3/100 = 3.0% [1.0, 8.5]"
+    assert format_rate(rate, counts=False) == "  3.0% [1.0, 8.5]"
