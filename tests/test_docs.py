@@ -162,3 +162,17 @@ def test_every_kit_name_mentioned_exists(page):
             if "_" in call and call not in defined:
                 problems.append(f"{call}()")
     assert not problems, f"{page.name} names what the kit does not have: {sorted(set(problems))}"
+
+
+def test_the_design_page_lays_out_every_module_of_the_kit():
+    """docs/design.md's layout names every file of sftrl_kit (by its name or, inside a
+    package line such as envs/general_points/, by its stem), so the floor plan a reader
+    is shown is the one in the tree."""
+    text = (REPO / "docs" / "design.md").read_text()
+    layout = text[text.index("## Layout") : text.index("## Choices worth knowing")]
+    missing = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "sftrl_kit").rglob("*.py"))
+        if path.name != "__init__.py" and path.name not in layout and path.stem not in layout
+    ]
+    assert missing == []
