@@ -21,8 +21,8 @@ PROMPT_VARIANTS = 4
 canonical one, which evaluation always uses. SFT data can vary them (the prompt-varied
 SFT control); in every variant the rule is stated where the canonical prompt states it
 (GP: the task sentence and the output schema's number field; V-IRL: the action space in
-the task and in the output format),
-so a rule-OOD prompt differs from an ID one there alone."""
+the task and in the output format), so a rule-OOD prompt differs from an ID one there
+alone."""
 
 
 def check_prompt_variant(variant: int) -> None:
