@@ -92,10 +92,11 @@ class PPOSettings:
 
     # what to train, on what
     model: str = "default"
-    """the SFT initialisation (a checkpoint folder), or a base model ('default', 'tiny', 'tiny-vl')"""
+    """the SFT initialisation (a checkpoint folder), or a base model ('default', 'default-vl', 'tiny', 'tiny-vl')"""
     run_dir: str = "papermill_runs/ppo"
     """the run folder: metrics.jsonl, episodes/, checkpoints/; one run per folder (other settings are refused),
-    which resumes from its last checkpoint"""
+    which resumes from its last checkpoint. `sftrl ppo` gives a new papermill_runs/<time>-ppo unless --out names
+    one"""
     env_id: str = "gp-l"
     """the environment trained on (gp-l, gp-vl, virl-l, virl-vl)"""
     env_config: dict[str, Any] = field(default_factory=lambda: training_config("gp-l"))
