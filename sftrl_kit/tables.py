@@ -36,8 +36,9 @@ from .evaluation import (
     evaluation_row,
     load_evaluations,
     require_same_settings,
+    select_evaluation,
 )
-from .run_folder import list_checkpoints, read_counters
+from .run_folder import list_checkpoints, read_counters, read_evaluations
 from .stats import compare_rates, format_rate
 
 METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
@@ -202,6 +203,7 @@ def what_moved(
         evaluated = checkpoint_rows([run], keys=wanted)
         for name in eval_sets:
             moved = end_against_start(evaluated, run.name, name, metric)
+            _require_both_ends(run, name, wanted[name], moved)
             if moved is not None:
                 ends[(index, name)] = moved.end
                 rows.append(
@@ -217,6 +219,23 @@ def what_moved(
                 rows.append(_comparison(label, name, metric, a, b, compare_rates(_rate(a, metric), _rate(b, metric))))
     require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], "what_moved")
     return rows
+
+
+def _require_both_ends(run: Path, eval_set: str, key: dict[str, Any] | None, moved: EndAgainstStart | None) -> None:
+    """A run evaluated at two or more checkpoints must hold this set's evaluation (at these
+    settings) at its first and its last: a table never compares other checkpoints, nor
+    leaves a row out, because one evaluation is missing (the error names what is there)."""
+    checkpoints = [c for c in list_checkpoints(run) if read_evaluations(c)]
+    if len(checkpoints) < 2:
+        return
+    if moved is not None and (moved.start["checkpoint"], moved.end["checkpoint"]) == (
+        checkpoints[0].name,
+        checkpoints[-1].name,
+    ):
+        return
+    for checkpoint in (checkpoints[0], checkpoints[-1]):
+        select_evaluation(checkpoint, eval_set, key)  # raises, naming the evaluations the folder holds
+    raise ValueError(f"{run}: its first and last evaluated checkpoints hold no comparable {eval_set} evaluations")
 
 
 def _comparison(

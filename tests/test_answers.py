@@ -254,3 +254,10 @@ def test_field_offset_points_at_the_first_key_parse_answer_reads(task, data, as_
     assert offset is not None
     assert text[offset:].startswith(repr(key) if as_python else json.dumps(key))
     assert text[:offset].rstrip()[-1] in "{,"  # a key, not a value
+
+
+def test_a_field_named_in_prose_before_the_answer_is_not_its_start():
+    """Only a key counts: "formula" quoted in the thought before the answer object (which
+    a plain text search took for the field) leaves that thought weighted as thought."""
+    text = 'I think "formula" is the key part. {"formula": "(2+4)*4"}'
+    assert field_offset(text, "formula") == text.index('{"formula"') + 1

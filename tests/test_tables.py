@@ -62,6 +62,23 @@ def test_a_run_starts_and_ends_at_its_first_and_last_checkpoint_evaluated_there(
         tables.change_from_start(rows, "id")
 
 
+def test_what_moved_names_a_missing_end_instead_of_leaving_a_row_out(tmp_path):
+    """A table compares each run's first and last evaluated checkpoints on every set it is
+    asked for: a set missing at an end, or no evaluation at the asked settings, is an error
+    that names what the checkpoint holds, never a table with fewer rows."""
+    import shutil
+
+    run = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8), (30, 12)])
+    with pytest.raises(FileNotFoundError, match="has no evaluation on fake"):
+        tables.what_moved([run], ["fake"])
+    with pytest.raises(FileNotFoundError, match="has no evaluation on id with max_attempts=2"):
+        tables.what_moved([run], ["id"], keys={"id": {"max_attempts": 2}})
+    shutil.rmtree(checkpoint_dir(run, "ppo", 2) / "eval" / "ood")  # an evaluation interrupted at the end
+    with pytest.raises(FileNotFoundError, match="update-0002 has no evaluation on ood"):
+        tables.what_moved([run], ["id", "ood"])
+    assert len(tables.what_moved([run], ["id"])) == 1
+
+
 def per_task(eval_set, hits, answers=1):
     """A rate over 40 tasks of eval_set: hits[i] of `answers` right in task i."""
     return rate_by_task({f"{eval_set}:{i}": (hit, answers) for i, hit in enumerate(hits)})

@@ -121,8 +121,11 @@ def test_read_as_shows_the_formula_once(played):
     assert read_as(wrong_claim.verdict) == f"{wrong_claim.verdict['formula']} (its left side equals 24)"
     assert read_as({"action": "forward()", "value": None}) == "forward()"
     assert read_as({"formula": None, "value": None}) is None
-    # A verdict stored before verdicts carried `claimed` still reads; its claim is not parsed again.
-    assert read_as({"formula": "1+2=3", "value": "3"}) == "1+2=3 = 3"
+    # A verdict stored before verdicts carried `claimed` reads the same (the verifier's module
+    # reads its claim); an unreadable old formula is shown with its value.
+    assert read_as({"formula": "1+2=3", "value": "3"}) == "1+2=3"
+    assert read_as({"formula": "1+2=4", "value": "3"}) == "1+2=4 (its left side equals 3)"
+    assert read_as({"formula": "1+(2", "value": "3"}) == "1+(2 = 3"
 
 
 def test_long_unbroken_answers_wrap_inside_the_page(played, tmp_path):

@@ -95,6 +95,18 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
     return verdict
 
 
+def claimed(verdict: dict[str, Any]) -> int | None:
+    """The result a stored verdict's formula states after "=" (None without one):
+    `Verdict.claimed`, or, for episodes recorded before verdicts carried it, read from
+    the verdict's formula by the same parser."""
+    if "claimed" in verdict:
+        return verdict["claimed"]
+    try:
+        return parse_formula(verdict.get("formula")).claimed_result
+    except FormulaError:
+        return None
+
+
 def _numbers_rule(numbers: Any, hand: Sequence[Card], face_rule: str) -> str | None:
     """Which face-card rule the "number" field applies: "scored" when it lists the hand's
     values under face_rule, "other" under the other rule (in any order, numbers or
