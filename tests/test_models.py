@@ -220,3 +220,47 @@ def test_response_token_logprobs_scores_whichever_model_it_is_given(tiny_policy)
             reference = response_token_logprobs(lora.model, batch, [response, response]).logprobs[0]
     assert not torch.allclose(adapted, expected, atol=1e-3)
     assert torch.allclose(reference, expected, atol=1e-4)
+
+
+def test_a_lora_checkpoint_is_merged_weight_by_weight_as_merge_and_unload_would(tmp_path):
+    """Policy.save of a LoRA policy writes the merged model without copying it (the old
+    deepcopy + merge_and_unload ran out of memory at 11B): tensor for tensor what peft's
+    own merge saves, the base left unchanged, and each merged weight freed before the
+    next is made."""
+    import copy
+    import gc
+    import weakref
+
+    from safetensors.torch import load_file
+
+    from sftrl_kit.models import LoraSettings, merged_weights
+
+    policy = load_policy("tiny", lora=LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, parameter in policy.model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: make the adapters count
+                parameter.normal_(0, 0.05)
+    base_before = {k: v.clone() for k, v in policy.model.get_base_model().state_dict().items() if "lora_" not in k}
+    policy.save(tmp_path / "kit")
+    copy.deepcopy(policy.model).merge_and_unload().save_pretrained(tmp_path / "peft")
+    ours, peft = (load_file(tmp_path / name / "model.safetensors") for name in ("kit", "peft"))
+    assert sorted(ours) == sorted(peft)
+    assert all(torch.equal(ours[name], peft[name]) for name in ours)
+    assert any(
+        not torch.equal(ours[n], base_before[n.replace(".weight", ".base_layer.weight")]) for n in ours if "q_proj" in n
+    )
+    after = policy.model.get_base_model().state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base_before.items())
+    assert load_policy(tmp_path / "kit").num_parameters < policy.num_parameters  # no adapters left in it
+
+    weights = merged_weights(policy.model)
+    alive = []
+    for name, tensor in weights:
+        if "q_proj" in name and not alive:
+            alive.append(weakref.ref(tensor))
+        del tensor
+        if alive and "k_proj" in name:
+            break
+    gc.collect()
+    assert alive
+    assert alive[0]() is None  # the first merged weight died while the generator went on

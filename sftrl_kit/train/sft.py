@@ -26,7 +26,7 @@ from ..compute import gflops, sft_flops
 from ..config import to_dict
 from ..data import DATA_ROOT, load_sft_dataset
 from ..engines import close_engines
-from ..models import LoraSettings, MixedPrecision, Policy, load_policy, mergeable_copy
+from ..models import LoraSettings, MixedPrecision, Policy, load_policy
 from ..process import releases_memory
 from . import checkpoints
 
@@ -220,6 +220,6 @@ def _export(model, policy, run_dir: Path, counters: dict[str, Any]) -> Path:
     """A self-contained checkpoint folder: (merged) weights, tokenizer/processor, counters."""
     folder = run_folder.checkpoint_dir(run_dir, "sft", counters["step"])
     trained = Policy(model, policy.tokenizer, policy.processor, name=policy.name)
-    mergeable_copy(trained).save(folder)
+    trained.save(folder)
     run_folder.write_counters(folder, counters)
     return folder
