@@ -38,14 +38,18 @@ def environment_kept(names: Iterable[str], set_to: Mapping[str, str] | None = No
 
 def release_freed_memory() -> bool:
     """Hand the memory freed in this process back to the operating system (glibc's
-    malloc_trim), after collecting unreachable objects. Returns whether any was handed
-    back (False where the C library has no malloc_trim, i.e. is not glibc).
+    malloc_trim), after collecting unreachable objects, and the GPU blocks torch's
+    allocator keeps cached back to the device. Returns whether any host memory was
+    handed back (False where the C library has no malloc_trim, i.e. is not glibc).
 
     `make` keeps freed memory in the process (MALLOC_TRIM_THRESHOLD_: a CPU training step
     is faster when its logits' memory is not returned and faulted in again). Between
     stages that memory is dead weight: a V-IRL-VL SFT step peaks at 18.7 GB on the CPU,
     and the process held it while vLLM and the PPO learner started beside it."""
     gc.collect()  # a trainer and its callbacks hold each other: only the collector frees them
+    torch = sys.modules.get("torch")  # imported by whoever used a GPU; never imported here for this
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # the cached blocks of a finished stage, for the next stage or process
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):

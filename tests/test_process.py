@@ -93,3 +93,20 @@ def test_stderr_without_drops_only_the_named_native_lines(capfd):
         os.write(2, b"first\n[W utils.cpp:68] Warning: NUMA binding: Using MEMBIND policy (0)\nsecond\n")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "first\nsecond\nafter\n"
+
+
+def test_releasing_memory_empties_torchs_gpu_cache_where_cuda_ran(monkeypatch):
+    """A finished stage's cached GPU blocks go back to the device (a notebook kernel that
+    trained kept them while it launched the next stage's processes)."""
+    from types import SimpleNamespace
+
+    from sftrl_kit.process import release_freed_memory
+
+    emptied = []
+    cuda = SimpleNamespace(is_initialized=lambda: True, empty_cache=lambda: emptied.append(True))
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    release_freed_memory()
+    assert emptied == [True]
+    monkeypatch.setattr(cuda, "is_initialized", lambda: False)  # CUDA never used: nothing to touch
+    release_freed_memory()
+    assert emptied == [True]

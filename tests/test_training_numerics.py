@@ -341,3 +341,31 @@ def test_ppo_deals_come_from_the_training_seed_range(tmp_path):
     seeds = [e["seed"] for e in read_jsonl(run / "episodes" / "update-0001.jsonl")]
     assert seeds
     assert min(seeds) >= EVAL_SEED_LIMIT
+
+
+def test_each_process_loads_its_model_on_its_own_gpu(monkeypatch, tmp_path):
+    """train_sft loads the model before the Trainer exists: onto cuda:LOCAL_RANK, not the
+    plain "cuda" that puts every rank's copy on GPU 0 (8 fp32 copies of a 3B model)."""
+    import torch
+
+    from sftrl_kit.train import sft
+    from sftrl_kit.train.distributed import process_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert process_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert process_device() == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    asked = []
+
+    def stop(model, **options):
+        asked.append(options["device"])
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(sft, "load_policy", stop)
+    with pytest.raises(RuntimeError, match="loaded"):
+        sft.train_sft(sft.SFTSettings(model="tiny", run_dir=str(tmp_path / "sft"), max_steps=1))
+    assert asked == [torch.device("cuda", 5)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device() == torch.device("cpu")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -13,6 +14,15 @@ import torch
 from ..episodes import Episode
 from ..files import write_atomically
 from ..run_folder import processes_file
+
+
+def process_device() -> torch.device:
+    """This process's device before accelerate has set one up: cuda:LOCAL_RANK on a GPU
+    machine (accelerate and torchrun set LOCAL_RANK per process; 0 when run alone), the
+    CPU elsewhere. Loading onto plain "cuda" would put every rank's copy on GPU 0."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:

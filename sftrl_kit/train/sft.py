@@ -29,6 +29,7 @@ from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy
 from ..process import releases_memory
 from . import checkpoints
+from .distributed import process_device
 
 
 @dataclass
@@ -122,7 +123,9 @@ def train_sft(settings: SFTSettings) -> Path:
     if complete:
         return run_dir  # resuming would train one step past the end
     close_engines()  # SFT generates nothing: free a running vLLM engine's KV cache (up to 8 GiB) for the step
-    policy = load_policy(settings.model, lora=settings.lora, mixed_precision=settings.mixed_precision)
+    policy = load_policy(
+        settings.model, device=process_device(), lora=settings.lora, mixed_precision=settings.mixed_precision
+    )
     if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
         raise ValueError(
             f"SFT trains fp32 master weights; {settings.model} loaded as {next(policy.model.parameters()).dtype}"
