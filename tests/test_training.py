@@ -398,3 +398,30 @@ def test_ppo_trains_a_newly_registered_environment_without_an_edit_to_the_kit(tm
     assert (row["update"], row["episodes"], row["buffer_lambda"]) == (1, 2, 6.0)
     expected = 6 * row["num_parameters"] * row["tokens"] + 2 * row["num_parameters"] * 6.0 * row["tokens"]
     assert row["flops"] == pytest.approx(expected)
+
+
+def test_gradient_checkpointing_saves_memory_not_results(tmp_path):
+    """With activations recomputed in the backward pass, PPO (value head, LoRA off) and SFT
+    end with the same weights and losses as without: a run may switch it on to fit in
+    memory, and its folder takes the switch (it is not a setting that shapes the result)."""
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(run, name):
+        return load_file(run / "checkpoints" / name / "model.safetensors")
+
+    plain = train_ppo(_tiny_ppo(tmp_path / "plain", engine="hf"))
+    recomputed = train_ppo(_tiny_ppo(tmp_path / "gc", engine="hf", gradient_checkpointing=True))
+    a, b = weights(plain, "update-0001"), weights(recomputed, "update-0001")
+    assert any(not torch.equal(a[k], weights(plain, "update-0000")[k]) for k in a)  # the update moved something
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert read_jsonl(plain / "metrics.jsonl")[-1]["loss"] == pytest.approx(
+        read_jsonl(recomputed / "metrics.jsonl")[-1]["loss"], abs=1e-6
+    )
+    train_ppo(_tiny_ppo(tmp_path / "gc", engine="hf", gradient_checkpointing=False, updates=2))  # not refused
+
+    _write_sft_records(tmp_path / "d.jsonl", 4)
+    sft_plain = train_sft(_tiny_sft(tmp_path, run_dir=str(tmp_path / "sft")))
+    sft_gc = train_sft(_tiny_sft(tmp_path, run_dir=str(tmp_path / "sft-gc"), gradient_checkpointing=True))
+    a, b = weights(sft_plain, "step-000002"), weights(sft_gc, "step-000002")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)

@@ -160,6 +160,10 @@ class PPOSettings:
     """train LoRA adapters instead of every weight (lora={r: 16, alpha: 32}); None: full fine-tuning"""
     mixed_precision: MixedPrecision = "auto"
     """'auto': bf16 autocast over fp32 weights on a CUDA GPU, fp32 elsewhere; or 'fp32' / 'bf16'"""
+    gradient_checkpointing: bool = False
+    """recompute each layer's activations in the backward pass instead of keeping them: the learner's activation
+    memory shrinks to about one layer's, a micro-batch costs about a third more time; the weights come out the same
+    (so a run may resume with it switched on or off)"""
     save_every: int = 5
     """a checkpoint (weights, value head, optimizer, FLOPs) every this many updates, and at the last"""
     seed: int = 0
@@ -362,8 +366,8 @@ class RolloutBatch:
 
 LENGTH_FIELDS = ("updates",)
 """what a continuation of a run may raise (recorded in settings-history.jsonl)"""
-OUTSIDE_RESULT = ("run_dir", "save_every")
-"""settings that change which checkpoints are written, not the weights"""
+OUTSIDE_RESULT = ("run_dir", "save_every", "gradient_checkpointing")
+"""settings that change which checkpoints are written, or memory and time, not the weights"""
 
 
 @releases_memory
@@ -397,6 +401,8 @@ def train_ppo(settings: PPOSettings) -> Path:
         value_head=settings.uses_critic,
         mixed_precision=settings.mixed_precision,
     )
+    if settings.gradient_checkpointing:  # only in training mode: generation and the no-grad passes keep activations
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     actor_critic = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)
     trainable = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)

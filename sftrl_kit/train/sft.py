@@ -75,7 +75,8 @@ class SFTSettings:
     mixed_precision: MixedPrecision = "auto"
     """'auto': bf16 autocast over fp32 weights on a CUDA GPU, fp32 elsewhere; or 'fp32' / 'bf16'"""
     gradient_checkpointing: bool = False
-    """recompute activations in the backward pass: less memory, more time"""
+    """recompute activations in the backward pass: less memory, more time; the weights come out the same (so a run
+    may resume with it switched on or off)"""
     seed: int = 0
     """seeds the data order and any initialisation"""
     init_tokens: int | None = None
@@ -95,8 +96,8 @@ class SFTSettings:
 
 LENGTH_FIELDS = ("max_steps", "num_train_epochs")
 """what a continuation of a run may raise (recorded in settings-history.jsonl)"""
-OUTSIDE_RESULT = ("run_dir", "save_steps", "logging_steps")
-"""settings that change which checkpoints and metric rows are written, not the weights"""
+OUTSIDE_RESULT = ("run_dir", "save_steps", "logging_steps", "gradient_checkpointing")
+"""settings that change which checkpoints and metric rows are written, or memory and time, not the weights"""
 
 
 @releases_memory
