@@ -282,3 +282,25 @@ def test_vllm_serves_an_idefics3_vlm_exactly_as_the_learner_reads_it(tmp_path, t
     with pytest.raises(NotImplementedError, match="not 'llava'"):
         open_engine(tiny_vl_policy, "vllm")  # vLLM's LLaVA processing needs torchvision
     assert open_engine(policy, "vllm") is engine  # the refusal left the running engine alone
+
+
+def test_the_engines_gpu_share_is_of_the_learners_gpu(tiny_policy, monkeypatch):
+    """In a run on several GPUs a rank's engine shares that rank's GPU with its learner:
+    its memory share is of that GPU's size, not GPU 0's (M1 of the GPU review)."""
+    from types import SimpleNamespace
+
+    from sftrl_kit.engines import vllm_engine
+
+    asked = []
+
+    def properties(device):
+        asked.append(torch.device(device))
+        return SimpleNamespace(total_memory=80 * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    learner = SimpleNamespace(model=tiny_policy.model, device=torch.device("cuda", 3), autocast_dtype=torch.bfloat16)
+    share = vllm_engine._gpu_memory(learner, vllm_engine.VLLMOptions(kv_cache_gib=2.0))
+    assert asked == [torch.device("cuda", 3)]
+    weights = sum(p.numel() for p in tiny_policy.model.parameters()) * 2  # bf16
+    assert share["gpu_memory_utilization"] == pytest.approx(max(0.05, (weights + 4 * 2**30) / (80 * 2**30)))

@@ -309,13 +309,14 @@ def _max_model_len(policy: Policy) -> int:
 
 
 def _gpu_memory(policy: Policy, options: VLLMOptions) -> dict:
-    """On a GPU, the share of its memory the engine may take: its weights and KV cache and
-    2 GiB of activations, not vLLM's default 90% (the learner lives on the same GPU). On
-    a CPU nothing (the KV cache size alone decides)."""
+    """On a GPU, the share of the learner's GPU the engine may take: its weights and KV
+    cache and 2 GiB of activations, not vLLM's default 90% (the learner lives on the same
+    GPU, which in a multi-GPU run is not GPU 0). vLLM checks this share at start-up; with
+    the KV cache's size given it sizes the cache by that alone. On a CPU nothing."""
     if not torch.cuda.is_available():
         return {}
     weights = sum(p.numel() for p in policy.model.parameters()) * _element_bytes(policy)
-    total = torch.cuda.get_device_properties(0).total_memory
+    total = torch.cuda.get_device_properties(policy.device).total_memory
     wanted = weights + kv_cache_bytes(policy, options) + 2 * 2**30
     return {"gpu_memory_utilization": min(0.9, max(0.05, wanted / total))}
 
