@@ -35,7 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -64,10 +64,7 @@ from .run_folder import (
     read_evaluations,
 )
 from .tasks import STUDY_TASKS, StudyTask, study_task
-
-if TYPE_CHECKING:
-    from .train.ppo import PPOSettings
-
+from .train.ppo import PPOSettings, check_advantage, train_ppo
 
 REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (data.expert_records(reasoning=True))
 
@@ -149,10 +146,7 @@ class StudySettings:
         study_task(self.task)  # a clear error for an unknown task
         if self.start_rules not in ("trained", "both"):
             raise ValueError(f"start_rules must be 'trained' or 'both', got {self.start_rules!r}")
-        if self.advantage not in ("gae", "grpo", "rloo"):
-            raise ValueError(f"advantage must be 'gae', 'grpo' or 'rloo', got {self.advantage!r}")
-        if self.advantage != "gae" and self.group_size < 2:
-            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2, got {self.group_size}")
+        check_advantage(self.advantage, self.group_size)
         if self.start_checkpoints < 1 or self.start_checkpoints > self.start_steps:
             raise ValueError(f"start_checkpoints must be in [1, start_steps], got {self.start_checkpoints}")
 
@@ -370,8 +364,6 @@ def ppo_settings(
     folder, whose tokens count as D_init, or a base model) into run_dir/name, one
     minibatch per update's episodes, `settings.checkpoints` checkpoints; `overrides`
     (PPOSettings fields) last."""
-    from .train.ppo import PPOSettings
-
     ppo = PPOSettings(
         model=str(start),
         run_dir=str(Path(run_dir) / name),
@@ -398,8 +390,6 @@ def ppo_settings(
 
 def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = "ppo", **overrides: Any) -> Path:
     """PPO on the trained rule from the start checkpoint (ppo_settings); returns the run folder."""
-    from .train.ppo import train_ppo
-
     return train_ppo(ppo_settings(settings, run_dir, start, name, **overrides))
 
 
