@@ -77,7 +77,7 @@ FIGURES = "figures"
 DATA = "data"
 ABLATIONS = "ablations"  # 08's training runs
 _CHECKPOINT_NAMES = {"sft": "step-{:06d}", "ppo": "update-{:04d}"}
-_EPISODES_NAME = "update-{:04d}.jsonl"
+_EPISODES_NAME = _CHECKPOINT_NAMES["ppo"] + ".jsonl"
 
 
 # --- run folders ----------------------------------------------------------------------

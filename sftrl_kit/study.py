@@ -161,15 +161,9 @@ class StudySettings:
     def eval_set_names(self) -> list[str]:
         """The evaluated sets: eval_sets, or the task's ID and rule-OOD sets (and its
         visual-OOD set for the image tasks); the fake-rule set last when fake_rule is on."""
-        task = study_task(self.task)
-        names = list(self.eval_sets) if self.eval_sets is not None else list(task.eval_sets)
-        if self.eval_sets is None and task.visual_ood_set is not None:
-            names.append(task.visual_ood_set)
-        return (
-            names + [self.task_info.fake_rule_set]
-            if self.fake_rule and self.task_info.fake_rule_set not in names
-            else names
-        )
+        names = list(self.eval_sets) if self.eval_sets is not None else self.headline_sets
+        task = self.task_info
+        return names + [task.fake_rule_set] if self.fake_rule and task.fake_rule_set not in names else names
 
     @property
     def new_tokens(self) -> int:
@@ -177,21 +171,20 @@ class StudySettings:
         longest expert answer and a margin), REASONING_TOKENS more with reasoning on."""
         if self.max_new_tokens is not None:
             return self.max_new_tokens
-        return study_task(self.task).answer_tokens + (REASONING_TOKENS if self.reasoning else 0)
+        return self.task_info.answer_tokens + (REASONING_TOKENS if self.reasoning else 0)
 
     def validation(self) -> StudySettings:
         """These settings on the task's validation sets (ID and rule-OOD kinds of tasks, dealt
         apart from the reported sets): what the SFT window's pick reads, so that choosing
         the start does not flatter the numbers later reported from it."""
-        return replace(self, eval_sets=list(study_task(self.task).validation_sets), fake_rule=False)
+        return replace(self, eval_sets=list(self.task_info.validation_sets), fake_rule=False)
 
     @property
     def headline_sets(self) -> list[str]:
         """The sets the verdict reads: ID, rule-OOD, and visual-OOD for the image tasks
         (eval_set_names without the fake-rule control)."""
-        return [self.task_info.id_set, self.task_info.rule_ood_set] + (
-            [self.task_info.visual_ood_set] if self.task_info.visual_ood_set else []
-        )
+        task = self.task_info
+        return [*task.eval_sets, *([task.visual_ood_set] if task.visual_ood_set else [])]
 
     @property
     def base_model(self) -> str:
@@ -215,14 +208,15 @@ class StudySettings:
     def eval_keys(self) -> dict[str, dict[str, Any]]:
         """{set: the key of its evaluation under these settings}: what tables and figures
         should select (`tables.what_moved(..., keys=...)`, `tables.checkpoint_rows(..., keys=...)`)."""
+        engine, sampling = self.generation_engine, self.eval_sampling()  # once, not per set
         return {
             name: evaluation_key(
                 name,
                 load_eval_set(eval_set_path(name)),
                 self.task_info.env_id,
-                self.eval_sampling(),
+                sampling,
                 self.eval_limit,
-                engine=self.generation_engine,
+                engine=engine,
                 max_attempts=self.eval_max_attempts,
             )
             for name in self.eval_set_names

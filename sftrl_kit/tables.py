@@ -23,6 +23,8 @@ refuses rows whose settings differ (a ValueError names them): pick the evaluatio
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ from .evaluation import (
     require_same_settings,
     select_evaluation,
 )
+from .files import write_atomically
 from .run_folder import list_checkpoints, read_counters, read_evaluations
 from .stats import compare_rates, format_rate
 
@@ -201,9 +204,10 @@ def what_moved(
     rows, ends = [], {}
     for index, run in enumerate(map(Path, runs)):
         evaluated = checkpoint_rows([run], keys=wanted)
+        checkpoints = [c for c in list_checkpoints(run) if read_evaluations(c)]  # evaluated on any set
         for name in eval_sets:
             moved = end_against_start(evaluated, run.name, name, metric)
-            _require_both_ends(run, name, wanted[name], moved)
+            _require_both_ends(checkpoints, name, wanted[name], moved)
             if moved is not None:
                 ends[(index, name)] = moved.end
                 rows.append(
@@ -217,25 +221,26 @@ def what_moved(
                 label = f"{names[0]} end - {other} end"
                 require_one_setting([a, b], f"{label} on {name}")
                 rows.append(_comparison(label, name, metric, a, b, compare_rates(_rate(a, metric), _rate(b, metric))))
-    require_same_settings([{f: row.get(f) for f in KEY_FIELDS} for row in rows], "what_moved")
+    require_one_setting(rows, "what_moved")
     return rows
 
 
-def _require_both_ends(run: Path, eval_set: str, key: dict[str, Any] | None, moved: EndAgainstStart | None) -> None:
-    """A run evaluated at two or more checkpoints must hold this set's evaluation (at these
-    settings) at its first and its last: a table never compares other checkpoints, nor
-    leaves a row out, because one evaluation is missing (the error names what is there)."""
-    checkpoints = [c for c in list_checkpoints(run) if read_evaluations(c)]
+def _require_both_ends(
+    checkpoints: list[Path], eval_set: str, key: dict[str, Any] | None, moved: EndAgainstStart | None
+) -> None:
+    """A run evaluated at two or more `checkpoints` must hold this set's evaluation (at
+    these settings) at its first and its last: a table never compares other checkpoints,
+    nor leaves a row out, because one evaluation is missing (the error names what is there)."""
     if len(checkpoints) < 2:
         return
-    if moved is not None and (moved.start["checkpoint"], moved.end["checkpoint"]) == (
-        checkpoints[0].name,
-        checkpoints[-1].name,
-    ):
+    first, last = checkpoints[0], checkpoints[-1]
+    if moved is not None and (moved.start["checkpoint"], moved.end["checkpoint"]) == (first.name, last.name):
         return
-    for checkpoint in (checkpoints[0], checkpoints[-1]):
+    for checkpoint in (first, last):
         select_evaluation(checkpoint, eval_set, key)  # raises, naming the evaluations the folder holds
-    raise ValueError(f"{run}: its first and last evaluated checkpoints hold no comparable {eval_set} evaluations")
+    raise ValueError(
+        f"{first.parent.parent}: its first and last evaluated checkpoints hold no comparable {eval_set} evaluations"
+    )
 
 
 def _comparison(
@@ -286,17 +291,13 @@ def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, 
     agree on them, except the fields in `vary` (a table meant to compare, e.g., budgets):
     otherwise a ValueError names the differing fields.
     """
-    import csv
-
     settings = [{f: row[f] for f in KEY_FIELDS if f in row} for row in rows]
     if any(settings):
         require_same_settings(settings, f"table {name!r}", ignore=("eval_set", *vary))
     folder = run_folder.tables_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (folder / f"{name}.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / f"{name}.csv"
+    write_atomically(folder / f"{name}.json", json.dumps(list(rows), indent=2) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomically(folder / f"{name}.csv", text.getvalue())

@@ -88,7 +88,7 @@ def read_as(verdict: Mapping[str, Any]) -> str | None:
     parsed, value = str(parsed), verdict.get("value")
     if value is None:
         return parsed
-    claimed = gp_verifier.claimed(dict(verdict)) if verdict.get("formula") is not None else None
+    claimed = gp_verifier.claimed(verdict) if verdict.get("formula") is not None else None
     if claimed is None:
         return f"{parsed} = {value}"
     return parsed if str(claimed) == str(value) else f"{parsed} (its left side equals {value})"

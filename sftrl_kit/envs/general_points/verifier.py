@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -95,7 +95,7 @@ def verify(answer_text: str, hand: Sequence[Card], config: GPConfig) -> Verdict:
     return verdict
 
 
-def claimed(verdict: dict[str, Any]) -> int | None:
+def claimed(verdict: Mapping[str, Any]) -> int | None:
     """The result a stored verdict's formula states after "=" (None without one):
     `Verdict.claimed`, or, for episodes recorded before verdicts carried it, read from
     the verdict's formula by the same parser."""
