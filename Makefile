@@ -33,9 +33,13 @@ INSTALL_SETTINGS := python=$(PYTHON) torch=$(TORCH) torch_index=$(TORCH_INDEX) e
 
 # glibc hands large freed blocks back to the OS and faults them in again on the next
 # step; with a 49k-token vocabulary's logits that costs more than the maths on a CPU
-# (an SFT step of the tiny model: 6 s -> 1.6 s). Keep freed memory in the process.
+# (an SFT step of the tiny model: 6 s -> 1.6 s). Keep freed memory in the process, on
+# machines without an NVIDIA GPU only: there the host heap holds every weight as it
+# loads, and several processes each keeping theirs would add up to hundreds of GB.
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
+endif
 
 .PHONY: setup gpu-setup quickstart smoke test test-fast lint format bench data clean install-plan FORCE
 

@@ -22,7 +22,8 @@
             config.json, *.safetensors, ...   the weights (LoRA merged), the tokenizer
             adapter/                          PPO with LoRA: the adapters alone
             optimizer.safetensors             PPO: AdamW's tensors, and the rest of its
-            trainer_state.json                state as JSON (no pickles)
+            trainer_state.json                state as JSON (no pickles); under DeepSpeed
+                                              one pair per process: optimizer-R-of-N.*
             checkpoint.json                   counters: method, step, tokens, flops, gflops,
                                               ... Written last: a folder without it is
                                               not (yet) a checkpoint
@@ -333,22 +334,48 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 # --- trainer state, to resume ---------------------------------------------------------
 
 
-def write_trainer_state(checkpoint: str | Path, tensors: dict, optimizer: dict[str, Any]) -> None:
+def trainer_state_files(checkpoint: str | Path, process_index: int = 0, processes: int = 1) -> tuple[Path, Path]:
+    """(tensors, JSON) of PPO's optimizer state: one pair per run, or one per process when
+    each holds its own partition (DeepSpeed ZeRO)."""
+    folder = Path(checkpoint)
+    if processes == 1:
+        return folder / OPTIMIZER, folder / TRAINER_STATE
+    shard = f"-{process_index}-of-{processes}"
+    return (
+        folder / OPTIMIZER.replace(".safetensors", f"{shard}.safetensors"),
+        folder / TRAINER_STATE.replace(".json", f"{shard}.json"),
+    )
+
+
+def write_trainer_state(
+    checkpoint: str | Path, tensors: dict, optimizer: dict[str, Any], process_index: int = 0, processes: int = 1
+) -> None:
     """PPO's optimizer state: its tensors as safetensors, the rest as JSON (no pickle)."""
     from safetensors.torch import save_file
 
-    save_file(tensors, Path(checkpoint) / OPTIMIZER)
-    (Path(checkpoint) / TRAINER_STATE).write_text(json.dumps({"optimizer": optimizer}) + "\n")
+    tensor_file, json_file = trainer_state_files(checkpoint, process_index, processes)
+    save_file(tensors, tensor_file)
+    json_file.write_text(json.dumps({"optimizer": optimizer}) + "\n")
 
 
-def read_trainer_state(checkpoint: str | Path) -> tuple[dict, dict[str, Any]]:
-    """(tensors, the rest) as write_trainer_state left them."""
+def read_trainer_state(
+    checkpoint: str | Path, process_index: int = 0, processes: int = 1
+) -> tuple[dict, dict[str, Any]]:
+    """(tensors, the rest) as write_trainer_state left them. A checkpoint written by
+    another number of partitions is refused, naming the count it was written with."""
     from safetensors.torch import load_file
 
     folder = Path(checkpoint)
+    tensor_file, json_file = trainer_state_files(folder, process_index, processes)
+    if not json_file.is_file():
+        written = sorted(p.name for p in folder.glob(TRAINER_STATE.replace(".json", "*.json")))
+        raise ValueError(
+            f"{folder}: unreadable trainer state (no {json_file.name}, for process {process_index} of {processes}; "
+            f"it holds {written or 'none'}): resume with the layout and process count the run was trained with"
+        )
     try:
-        optimizer = json.loads((folder / TRAINER_STATE).read_text())["optimizer"]
-        tensors = load_file(folder / OPTIMIZER)
+        optimizer = json.loads(json_file.read_text())["optimizer"]
+        tensors = load_file(tensor_file)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{folder}: unreadable trainer state ({error})") from error
     return tensors, optimizer

@@ -1,5 +1,6 @@
-"""Arithmetic across the processes of a run (accelerate): sums, maxima, mean and
-standard deviation over every process's values, the episode statistics of an update,
+"""The processes of a run (accelerate): which parallel layouts the trainers run and the
+DeepSpeed settings PPO needs, arithmetic across processes (sums, maxima, mean and
+standard deviation over every process's values), the episode statistics of an update,
 and the check that every process holds the same weights after it."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -23,6 +25,79 @@ def process_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+WORKING_LAYOUTS = (
+    "one process, DDP (configs/accelerate/multi-gpu.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml)"
+)
+
+
+class UnsupportedLayout(ValueError):
+    """A parallel layout or precision setting the kit's trainers do not run."""
+
+
+def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = None) -> None:
+    """Refuse, before any weight loads, the launch settings the trainers cannot honour
+    (accelerate's launcher passes a config's choices to every process as ACCELERATE_*
+    variables):
+      - FSDP and DeepSpeed ZeRO-3 shard the weights themselves: the kit's weight sync,
+        checkpoints, FLOPs count and KL reference read whole tensors, and PPO's rollouts
+        call the model a different number of times on each process (a sharded forward
+        is a collective, so the processes would hang);
+      - accelerate's mixed precision: the kit autocasts itself (the `mixed_precision`
+        setting: bf16 over fp32 master weights on CUDA). accelerate's would override it,
+        and under DeepSpeed cast the weights themselves to bf16 (bf16 checkpoints, the
+        fp32 masters only inside DeepSpeed's optimizer);
+      - more processes on this machine than it has GPUs (a config's num_processes is
+        fixed; two processes on one GPU make NCCL fail). `gpus`: this machine's count
+        (torch.cuda.device_count(); 0 on a CPU, where processes share the cores)."""
+    env = os.environ if environ is None else environ
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    local_processes = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    if gpus and local_processes > gpus:
+        raise UnsupportedLayout(
+            f"{local_processes} processes were launched on a machine with {gpus} GPUs: two would share a GPU; "
+            f"launch at most {gpus} (accelerate launch --num_processes {gpus}, or the config's num_processes)"
+        )
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise UnsupportedLayout(f"FSDP is not supported by the kit's trainers; use {WORKING_LAYOUTS}")
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise UnsupportedLayout(
+            f"DeepSpeed ZeRO-3 is not supported by the kit's trainers; use {WORKING_LAYOUTS} "
+            "(`sftrl plan` says whether a model fits ZeRO-2 over N GPUs)"
+        )
+    precision = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision != "no":
+        raise UnsupportedLayout(
+            f"the accelerate config sets mixed_precision: {precision}; set it to 'no' (as the kit's configs in "
+            "configs/accelerate/ do): the kit autocasts itself through its own `mixed_precision` setting (bf16 "
+            "autocast over fp32 master weights on CUDA), which accelerate's would override"
+        )
+
+
+def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float) -> None:
+    """Fill in what DeepSpeed needs from PPO before `accelerator.prepare` (no-op without
+    DeepSpeed): PPO has no dataloader, so the micro-batch size is set from the settings
+    (else prepare stops on "auto"); one accumulation step in DeepSpeed's eyes, because
+    PPO scales each micro-batch's loss itself and accelerate marks the accumulation
+    boundary (`sync_gradients`) at the last micro-batch of a minibatch; and gradient
+    clipping at `max_grad_norm`, since DeepSpeed clips inside its step and a config's own
+    value would silently win over the setting."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    if plugin.zero_stage not in (0, 1, 2):
+        raise UnsupportedLayout(f"DeepSpeed ZeRO-{plugin.zero_stage} is not supported; use {WORKING_LAYOUTS}")
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["train_batch_size"] = micro_batch_size * accelerator.num_processes
+    config["gradient_clipping"] = max_grad_norm
+    accelerator.gradient_accumulation_steps = 1
+
+
+def is_deepspeed(accelerator) -> bool:
+    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
 
 
 def episode_stats(episodes: list[Episode], accelerator) -> dict[str, float]:

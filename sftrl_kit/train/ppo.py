@@ -74,7 +74,6 @@ from ..models import (
     Policy,
     SamplingConfig,
     autocast,
-    is_peft,
     load_policy,
     logit_scale,
     response_token_logprobs,
@@ -82,6 +81,7 @@ from ..models import (
 from ..process import releases_memory
 from ..rollout import rollout
 from . import checkpoints, distributed
+from .timing import throughput, timed
 
 
 @dataclass
@@ -376,6 +376,7 @@ def train_ppo(settings: PPOSettings) -> Path:
     holding a run with other settings is refused (run_folder.claim_run_folder)."""
     from accelerate import Accelerator
 
+    distributed.check_launch()  # FSDP, ZeRO-3 and accelerate's own mixed precision are refused before anything loads
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = Path(settings.run_dir)
     tasks = load_training_tasks(settings.tasks)
@@ -406,9 +407,10 @@ def train_ppo(settings: PPOSettings) -> Path:
     actor_critic = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)
     trainable = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
-    if resume_folder is not None:
-        checkpoints.load_optimizer(optimizer, resume_folder)
+    distributed.configure_deepspeed(accelerator, settings.micro_batch_size, settings.max_grad_norm)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    if resume_folder is not None:  # after prepare: under DeepSpeed the state is its optimizer's, one part per process
+        checkpoints.load_optimizer(optimizer, resume_folder, *checkpoints.optimizer_shard(accelerator))
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
     generator = open_engine(policy, resolve_engine(settings.engine, policy.is_vision, accelerator.num_processes))
     probe = make(settings.env_id, **settings.env_config)
@@ -421,8 +423,10 @@ def train_ppo(settings: PPOSettings) -> Path:
     if accelerator.is_main_process:
         run_folder.record_run_settings(run_dir, "ppo", to_dict(settings), start_update, continued)
         run_folder.drop_metrics_after(run_dir, start_update)
-        if start_update == 0:
-            _save_checkpoint(run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, buffer_lambda))
+    if start_update == 0:
+        checkpoints.save_ppo_checkpoint(
+            run_dir, 0, policy, optimizer, _counter_row(0, counters, policy, settings, buffer_lambda), accelerator
+        )
     accelerator.wait_for_everyone()
 
     from tqdm.auto import tqdm
@@ -432,25 +436,40 @@ def train_ppo(settings: PPOSettings) -> Path:
     )
     for update in bar:
         started = time.perf_counter()
+        timing: dict[str, float] = {}
         episodes, turns, stats = _ppo_update(
-            update, actor_critic, optimizer, policy, generator, reference, settings, accelerator, tasks, answer_field
+            update,
+            actor_critic,
+            optimizer,
+            policy,
+            generator,
+            reference,
+            settings,
+            accelerator,
+            tasks,
+            answer_field,
+            timing,
         )
         counters["tokens"] += int(stats["trained_tokens"])
         counters["generated_tokens"] += int(
             distributed.global_sum(accelerator, sum(len(t.response_ids) for t in turns))
         )
-        counters["seconds"] += time.perf_counter() - started
+        counters["seconds"] += time.perf_counter() - started  # the checkpoint's writing is not training time
         row = {
             **_counter_row(update, counters, policy, settings, buffer_lambda),
             **distributed.episode_stats(episodes, accelerator),
             **stats,
         }
+        if update % settings.save_every == 0 or update == settings.updates:
+            with timed(timing, "save_checkpoint"):
+                checkpoints.save_ppo_checkpoint(run_dir, update, policy, optimizer, row, accelerator)
+        timing["timing_s/step"] = time.perf_counter() - started
+        update_tokens = distributed.global_sum(accelerator, sum(len(t.prompt_ids) + len(t.response_ids) for t in turns))
+        row.update(timing, **throughput(int(update_tokens), timing, accelerator.num_processes))
         if accelerator.is_main_process:
             run_folder.append_metrics(run_dir, row)
             write_episodes(run_folder.episodes_file(run_dir, update), episodes)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['mean_return']:.2f}")
-            if update % settings.save_every == 0 or update == settings.updates:
-                _save_checkpoint(run_dir, update, policy, optimizer, row)
         accelerator.wait_for_everyone()
     distributed.record_process_agreement(run_dir, actor_critic, accelerator)
     return run_dir
@@ -478,26 +497,32 @@ def _ppo_update(
     accelerator,
     tasks,
     answer_field,
+    timing: dict[str, float],
 ) -> tuple[list[Episode], list[_Turn], dict[str, float]]:
-    """One PPO update, top to bottom: this update's episodes, their turns and its statistics."""
+    """One PPO update, top to bottom: this update's episodes, their turns and its
+    statistics; each stage's seconds are added to `timing` (verl's timing_s/ names)."""
     # 1. Rollout: every process plays its own episodes with the current policy (written
     #    by the generation engine, which holds the same weights).
-    episodes = _collect(generator, settings, update, accelerator, tasks)
+    with timed(timing, "gen"):
+        episodes = _collect(generator, settings, update, accelerator, tasks)
     turns = _turns(policy, episodes, settings, answer_field)
 
     # 2. The learner's own forward pass: log pi_old(a|s) and V(s) of every turn (so the
     #    first minibatch's ratio is 1 whatever the generation numerics), and log pi_ref.
-    b_logprobs, b_values, token_logprobs = _old_logprobs_and_values(actor_critic, policy, turns, settings)
+    with timed(timing, "old_log_prob"):
+        b_logprobs, b_values, token_logprobs = _old_logprobs_and_values(actor_critic, policy, turns, settings)
     stats = _engine_logprob_gap(turns, token_logprobs)
     b_ref_logprobs = None
     if reference is not None:
-        b_ref_logprobs = [lp for chunk in _chunks(turns, settings.micro_batch_size) for lp in reference(chunk)]
+        with timed(timing, "ref"):
+            b_ref_logprobs = [lp for chunk in _chunks(turns, settings.micro_batch_size) for lp in reference(chunk)]
 
     # 3. Advantages: GAE over the turns of each episode, or a group baseline per episode.
-    if settings.uses_critic:
-        b_advantages, b_returns = _episode_gae(actor_critic, policy, episodes, b_values, settings)
-    else:
-        b_advantages, b_returns = _episode_group_advantages(episodes, settings), None
+    with timed(timing, "adv"):
+        if settings.uses_critic:
+            b_advantages, b_returns = _episode_gae(actor_critic, policy, episodes, b_values, settings)
+        else:
+            b_advantages, b_returns = _episode_group_advantages(episodes, settings), None
     stats["advantage_mean_raw"] = float(b_advantages.mean()) if len(b_advantages) else 0.0
 
     # 4. Normalisation over the turns of all processes.
@@ -507,11 +532,13 @@ def _ppo_update(
 
     # 5. ppo_epochs x minibatches x micro-batches over every turn.
     batch = RolloutBatch(b_logprobs, b_advantages, b_values, b_returns, b_ref_logprobs)
-    stats.update(_optimise(actor_critic, optimizer, policy, turns, batch, settings, accelerator, update))
+    with timed(timing, "update_actor"):
+        stats.update(_optimise(actor_critic, optimizer, policy, turns, batch, settings, accelerator, update))
 
     # 6. The generation engine takes the new weights (the HF engine is the learner itself).
     if generator is not policy:
-        stats["engine_sync_seconds"] = generator.sync(policy)
+        with timed(timing, "update_weights"):
+            generator.sync(policy)
     return episodes, turns, stats
 
 
@@ -783,22 +810,6 @@ def _k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 # Bookkeeping: statistics, checkpoints, resume
 
 
-# The counters a checkpoint's checkpoint.json holds (of the update's metrics row).
-COUNTERS = (
-    "method",
-    "update",
-    "step",
-    "tokens",
-    "generated_tokens",
-    "init_tokens",
-    "num_parameters",
-    "buffer_lambda",
-    "flops",
-    "gflops",
-    "seconds",
-)
-
-
 def _counter_row(
     update: int, counters: dict, policy: Policy, settings: PPOSettings, buffer_lambda: float
 ) -> dict[str, Any]:
@@ -816,16 +827,6 @@ def _counter_row(
         "gflops": gflops(flops),
         "seconds": round(counters["seconds"], 2),
     }
-
-
-def _save_checkpoint(run_dir: Path, update: int, policy: Policy, optimizer, row: dict[str, Any]) -> Path:
-    folder = run_folder.checkpoint_dir(run_dir, "ppo", update)
-    policy.save(folder)
-    if is_peft(policy.model):
-        policy.model.save_pretrained(folder / run_folder.ADAPTER)
-    run_folder.write_trainer_state(folder, *checkpoints.optimizer_tensors(optimizer))
-    run_folder.write_counters(folder, {k: row[k] for k in COUNTERS})  # last: the checkpoint is complete
-    return folder
 
 
 def _explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
