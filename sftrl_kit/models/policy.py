@@ -77,8 +77,9 @@ class Policy:
 
     @property
     def num_parameters(self) -> int:
-        """N in the paper's FLOPs formulas: every parameter of the network (base + adapters)."""
-        return sum(p.numel() for p in self.model.parameters())
+        """N in the paper's FLOPs formulas: every parameter of the network (base + adapters).
+        A parameter DeepSpeed has partitioned away counts at its full size (ds_numel)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context every forward pass of this policy runs in (generation, log-probs,
@@ -244,23 +245,64 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     scale * B A, the adapters summed first), never in place: merging and unmerging in
     place would drift the frozen base (the KL reference) by rounding, update after
     update. At most one merged weight exists at a time beside the model, not a merged
-    copy of every adapted layer (which at 7B is ~49 GiB of fp32)."""
+    copy of every adapted layer (which at 7B is ~49 GiB of fp32). A module peft trains
+    whole (modules_to_save) gives its trained copy under the module's own name."""
     if not is_peft(model):
         yield from model.state_dict().items()
         return
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
+    _refuse_trained_tied_weights(model)
     adapted = {f"{name}.weight": module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
     for name, tensor in base.state_dict().items():
-        if "lora_" in name or "modules_to_save" in name:
+        clean = _checkpoint_name(name, model.active_adapters)
+        if clean is None:
             continue
-        clean = name.replace(".base_layer.", ".")
         module = adapted.get(clean)
         deltas = (
             [] if module is None else [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
         )
         yield clean, tensor + sum(deltas[1:], deltas[0]) if deltas else tensor
+
+
+def _checkpoint_name(name: str, active_adapters: Sequence[str]) -> str | None:
+    """A peft model's state-dict name in the base model's own naming, or None for what a
+    merged checkpoint does not hold: the adapters' A and B, the frozen original of a
+    module trained whole, and the copies of inactive adapters."""
+    if "lora_" in name or ".original_module." in name:
+        return None
+    if ".modules_to_save." in name:
+        before, rest = name.split(".modules_to_save.", 1)
+        adapter, _, after = rest.partition(".")
+        return f"{before}.{after}" if adapter in active_adapters else None
+    return name.replace(".base_layer.", ".")
+
+
+def _refuse_trained_tied_weights(model: nn.Module) -> None:
+    """A ValueError when adapters or a module trained whole sit on a weight the model ties
+    to another (the LM head and the input embeddings): vLLM loads a tied head from the
+    embedding and a tied checkpoint keeps one of the two, so the training would be lost."""
+    config = getattr(model.get_base_model(), "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return
+    tied = {"lm_head", "embed_tokens"}
+    trained = {
+        name.split(".")[-1] for name, module in model.get_base_model().named_modules() if _is_trained_module(module)
+    }
+    if trained & tied:
+        raise ValueError(
+            f"LoRA trains {sorted(trained & tied)}, which this model ties to its other embedding (tie_word_embeddings); "
+            "the training would be lost in the engine and the checkpoint: leave them out of target_modules and "
+            "modules_to_save"
+        )
+
+
+def _is_trained_module(module: nn.Module) -> bool:
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    return isinstance(module, (LoraLayer, ModulesToSaveWrapper))
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -269,7 +311,9 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     of a LoRA model holds, built without copying the model on its device."""
     first_name = {}
     for name, tensor in model.get_base_model().state_dict().items():
-        first_name.setdefault(tensor.data_ptr(), name.replace(".base_layer.", "."))
+        clean = _checkpoint_name(name, model.active_adapters)
+        if clean is not None:
+            first_name.setdefault(tensor.data_ptr(), clean)
     kept = set(first_name.values())
     return {name: t.detach().cpu().contiguous() for name, t in merged_weights(model) if name in kept}
 

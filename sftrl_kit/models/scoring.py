@@ -9,6 +9,11 @@ entropies and the value head's input) and for the reference policy.
 Precision: on a CUDA GPU with bf16 support the forward passes run under bf16 autocast
 (`mixed_precision="auto"`), so that training updates fp32 master weights. A pure-bf16
 AdamW step at lr 1e-6 rounds away almost every update (bf16 keeps 8 bits of mantissa).
+The output head alone runs in fp32 when scoring (`fp32_output_head`): a bf16 logit
+near 20 is rounded to a multiple of 0.125, and an action's log-prob sums such roundings
+over ~100 tokens. The PPO ratio compares two such sums made in differently composed
+batches (old log-probs in consecutive chunks, new ones in shuffled micro-batches), where
+GPU kernels need not round alike, against a clip of 0.1.
 """
 
 from __future__ import annotations
@@ -46,6 +51,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def fp32_output_head(model: nn.Module, autocast_dtype: torch.dtype | None):
+    """Within the block, the model's output head (the LM head) computes its logits in fp32
+    with autocast off, whatever the rest of the forward pass runs in. Nothing changes
+    without autocast. The head's weights are used as they are when fp32 (the masters:
+    no copy), upcast for the product when not (a frozen bf16 base under LoRA)."""
+    head = model.get_output_embeddings() if autocast_dtype is not None else None
+    if not isinstance(head, nn.Linear):
+        yield
+        return
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward  # an instance attribute: the module's own forward comes back below
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def text_config(model):
@@ -165,7 +193,7 @@ def response_token_logprobs(
     """
     device = batch["input_ids"].device
     inputs = forward_inputs(model, batch, images or {})
-    with autocast(device, autocast_dtype):
+    with autocast(device, autocast_dtype), fp32_output_head(model, autocast_dtype):
         out = model(**inputs, logits_to_keep=response_window(responses), output_hidden_states=last_hidden)
     terms = response_logprobs(out.logits, batch["input_ids"], responses, logit_scale, top_p)
     return ResponseScores(
