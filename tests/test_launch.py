@@ -8,14 +8,15 @@ from sftrl_kit.launch import pick_accelerate_config, stream
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU choice")
-def test_a_cpu_machine_gets_two_gloo_processes_and_no_deepspeed():
+def test_a_cpu_machine_gets_two_gloo_processes_ddp_or_zero2():
     config, processes = pick_accelerate_config()
     assert config.name == "cpu-2proc.yaml"
     assert processes == 2
     assert yaml.safe_load(config.read_text())["num_processes"] == 2
     assert pick_accelerate_config(1)[1] == 1
-    with pytest.raises(ValueError, match="DeepSpeed needs a GPU"):
-        pick_accelerate_config(deepspeed=True)
+    config, processes = pick_accelerate_config(deepspeed=True)
+    assert yaml.safe_load(config.read_text())["deepspeed_config"]["zero_stage"] == 2
+    assert processes == 2
 
 
 def test_stream_logs_every_line_and_reports_a_failure_with_its_last_lines(tmp_path, capsys):

@@ -138,29 +138,66 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_under_accelerate_launch_agree_on_the_weights(tmp_path):
+def _launch_two_processes(config: str, run_dir: Path, *settings: str) -> None:
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        str(REPO / "configs" / "accelerate" / config),
         "--main_process_port",
         str(_free_port()),  # the config's fixed port may be taken on a shared machine
         "-m",
         "sftrl_kit.cli",
         "ppo",
-        f"run_dir={tmp_path}",
+        f"run_dir={run_dir}",
         *TINY_PPO,
+        *settings,
     ]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, f"accelerate launch exited {finished.returncode}:\n{finished.stderr[-6000:]}"
-    processes = json.loads((tmp_path / "processes.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_process_ddp(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ddp")
+    _launch_two_processes("cpu-2proc.yaml", run_dir)
+    return run_dir
+
+
+def test_two_processes_under_accelerate_launch_agree_on_the_weights(two_process_ddp):
+    processes = json.loads((two_process_ddp / "processes.json").read_text())
     assert processes["processes"] == 2
     assert processes["weight_checksums"][0] == processes["weight_checksums"][1]
-    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    rows = read_jsonl(two_process_ddp / "metrics.jsonl")
     assert [r["update"] for r in rows] == [1, 2]
     assert rows[0]["episodes"] == 8
+
+
+def test_deepspeed_zero2_trains_as_ddp_does_and_resumes_exactly(two_process_ddp, tmp_path):
+    """PPO under real DeepSpeed ZeRO-2 (its CPU accelerator, two gloo processes): the
+    same episodes and, up to summation order, the same losses and weights as DDP; each
+    process writes its own optimizer partition, and a run stopped after update 1 and
+    resumed from it ends exactly where the straight run ends."""
+    pytest.importorskip("deepspeed")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _launch_two_processes("cpu-2proc-zero2.yaml", straight)
+    ddp, zero2 = (read_jsonl(run / "metrics.jsonl") for run in (two_process_ddp, straight))
+    for a, b in zip(ddp, zero2):
+        assert a["mean_return"] == b["mean_return"]
+        assert a["tokens"] == b["tokens"]
+        assert a["policy_loss"] == pytest.approx(b["policy_loss"], rel=1e-3)
+    checksums = [
+        json.loads((run / "processes.json").read_text())["weight_checksums"] for run in (two_process_ddp, straight)
+    ]
+    assert checksums[1][0] == checksums[1][1] == pytest.approx(checksums[0][0], rel=1e-6)
+    shards = sorted(p.name for p in last_checkpoint(straight).glob("optimizer*"))
+    assert shards == ["optimizer-0-of-2.safetensors", "optimizer-1-of-2.safetensors"]
+
+    _launch_two_processes("cpu-2proc-zero2.yaml", resumed, "updates=1")
+    _launch_two_processes("cpu-2proc-zero2.yaml", resumed)
+    assert [r["policy_loss"] for r in read_jsonl(resumed / "metrics.jsonl")] == [r["policy_loss"] for r in zero2]
+    assert json.loads((resumed / "processes.json").read_text())["weight_checksums"] == checksums[1]
 
 
 def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):

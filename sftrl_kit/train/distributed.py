@@ -61,7 +61,7 @@ def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = No
         )
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise UnsupportedLayout(f"FSDP is not supported by the kit's trainers; use {WORKING_LAYOUTS}")
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+    if uses_deepspeed(env) and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise UnsupportedLayout(
             f"DeepSpeed ZeRO-3 is not supported by the kit's trainers; use {WORKING_LAYOUTS} "
             "(`sftrl plan` says whether a model fits ZeRO-2 over N GPUs)"
@@ -94,6 +94,30 @@ def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float
     config["train_batch_size"] = micro_batch_size * accelerator.num_processes
     config["gradient_clipping"] = max_grad_norm
     accelerator.gradient_accumulation_steps = 1
+
+
+def uses_deepspeed(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether accelerate's launcher asked this process for DeepSpeed. An Accelerator made
+    with cpu=True silently drops DeepSpeed, so a CPU process that was asked for it (a
+    test of the DeepSpeed path, which DeepSpeed's CPU accelerator runs over gloo) must
+    not be made with cpu=True."""
+    env = os.environ if environ is None else environ
+    return env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def make_accelerator():
+    """This process's Accelerator. On a machine without CUDA it runs on the CPU (gloo
+    between processes); a CPU process asked for DeepSpeed (which has a CPU accelerator
+    over gloo, for testing its path) is given gloo by name, since accelerate drops
+    DeepSpeed from a cpu=True Accelerator and finds no backend for it otherwise."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if torch.cuda.is_available():
+        return Accelerator()
+    if uses_deepspeed() and "LOCAL_RANK" in os.environ:
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(cpu=True)
 
 
 def is_deepspeed(accelerator) -> bool:

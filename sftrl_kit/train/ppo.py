@@ -374,10 +374,8 @@ OUTSIDE_RESULT = ("run_dir", "save_every", "gradient_checkpointing")
 def train_ppo(settings: PPOSettings) -> Path:
     """Run, resume or continue PPO in settings.run_dir; returns the run folder. A folder
     holding a run with other settings is refused (run_folder.claim_run_folder)."""
-    from accelerate import Accelerator
-
     distributed.check_launch()  # FSDP, ZeRO-3 and accelerate's own mixed precision are refused before anything loads
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = distributed.make_accelerator()
     run_dir = Path(settings.run_dir)
     tasks = load_training_tasks(settings.tasks)
     start_update, resume_folder = checkpoints.resume_point(run_dir)
