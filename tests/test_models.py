@@ -264,3 +264,122 @@ def test_a_lora_checkpoint_is_merged_weight_by_weight_as_merge_and_unload_would(
     gc.collect()
     assert alive
     assert alive[0]() is None  # the first merged weight died while the generator went on
+
+
+def test_lora_under_bf16_autocast_loads_a_bf16_base_and_trains_fp32_weights_only():
+    """With LoRA under bf16 autocast (CUDA's default, forced here) the frozen base loads in
+    bf16; what trains stays fp32: the adapters and the value head. The PPO learner's forward
+    (log-probs and values) runs on it, and its backward reaches the fp32 weights alone. Full
+    fine-tuning keeps every weight fp32."""
+    from sftrl_kit.models import pack_prompt_responses
+    from sftrl_kit.train.ppo import ActorCritic
+
+    lora = LoraSettings(r=4, alpha=8)
+    policy = load_policy("tiny", lora=lora, value_head=True, mixed_precision="bf16")
+    trainable = {name for name, p in policy.model.named_parameters() if p.requires_grad}
+    assert trainable
+    assert all("lora_" in name for name in trainable)
+    dtypes = {name: p.dtype for name, p in policy.model.named_parameters()}
+    assert {dtypes[name] for name in trainable} == {torch.float32}
+    assert {dtype for name, dtype in dtypes.items() if name not in trainable} == {torch.bfloat16}
+    assert policy.value_head.score.weight.dtype == torch.float32
+
+    turn = play(policy, "gp-l", 1, batch_size=1, max_attempts=1)[0].turns[0]
+    responses = [turn.response_token_ids]
+    batch = pack_prompt_responses([turn.prompt_token_ids], responses, policy.tokenizer.pad_token_id, policy.device)
+    logprobs, _, values = ActorCritic(policy.model, policy.value_head, policy.autocast_dtype)(batch, responses, {}, 1.0)
+    assert logprobs[0].dtype == torch.float32
+    assert logprobs[0].isfinite().all()
+    assert (logprobs[0] < 0).all()
+    (values.square().sum() - logprobs[0].sum()).backward()
+    gradients = {name: p.grad for name, p in policy.model.named_parameters() if p.grad is not None}
+    assert set(gradients) == trainable  # the frozen bf16 base gets none
+    assert {g.dtype for g in gradients.values()} == {torch.float32}
+    assert all(g.abs().sum() > 0 for name, g in gradients.items() if "lora_B" in name)  # A's are 0 while B is
+    assert policy.value_head.score.weight.grad.dtype == torch.float32
+
+    full = load_policy("tiny", mixed_precision="bf16")
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+
+
+def test_sft_with_lora_under_bf16_autocast_trains_fp32_adapters_over_a_bf16_base(tmp_path):
+    """SFT's fp32-master rule holds for what trains: a LoRA step under forced bf16 autocast
+    runs over the bf16 base, and its checkpoint holds the base plus the trained adapters."""
+    from safetensors.torch import load_file
+
+    from sftrl_kit import run_folder
+    from sftrl_kit.data import expert_records, write_sft_dataset
+    from sftrl_kit.train.sft import SFTSettings, train_sft
+
+    data = tmp_path / "sft.jsonl"
+    write_sft_dataset(data, expert_records("gp-l", 2))
+    settings = dict(
+        dataset=str(data), max_steps=1, batch_size=2, save_steps=1, logging_steps=1, learning_rate=1e-2, warmup_steps=0
+    )
+    run = train_sft(
+        SFTSettings(
+            model="tiny",
+            run_dir=str(tmp_path / "sft"),
+            lora=LoraSettings(r=4, alpha=8),
+            mixed_precision="bf16",
+            **settings,
+        )
+    )
+    assert [r for r in run_folder.read_metrics(run) if "loss" in r][0]["loss"] > 0
+    start, end = (load_file(folder / "model.safetensors") for folder in run_folder.list_checkpoints(run))
+    adapted = [name for name in end if "q_proj" in name]
+    assert adapted
+    assert all(not torch.equal(end[name].float(), start[name].float()) for name in adapted)
+    assert (
+        load_policy(run_folder.last_checkpoint(run)).num_parameters
+        < load_policy("tiny", lora=LoraSettings()).num_parameters
+    )
+
+
+def test_a_lora_merge_over_a_bf16_base_adds_the_fp32_adapters_unrounded():
+    """merged_weights (the vLLM sync's and the checkpoints' merge) over a bf16 base and fp32
+    adapters gives W + scale * B A in fp32, computed here from the layer's own tensors: the
+    adapters' update is not rounded to bf16 before the engine's one cast."""
+    from sftrl_kit.models import merged_weights
+
+    policy = load_policy("tiny", lora=LoraSettings(r=4, alpha=8), mixed_precision="bf16")
+    with torch.no_grad():
+        for name, parameter in policy.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    layers = {f"{name}.weight": m for name, m in policy.model.get_base_model().named_modules() if hasattr(m, "lora_A")}
+    merged = dict(merged_weights(policy.model))
+    assert set(layers) <= set(merged)
+    for name, layer in layers.items():
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        expected = layer.base_layer.weight.float() + (b @ a) * layer.scaling["default"]
+        assert merged[name].dtype == torch.float32
+        assert torch.allclose(merged[name], expected, rtol=0, atol=1e-7)
+        assert not torch.equal(merged[name], layer.base_layer.weight.float())
+
+
+def test_weights_load_straight_onto_the_policys_device(monkeypatch):
+    """load_policy has from_pretrained read the weights onto the policy's device (device_map),
+    not into host memory first (8 ranks would hold 8 host copies): the device reaches
+    from_pretrained, the parameters are on it, equal to a host load moved there. Under
+    DeepSpeed ZeRO-3, which places the weights itself, no device_map is passed."""
+    from transformers import AutoModelForCausalLM
+
+    load = AutoModelForCausalLM.from_pretrained.__func__
+    calls = []
+
+    def recording(cls, *args, **kwargs):
+        calls.append(kwargs)
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    policy = load_policy("tiny", device="cpu")
+    assert calls[-1]["device_map"] == torch.device("cpu")
+    assert {p.device for p in policy.model.parameters()} == {torch.device("cpu")}
+    moved = load(AutoModelForCausalLM, resolve_model("tiny"), dtype=torch.float32, local_files_only=True).to("cpu")
+    expected = moved.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in policy.model.state_dict().items())
+
+    monkeypatch.setattr("transformers.integrations.is_deepspeed_zero3_enabled", lambda: True)
+    load_policy("tiny", device="cpu")
+    assert "device_map" not in calls[-1]

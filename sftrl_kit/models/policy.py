@@ -112,8 +112,12 @@ class Policy:
         """Left-padded model inputs for a batch of templated texts (and their images), on
         the policy's device (to_device=False: left where the processor made them)."""
         if self.processor is not None and images and any(images):
-            batch = self.processor(
-                text=list(texts), images=[list(i) for i in images], padding=True, return_tensors="pt"
+            batch = self.processor(  # the template writes any BOS itself (as TRL's collator encodes it)
+                text=list(texts),
+                images=[list(i) for i in images],
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=False,
             )
         else:
             batch = self.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)

@@ -1,8 +1,11 @@
 """Supervised fine-tuning on TRL's SFTTrainer, as a checkpoint series on a compute axis.
 
 The kit's conversational datasets (text, or text + images) train on assistant tokens
-only (TRL's assistant_only_loss; the default model's chat template carries the
-generation marks it needs). Every `save_steps` optimizer steps, a clean checkpoint lands
+only (TRL's assistant_only_loss), found through the chat template's generation marks:
+the model's own when it has them (the built-in models'), TRL's marked copy of the
+templates TRL knows (Qwen2.5-VL ...), the kit's of Llama-3.2-Vision's
+(models.templates.training_chat_template); the text trained on is what the model's own
+template renders. Every `save_steps` optimizer steps, a clean checkpoint lands
 in run_dir/checkpoints/step-NNNNNN/: safetensors weights, tokenizer or processor, and a
 checkpoint.json with the step, the tokens trained on and the paper's training FLOPs
 X_SFT = 6 N (D_init + D_SFT). Step 0 is the starting model, so a series always starts
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +31,11 @@ from ..config import to_dict
 from ..data import DATA_ROOT, load_sft_dataset
 from ..engines import close_engines
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy
+from ..models.loading import load_processing_class
+from ..models.templates import training_chat_template
 from ..process import releases_memory
 from . import checkpoints
-from .distributed import process_device
+from .distributed import check_launch, process_device
 
 
 @dataclass
@@ -107,6 +113,7 @@ def train_sft(settings: SFTSettings) -> Path:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    check_launch()  # FSDP, ZeRO-3 and accelerate's own mixed precision are refused before anything loads
     run_dir = Path(settings.run_dir)
     exported = _exported_step(run_dir)
     continued = run_folder.claim_run_folder(
@@ -124,17 +131,18 @@ def train_sft(settings: SFTSettings) -> Path:
     if complete:
         return run_dir  # resuming would train one step past the end
     close_engines()  # SFT generates nothing: free a running vLLM engine's KV cache (up to 8 GiB) for the step
-    policy = load_policy(
-        settings.model, device=process_device(), lora=settings.lora, mixed_precision=settings.mixed_precision
-    )
-    if next(policy.model.parameters()).dtype != torch.float32:  # the optimizer updates these in place
-        raise ValueError(
-            f"SFT trains fp32 master weights; {settings.model} loaded as {next(policy.model.parameters()).dtype}"
-        )
     dataset = load_sft_dataset(settings.dataset)
     dataset = dataset.select_columns([c for c in ("messages", "images") if c in dataset.column_names])
     if settings.max_records is not None:
         dataset = dataset.select(range(min(settings.max_records, len(dataset))))
+    # The trainer's own processing class: the policy's keeps the model's template for the checkpoints.
+    processing_class = load_processing_class(settings.model)
+    if settings.loss_on == "assistant":  # before the weights load: a template that cannot mark stops the run here
+        processing_class.chat_template = training_chat_template(processing_class, _conversations(dataset))
+    policy = load_policy(
+        settings.model, device=process_device(), lora=settings.lora, mixed_precision=settings.mixed_precision
+    )
+    _check_fp32_masters(policy, settings.model)
     num_parameters = policy.num_parameters
     resume = resume_step is not None
     config = SFTConfig(
@@ -199,7 +207,7 @@ def train_sft(settings: SFTSettings) -> Path:
         model=policy.model,
         args=config,
         train_dataset=dataset,
-        processing_class=policy.processor or policy.tokenizer,
+        processing_class=processing_class,
         callbacks=[Series()],
     )
     run_folder.drop_metrics_after(run_dir, resume_step or 0)  # rows logged after the point we start from
@@ -207,6 +215,31 @@ def train_sft(settings: SFTSettings) -> Path:
     if trainer.state.global_step % settings.save_steps != 0:  # the last, partial interval
         _export(trainer.model, policy, run_dir, Series().counters(trainer.state))
     return run_dir
+
+
+def _check_fp32_masters(policy: Policy, model: str) -> None:
+    """A ValueError unless every trainable parameter is fp32: the optimizer updates them in
+    place (a frozen LoRA base may be bf16, `models.weights_dtype`)."""
+    trained = {p.dtype for p in policy.model.parameters() if p.requires_grad}
+    if trained != {torch.float32}:
+        raise ValueError(
+            f"SFT trains fp32 master weights; {model}'s trainable parameters loaded as {sorted(map(str, trained))}"
+        )
+
+
+def _conversations(dataset) -> Iterator[list[dict[str, Any]]]:
+    """The dataset's conversations as TRL renders them for training: with images, each turn's
+    content as parts and a placeholder per image (trl's prepare_multimodal_messages; the
+    images themselves are not decoded)."""
+    if "images" not in dataset.column_names:
+        yield from dataset["messages"]
+        return
+    import pyarrow.compute
+    from trl.data_utils import prepare_multimodal_messages
+
+    counts = pyarrow.compute.list_value_length(dataset.with_format("arrow")[:]["images"]).to_pylist()
+    for messages, count in zip(dataset["messages"], counts):
+        yield prepare_multimodal_messages(messages, images=[None] * count)
 
 
 def _is_main_process() -> bool:
