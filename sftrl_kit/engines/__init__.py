@@ -9,12 +9,15 @@ episode and evaluation key, and `sync(policy)`, which hands the engine new weigh
     "vllm"  vLLM in this process, colocated with the learner (`engines.vllm_engine`): paged
             attention, continuous batching, prefix caching across the turns of a
             conversation; new weights are copied in after every PPO update and for every
-            checkpoint evaluated, without restarting the engine.
+            checkpoint evaluated, without restarting the engine. In a run of several
+            processes every process runs its own engine beside its learner (TRL's colocate
+            mode), generating its own episodes.
 
 "auto" (the default everywhere) is vLLM where it is installed, for text models; HF for
 vision-language models and where vLLM is missing. Asked for by name, vLLM also serves the
 vision-language architectures it was checked on (`vllm_engine.VLLM_VISION_ARCHITECTURES`:
-Idefics3, i.e. default-vl and SmolVLM), and refuses others, naming them.
+Idefics3, i.e. default-vl and SmolVLM; Qwen2.5-VL where torchvision is installed), and
+refuses others, naming them.
 Both engines see identical token ids (the Policy's one chat-templating path), sample
 with every setting of `SamplingConfig` set explicitly, and return the text decoded by the
 Policy's tokenizer, the token ids and, if asked, the sampled tokens' log-probs.
@@ -52,22 +55,19 @@ def resolve_engine(name: str, vision: bool = False, processes: int = 1) -> Liter
     """The engine a setting names, resolved once where a run starts (the CLI, evaluate_model,
     StudySettings, train_ppo); below that only "hf" or "vllm" travels.
 
-    "auto" is vLLM for a text model (vision=False) in a single-process run where vLLM is
-    installed, HF otherwise. A VLM gets vLLM when asked for by name, where its architecture
-    is one vLLM serves here (vllm_engine.VLLM_VISION_ARCHITECTURES: checked when the engine
-    starts). vLLM runs in single-process runs only (`processes` > 1: several engines inside
-    accelerate's process group, which the kit does not do yet), so there "auto" is HF and
-    "vllm" an error."""
+    "auto" is vLLM for a text model (vision=False) where vLLM is installed, HF otherwise. A
+    VLM gets vLLM when asked for by name, where its architecture is one vLLM serves here
+    (vllm_engine.check_vllm_architecture, when the engine starts). The answer is the same
+    for any number of `processes` (a run's, at least 1): in a run of several, each process
+    starts its own engine inside accelerate's process group (vllm_engine.VLLMEngine)."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    if processes < 1:
+        raise ValueError(f"a run has at least one process, got processes={processes}")
     if name == "auto":
-        return "hf" if vision or processes > 1 or vllm_missing() else "vllm"
+        return "hf" if vision or vllm_missing() else "vllm"
     if name == "vllm" and (reason := vllm_missing()):
         raise EngineUnavailable(f"engine='vllm' was asked for, but {reason}; or use engine='hf' or 'auto'")
-    if name == "vllm" and processes > 1:
-        raise EngineUnavailable(
-            f"engine='vllm' runs in a single process; this run has {processes}: launch one process or use engine='hf'"
-        )
     return name
 
 
@@ -79,8 +79,12 @@ def open_engine(policy: Policy, engine: Literal["hf", "vllm"], **options):
     on first use and reused while the model's architecture is the same (its weights
     replaced by `policy`'s): starting vLLM costs seconds to a minute, a sync under one.
     The engine is process-wide: a later open_engine gives it other weights, so use the
-    responder it returns before opening another.
-    options: VLLMEngine settings (kv_cache_gib, max_model_len, enforce_eager, seed).
+    responder it returns before opening another. It keeps `policy`'s tokenizer, not its
+    model: a policy its caller drops is freed, and the engine serves on.
+    options: vllm_engine.VLLMOptions (rollout or kv_cache_gib, max_model_len, enforce_eager,
+    max_num_seqs, seed, max_images, sleep_mode). In a run of several processes, every
+    process must open (start, restart) the engine at the same point: vLLM's start runs
+    collectives over accelerate's process group.
     """
     if engine == "hf":
         return policy
@@ -94,7 +98,8 @@ def open_engine(policy: Policy, engine: Literal["hf", "vllm"], **options):
 
 
 def close_engines() -> None:
-    """Stop the running vLLM engine, if any (frees its KV cache and weights)."""
+    """Stop the running vLLM engine, if any (frees its KV cache and weights); in a run of
+    several processes, on every process at the same point, as it was started."""
     if importlib.util.find_spec("vllm") is None:
         return
     from .vllm_engine import close_shared_engine

@@ -503,6 +503,8 @@ def _ppo_update(
     #    by the generation engine, which holds the same weights).
     with timed(timing, "gen"):
         episodes = _collect(generator, settings, update, accelerator, tasks)
+        if generator is not policy:
+            generator.sleep()  # vLLM's sleep mode, where the plan chose it: memory for the update; the sync wakes it
     turns = _turns(policy, episodes, settings, answer_field)
 
     # 2. The learner's own forward pass: log pi_old(a|s) and V(s) of every turn (so the
