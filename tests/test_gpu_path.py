@@ -240,3 +240,19 @@ def test_under_bf16_autocast_the_scored_logits_come_from_an_fp32_output_head():
         bf16_head = torch.log_softmax(rounded[row, width - n - 1 : width - 1].float(), -1)
         bf16_head = bf16_head.gather(-1, batch["input_ids"][row, -n:, None]).squeeze(-1)
         assert not torch.allclose(scores.logprobs[row], bf16_head, atol=1e-5)
+
+
+def test_a_16_bit_output_head_is_upcast_a_slice_at_a_time_to_the_same_logits(monkeypatch):
+    """A frozen bf16 head (LoRA's base under bf16 autocast) gives the fp32 product of its
+    bf16 weights, sliced or not."""
+    from sftrl_kit.models import scoring
+
+    head = torch.nn.Linear(8, 10, bias=False).to(torch.bfloat16)
+    model = SimpleNamespace(get_output_embeddings=lambda: head)
+    hidden = torch.randn(3, 8)
+    expected = hidden @ head.weight.float().T
+    monkeypatch.setattr(scoring, "HEAD_SLICE_ROWS", 4)  # 10 rows: slices of 4, 4 and 2
+    with scoring.fp32_output_head(model, torch.bfloat16):
+        logits = head(hidden)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, expected, atol=1e-6)

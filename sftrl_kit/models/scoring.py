@@ -53,12 +53,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+HEAD_SLICE_ROWS = 16384
+"""vocabulary rows of a 16-bit output head upcast to fp32 at a time when scoring"""
+
+
 @contextlib.contextmanager
 def fp32_output_head(model: nn.Module, autocast_dtype: torch.dtype | None):
     """Within the block, the model's output head (the LM head) computes its logits in fp32
     with autocast off, whatever the rest of the forward pass runs in. Nothing changes
     without autocast. The head's weights are used as they are when fp32 (the masters:
-    no copy), upcast for the product when not (a frozen bf16 base under LoRA)."""
+    no copy), upcast a slice of the vocabulary at a time when not (a frozen bf16 base
+    under LoRA)."""
     head = model.get_output_embeddings() if autocast_dtype is not None else None
     if not isinstance(head, nn.Linear):
         yield
@@ -66,8 +71,22 @@ def fp32_output_head(model: nn.Module, autocast_dtype: torch.dtype | None):
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
-            bias = None if head.bias is None else head.bias.float()
-            return nn.functional.linear(hidden.float(), head.weight.float(), bias)
+            hidden = hidden.float()
+            if head.weight.dtype == torch.float32:
+                bias = None if head.bias is None else head.bias.float()
+                return nn.functional.linear(hidden, head.weight, bias)
+            # A 16-bit head is upcast a slice of the vocabulary at a time (a whole fp32 copy
+            # of Llama-3's 128k x 4096 head would be 2 GiB per pass).
+            slices = torch.split(torch.arange(head.weight.shape[0], device=hidden.device), HEAD_SLICE_ROWS)
+            return torch.cat(
+                [
+                    nn.functional.linear(
+                        hidden, head.weight[rows].float(), None if head.bias is None else head.bias[rows].float()
+                    )
+                    for rows in slices
+                ],
+                dim=-1,
+            )
 
     head.forward = forward  # an instance attribute: the module's own forward comes back below
     try:
