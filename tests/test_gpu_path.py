@@ -41,6 +41,13 @@ def test_more_processes_than_gpus_are_refused_before_nccl_fails():
     distributed.check_launch({"LOCAL_WORLD_SIZE": "2"}, gpus=0)  # CPU processes share the cores
 
 
+def test_sft_under_deepspeed_is_refused_naming_what_runs():
+    zero2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+    with pytest.raises(distributed.UnsupportedLayout, match="SFT does not run under DeepSpeed.*multi-gpu.yaml"):
+        distributed.check_launch(zero2, method="sft")
+    distributed.check_launch(zero2, method="ppo")
+
+
 def test_zero2_ddp_and_a_single_process_are_accepted():
     distributed.check_launch({})
     distributed.check_launch({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"})

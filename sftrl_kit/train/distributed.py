@@ -36,7 +36,7 @@ class UnsupportedLayout(ValueError):
     """A parallel layout or precision setting the kit's trainers do not run."""
 
 
-def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = None) -> None:
+def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = None, method: str = "ppo") -> None:
     """Refuse, before any weight loads, the launch settings the trainers cannot honour
     (accelerate's launcher passes a config's choices to every process as ACCELERATE_*
     variables):
@@ -50,7 +50,10 @@ def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = No
         fp32 masters only inside DeepSpeed's optimizer);
       - more processes on this machine than it has GPUs (a config's num_processes is
         fixed; two processes on one GPU make NCCL fail). `gpus`: this machine's count
-        (torch.cuda.device_count(); 0 on a CPU, where processes share the cores)."""
+        (torch.cuda.device_count(); 0 on a CPU, where processes share the cores);
+      - SFT under DeepSpeed: TRL's trainer would run it in DeepSpeed's own bf16 mode
+        (bf16 weights, the fp32 masters only in its optimizer, bf16 exports), which the
+        kit's fp32-master checkpoints and exact resume do not allow; untested besides."""
     env = os.environ if environ is None else environ
     gpus = torch.cuda.device_count() if gpus is None else gpus
     local_processes = int(env.get("LOCAL_WORLD_SIZE", "1"))
@@ -65,6 +68,11 @@ def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = No
         raise UnsupportedLayout(
             f"DeepSpeed ZeRO-3 is not supported by the kit's trainers; use {WORKING_LAYOUTS} "
             "(`sftrl plan` says whether a model fits ZeRO-2 over N GPUs)"
+        )
+    if method == "sft" and uses_deepspeed(env):
+        raise UnsupportedLayout(
+            "SFT does not run under DeepSpeed; use one process or DDP (configs/accelerate/multi-gpu.yaml), with LoRA "
+            "where full fine-tuning does not fit (`sftrl plan --method sft` says which fits)"
         )
     precision = env.get("ACCELERATE_MIXED_PRECISION", "no")
     if precision != "no":

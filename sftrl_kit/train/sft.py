@@ -113,7 +113,7 @@ def train_sft(settings: SFTSettings) -> Path:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    check_launch()  # FSDP, ZeRO-3 and accelerate's own mixed precision are refused before anything loads
+    check_launch(method="sft")  # FSDP, DeepSpeed and accelerate's own mixed precision are refused before anything loads
     run_dir = Path(settings.run_dir)
     exported = _exported_step(run_dir)
     continued = run_folder.claim_run_folder(
