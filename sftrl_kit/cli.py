@@ -6,6 +6,7 @@ sftrl eval [--model default] [--env gp-l] [--sets ...] [--limit N] [--engine aut
 sftrl sft [--config sft.yaml] [field=value ...] [--out DIR]
 sftrl ppo [--config ppo.yaml] [field=value ...] [--out DIR]   (also under `accelerate launch -m`)
 sftrl data gp|virl [--out DIR] [--eval-size N] ...
+sftrl plan --model FOLDER --method ppo|sft --gpus N --gpu-memory-gib G [--lora] [--zero 0|2] ...
 
 --out is where a command writes, in every subcommand.
 """
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("overrides", nargs="*", help="field=value pairs (value read as YAML) applied after the YAML")
         train.set_defaults(run=_train, method=name)
 
+    _add_plan_parser(commands)
+
     run = commands.add_parser(
         "run",
         help="execute notebooks in order with papermill into one run folder",
@@ -161,6 +164,61 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="run folder (default: papermill_runs/<time>-<names>)")
     run.set_defaults(run=_run)
     return parser
+
+
+def _add_plan_parser(commands) -> None:
+    """`sftrl plan`: sizes left unset are the trainers' defaults (PPOSettings, SFTSettings: memory_plan.command)."""
+    plan = commands.add_parser(
+        "plan",
+        help="per-GPU memory of a PPO or SFT run, from the model's config alone (exit 1 when it does not fit)",
+        description="Per-GPU memory of a PPO or SFT run, planned from the model's config alone (no weights load): "
+        "the table, whether it fits, and what would make it fit. Exit status 0 when it fits, 1 when it does not.",
+    )
+    plan.add_argument(
+        "--model",
+        default="default",
+        help="a model folder with config.json, a built-in model, or a shape from configs/shapes/ "
+        "(qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, llama-3.2-11b-vision)",
+    )
+    plan.add_argument("--method", choices=("ppo", "sft"), default="ppo")
+    plan.add_argument("--gpus", type=int, default=1, help="processes, one GPU each (default: 1)")
+    plan.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB (e.g. 80)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="what the run trains on")
+    plan.add_argument("--lora", action="store_true", help="LoRA adapters (r=16 on every linear layer)")
+    plan.add_argument("--zero", type=int, choices=(0, 2), default=0, help="0: DDP; 2: DeepSpeed ZeRO-2 (PPO only)")
+    plan.add_argument(
+        "--mixed-precision", choices=("auto", "fp32", "bf16"), default="auto", help="as the trainers' setting"
+    )
+    plan.add_argument("--gradient-checkpointing", action="store_true")
+    plan.add_argument("--engine", choices=("auto", "vllm", "hf"), default="auto", help="auto: vllm for text models")
+    plan.add_argument(
+        "--sleep-mode", choices=("auto", "on", "off"), default="auto", help="vLLM sleep mode (auto: where needed)"
+    )
+    plan.add_argument("--kl-coef", type=float, default=None, help="KL penalty weight (a reference copy when > 0)")
+    plan.add_argument("--advantage", choices=("gae", "grpo", "rloo"), default=None, help="gae has a value head")
+    plan.add_argument("--env", default=None, help="the PPO environment (default: gp-l, or gp-vl for a VLM)")
+    plan.add_argument("--max-attempts", type=int, default=None, help="verification budget (default: the env's)")
+    plan.add_argument("--episodes", type=int, default=None, help="PPO episodes_per_update")
+    plan.add_argument("--rollout-batch-size", type=int, default=None, help="PPO conversations per HF generate")
+    plan.add_argument("--minibatch-size", type=int, default=None, help="PPO turns per optimizer step")
+    plan.add_argument("--micro-batch-size", type=int, default=None, help="PPO turns per forward pass")
+    plan.add_argument("--max-new-tokens", type=int, default=None, help="PPO's longest response")
+    plan.add_argument(
+        "--prompt-tokens", type=int, default=None, help="the longest prompt (default: measured on --env's deals)"
+    )
+    plan.add_argument("--batch-size", type=int, default=None, help="SFT examples per device per forward pass")
+    plan.add_argument("--max-length", type=int, default=None, help="SFT's longest example in tokens")
+    plan.add_argument("--gradient-accumulation-steps", type=int, default=None, help="SFT forward passes per step")
+    plan.set_defaults(run=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .memory_plan import memory_plan
+    from .memory_plan.command import plan_request  # apart from the package's face, which the trainers import
+
+    plan = memory_plan(plan_request(**{k: v for k, v in vars(args).items() if k not in ("command", "run")}))
+    print(plan.format())
+    return 0 if plan.fits else 1
 
 
 def _data(args: argparse.Namespace) -> int:

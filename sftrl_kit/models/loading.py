@@ -84,7 +84,7 @@ def load_policy(
         raise ValueError(f"could not load a model from {folder}: {error}") from error
     model.to(device)  # nothing moves where from_pretrained placed the weights
     if lora is not None:
-        model = _with_lora(model, lora)
+        model = with_lora(model, lora)
     head = _load_value_head(folder, model, device) if value_head else None
     return Policy(model, tokenizer, processor, head, name=str(name_or_path), autocast_dtype=autocast_dtype)
 
@@ -194,7 +194,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return folder
 
 
-def _with_lora(model, settings: LoraSettings):
+def with_lora(model, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
