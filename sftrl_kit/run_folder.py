@@ -16,6 +16,8 @@
                                               each with its "step"
         episodes/update-NNNN.jsonl            PPO: every update's episodes
         processes.json                        PPO: each process's checksum of the weights
+        memory-plan.txt                       the memory plan the trainer made before it
+                                              loaded anything (memory_plan), per GPU
         trainer/checkpoint-N/                 SFT: TRL's own state (optimizer, scheduler)
         checkpoints/
           step-NNNNNN/ (SFT), update-NNNN/ (PPO): a model folder that load_policy reads
@@ -69,6 +71,7 @@ EVAL_EPISODES = "episodes.jsonl"
 SETTINGS_HISTORY = "settings-history.jsonl"
 SETTINGS_FILES = {"sft": "sft.yaml", "ppo": "ppo.yaml"}
 EPISODES = "episodes"  # PPO: update-NNNN.jsonl per update
+MEMORY_PLAN = "memory-plan.txt"
 PROCESSES = "processes.json"  # PPO: each process's checksum of the weights
 START_RUN = "sft-start"  # a study's shared start
 PICKED_START = "picked.json"  # in the start's run folder: the checkpoint pick_start chose, and its window
@@ -229,6 +232,10 @@ def episode_files(run_dir: str | Path) -> dict[int, Path]:
 
 def processes_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / PROCESSES
+
+
+def memory_plan_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MEMORY_PLAN
 
 
 def start_run(study_dir: str | Path) -> Path:

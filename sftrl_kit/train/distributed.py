@@ -40,7 +40,8 @@ def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = No
     """Refuse, before any weight loads, the launch settings the trainers cannot honour
     (accelerate's launcher passes a config's choices to every process as ACCELERATE_*
     variables):
-      - FSDP and DeepSpeed ZeRO-3 shard the weights themselves: the kit's weight sync,
+      - DeepSpeed other than ZeRO-2 (the stage the memory plan and the tests know), and
+        FSDP and ZeRO-3 above all, which shard the weights themselves: the kit's weight sync,
         checkpoints, FLOPs count and KL reference read whole tensors, and PPO's rollouts
         call the model a different number of times on each process (a sharded forward
         is a collective, so the processes would hang);
@@ -64,9 +65,10 @@ def check_launch(environ: Mapping[str, str] | None = None, gpus: int | None = No
         )
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise UnsupportedLayout(f"FSDP is not supported by the kit's trainers; use {WORKING_LAYOUTS}")
-    if uses_deepspeed(env) and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    if uses_deepspeed(env) and stage != "2":
         raise UnsupportedLayout(
-            f"DeepSpeed ZeRO-3 is not supported by the kit's trainers; use {WORKING_LAYOUTS} "
+            f"DeepSpeed ZeRO-{stage} is not supported by the kit's trainers; use {WORKING_LAYOUTS} "
             "(`sftrl plan` says whether a model fits ZeRO-2 over N GPUs)"
         )
     if method == "sft" and uses_deepspeed(env):
@@ -94,7 +96,7 @@ def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         return
-    if plugin.zero_stage not in (0, 1, 2):
+    if plugin.zero_stage != 2:
         raise UnsupportedLayout(f"DeepSpeed ZeRO-{plugin.zero_stage} is not supported; use {WORKING_LAYOUTS}")
     config = plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = micro_batch_size

@@ -68,6 +68,8 @@ from ..engines import open_engine, resolve_engine
 from ..envs import Observation, make
 from ..envs.answers import field_offset
 from ..episodes import Episode, chat_messages, write_episodes
+from ..files import write_atomically
+from ..memory_plan import MemoryPlan, plan_for_settings
 from ..models import (
     LoraSettings,
     MixedPrecision,
@@ -391,6 +393,8 @@ def train_ppo(settings: PPOSettings) -> Path:
         if continued and accelerator.is_main_process:
             run_folder.record_run_settings(run_dir, "ppo", to_dict(settings), start_update, continued)
         return run_dir  # complete: run again, it trains and rewrites nothing
+    # Before anything loads: a run its GPU cannot hold stops here, not at its first optimizer step.
+    plan = _memory_plan(settings, accelerator, run_dir)
     torch.manual_seed(settings.seed)  # a fresh value head is initialised from it
     policy = checkpoints.load_learner(
         settings.model,
@@ -410,7 +414,8 @@ def train_ppo(settings: PPOSettings) -> Path:
     if resume_folder is not None:  # after prepare: under DeepSpeed the state is its optimizer's, one part per process
         checkpoints.load_optimizer(optimizer, resume_folder, *checkpoints.optimizer_shard(accelerator))
     reference = _reference_logprobs_fn(settings, policy, accelerator.device)
-    generator = open_engine(policy, resolve_engine(settings.engine, policy.is_vision, accelerator.num_processes))
+    engine = resolve_engine(settings.engine, policy.is_vision, accelerator.num_processes)
+    generator = open_engine(policy, engine, **_engine_options(settings, plan, accelerator.device))
     probe = make(settings.env_id, **settings.env_config)
     if settings.bootstrap_truncated and not probe.single_conversation:
         raise ValueError(f"bootstrap_truncated needs one growing conversation; {settings.env_id} starts new ones")
@@ -471,6 +476,28 @@ def train_ppo(settings: PPOSettings) -> Path:
         accelerator.wait_for_everyone()
     distributed.record_process_agreement(run_dir, actor_critic, accelerator)
     return run_dir
+
+
+def _memory_plan(settings: PPOSettings, accelerator, run_dir: Path) -> MemoryPlan:
+    """The run's memory plan on this process's device (a MemoryPlanError on a GPU that
+    cannot hold it), written into the run folder. DeepSpeed on a CPU (the suite's test of
+    its path) is planned as DDP: the plan's ZeRO rows are of GPUs."""
+    zero_stage = None if accelerator.device.type == "cuda" else 0
+    plan = plan_for_settings("ppo", settings, accelerator.num_processes, accelerator.device, zero_stage=zero_stage)
+    if accelerator.is_main_process:
+        write_atomically(run_folder.memory_plan_file(run_dir), plan.format() + "\n")
+    return plan
+
+
+def _engine_options(settings: PPOSettings, plan: MemoryPlan, device: torch.device) -> dict[str, Any]:
+    """vLLM's options for PPO on a GPU: a KV cache for one rollout (episodes x the longest
+    sequence the plan measured), and sleep mode where the plan needs it. On a CPU the
+    engine keeps its defaults (its cache is host memory; the quickstart's numbers were
+    measured with them)."""
+    if device.type != "cuda":
+        return {}
+    longest = plan.request.prompt_tokens + settings.max_new_tokens
+    return {"rollout": (settings.episodes_per_update, longest), "sleep_mode": plan.sleep_mode}
 
 
 def _buffer_lambda(env) -> float:
