@@ -300,3 +300,23 @@ def test_the_prepared_gpu_check_runs_at_tiny_size_without_what_the_gpu_machine_l
     merge = report["lora_merge"]
     assert merge["weights_merged"] == merge["weights_in_model"] > 0
     assert report["sft"]["loss"] > 0
+
+
+def test_ppo_refuses_a_run_its_gpu_cannot_hold_before_anything_loads(tmp_path, monkeypatch):
+    """C4: the plan runs before the weights load and the first rollout; on a GPU that
+    cannot hold the run, nothing else happens (here: 7B full PPO on an 80 GiB GPU 1)."""
+    from sftrl_kit.memory_plan import MemoryPlanError
+    from sftrl_kit.memory_plan import settings as plan_settings
+    from sftrl_kit.train import ppo
+
+    gpu = SimpleNamespace(device=torch.device("cuda", 1), num_processes=1, is_main_process=True)
+    monkeypatch.setattr(distributed, "make_accelerator", lambda: gpu)
+    monkeypatch.setattr(plan_settings, "_device_capacity", lambda device: (80.0, (f"{device}: 80 GiB",)))
+
+    def load_learner(*args, **kwargs):
+        raise AssertionError("the learner loaded before the plan refused the run")
+
+    monkeypatch.setattr(ppo.checkpoints, "load_learner", load_learner)
+    with pytest.raises(MemoryPlanError, match="does not fit its GPU \\(cuda:1\\)(.|\\n)*would fit with"):
+        train_ppo(PPOSettings(model="qwen2.5-7b", run_dir=str(tmp_path), engine="hf"))
+    assert not run_folder.memory_plan_file(tmp_path).exists()
