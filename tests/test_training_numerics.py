@@ -4,6 +4,7 @@ against the initial policy, training deals disjoint from evaluation deals."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -363,9 +364,17 @@ def test_each_process_loads_its_model_on_its_own_gpu(monkeypatch, tmp_path):
         asked.append(options["device"])
         raise RuntimeError("loaded")
 
+    def plan(method, settings, processes, device):  # the memory plan reads the GPU this process plans for
+        asked.append(device)
+        return SimpleNamespace(format=lambda: "a plan")
+
     monkeypatch.setattr(sft, "load_policy", stop)
+    monkeypatch.setattr(sft, "plan_for_settings", plan)
+    dataset = tmp_path / "sft.jsonl"
+    messages = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    dataset.write_text(json.dumps({"messages": messages}) + "\n")
     with pytest.raises(RuntimeError, match="loaded"):
-        sft.train_sft(sft.SFTSettings(model="tiny", run_dir=str(tmp_path / "sft"), max_steps=1))
-    assert asked == [torch.device("cuda", 5)]
+        sft.train_sft(sft.SFTSettings(model="tiny", dataset=str(dataset), run_dir=str(tmp_path / "sft"), max_steps=1))
+    assert asked == [torch.device("cuda", 5)] * 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert process_device() == torch.device("cpu")
