@@ -238,6 +238,11 @@ def memory_plan_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / MEMORY_PLAN
 
 
+def write_memory_plan(run_dir: str | Path, table: str) -> Path:
+    """The memory plan a trainer made before it loaded anything, as its table."""
+    return write_atomically(memory_plan_file(run_dir), table + "\n")
+
+
 def start_run(study_dir: str | Path) -> Path:
     """A study's shared-start run folder (sft-start)."""
     return Path(study_dir) / START_RUN

@@ -100,8 +100,10 @@ def request_for_settings(
 
 def _launched_zero_stage(environ=None) -> int:
     """The ZeRO stage accelerate's launcher passes its processes (0 without DeepSpeed)."""
+    from ..train.distributed import uses_deepspeed
+
     env = os.environ if environ is None else environ
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+    if not uses_deepspeed(env):
         return 0
     return int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
 

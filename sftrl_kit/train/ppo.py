@@ -68,7 +68,6 @@ from ..engines import open_engine, resolve_engine
 from ..envs import Observation, make
 from ..envs.answers import field_offset
 from ..episodes import Episode, chat_messages, write_episodes
-from ..files import write_atomically
 from ..memory_plan import MemoryPlan, plan_for_settings
 from ..models import (
     LoraSettings,
@@ -485,7 +484,7 @@ def _memory_plan(settings: PPOSettings, accelerator, run_dir: Path) -> MemoryPla
     zero_stage = None if accelerator.device.type == "cuda" else 0
     plan = plan_for_settings("ppo", settings, accelerator.num_processes, accelerator.device, zero_stage=zero_stage)
     if accelerator.is_main_process:
-        write_atomically(run_folder.memory_plan_file(run_dir), plan.format() + "\n")
+        run_folder.write_memory_plan(run_dir, plan.format())
     return plan
 
 

@@ -30,7 +30,6 @@ from ..compute import gflops, sft_flops
 from ..config import to_dict
 from ..data import DATA_ROOT, load_sft_dataset
 from ..engines import close_engines
-from ..files import write_atomically
 from ..memory_plan import plan_for_settings
 from ..models import LoraSettings, MixedPrecision, Policy, load_policy
 from ..models.loading import load_processing_class
@@ -142,12 +141,11 @@ def train_sft(settings: SFTSettings) -> Path:
     if settings.loss_on == "assistant":  # before the weights load: a template that cannot mark stops the run here
         processing_class.chat_template = training_chat_template(processing_class, _conversations(dataset))
     # Before the weights load: a run its GPU cannot hold stops here, not at its first optimizer step.
-    plan = plan_for_settings("sft", settings, int(os.environ.get("WORLD_SIZE", "1")), process_device())
+    device = process_device()
+    plan = plan_for_settings("sft", settings, int(os.environ.get("WORLD_SIZE", "1")), device)
     if _is_main_process():
-        write_atomically(run_folder.memory_plan_file(run_dir), plan.format() + "\n")
-    policy = load_policy(
-        settings.model, device=process_device(), lora=settings.lora, mixed_precision=settings.mixed_precision
-    )
+        run_folder.write_memory_plan(run_dir, plan.format())
+    policy = load_policy(settings.model, device=device, lora=settings.lora, mixed_precision=settings.mixed_precision)
     _check_fp32_masters(policy, settings.model)
     num_parameters = policy.num_parameters
     resume = resume_step is not None
