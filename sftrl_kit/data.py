@@ -72,6 +72,35 @@ GP_EVAL_SPLITS = {
         ),
     )
 }
+# GP3-L, the easier variant (three cards, target 12, the same rules; tasks.STUDY_TASKS["gp3-l"]):
+# the same kinds of sets, dealt from their own seeds.
+GP_EVAL_SPLITS |= {
+    split.name: split
+    for split in (
+        EvalSplit(
+            "gp3-id",
+            {"face_rule": "ten", "colours": "black", "sampling": "uniform"},
+            110_000,
+            "three cards, target 12, trained rule (J, Q, K = 10), black suits",
+            "gp3-l",
+        ),
+        EvalSplit(
+            "gp3-rule-ood",
+            {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
+            120_000,
+            "three cards, target 12, new rule (J, Q, K = 11, 12, 13), at least one face card, black suits",
+            "gp3-l",
+        ),
+        EvalSplit(
+            "gp3-fake-rule",
+            {"face_rule": "ten", "prompt_face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
+            150_000,
+            "three cards, target 12, fake rule: the prompt states J, Q, K = 11, 12, 13, the verifier scores the trained "
+            "rule (10); at least one face card, black suits",
+            "gp3-l",
+        ),
+    )
+}
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
 EVAL_SET_SIZE = 300
 
@@ -130,6 +159,8 @@ GP_EVAL_SPLITS |= {
     for s in (
         _validation_split(GP_EVAL_SPLITS["gp-id"], 60_000),
         _validation_split(GP_EVAL_SPLITS["gp-rule-ood"], 70_000),
+        _validation_split(GP_EVAL_SPLITS["gp3-id"], 160_000),
+        _validation_split(GP_EVAL_SPLITS["gp3-rule-ood"], 170_000),
     )
 }
 VIRL_EVAL_SPLITS |= {  # the same routes in both action spaces, as virl-id and virl-rule-ood
@@ -244,6 +275,7 @@ def load_eval_set(path: str | Path) -> list[dict[str, Any]]:
 _TRAINING = {
     "gp-l": (gp_sft, GP_TRAIN_CONFIG, GP_TRAIN_BASE_SEED),
     "gp-vl": (gp_sft, GP_TRAIN_CONFIG, GP_TRAIN_BASE_SEED),
+    "gp3-l": (gp_sft, GP_TRAIN_CONFIG, GP_TRAIN_BASE_SEED),
     "virl-l": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
     "virl-vl": (virl_sft, VIRL_TRAIN_CONFIG, VIRL_TRAIN_BASE_SEED),
 }

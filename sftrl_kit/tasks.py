@@ -70,6 +70,16 @@ STUDY_TASKS = {
         ("other_rule_used",),
     ),
 }
+# GP3-L: GeneralPoints with three cards and target 12, an easier variant of the paper's
+# task that the 135M default model partly solves (so that RL has successes to learn from
+# on a CPU); the same face-card rules and signatures, its own frozen sets.
+STUDY_TASKS["gp3-l"] = replace(
+    STUDY_TASKS["gp-l"],
+    env_id="gp3-l",
+    eval_sets=("gp3-id", "gp3-rule-ood"),
+    validation_sets=("gp3-val-id", "gp3-val-rule-ood"),
+    fake_rule_set="gp3-fake-rule",
+)
 # The image versions: the same rules, sets and signatures; the cards or street views are
 # shown, not written, and a third set changes the visuals only (red suits, other cities).
 STUDY_TASKS |= {

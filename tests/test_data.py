@@ -20,7 +20,8 @@ from sftrl_kit.data import (
     write_sft_dataset,
 )
 from sftrl_kit.envs import make
-from sftrl_kit.envs.general_points.cards import FACE_RANKS, Card
+from sftrl_kit.envs.general_points.cards import FACE_RANKS, Card, hand_values
+from sftrl_kit.envs.general_points.solver import is_solvable
 from sftrl_kit.episodes import read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +50,12 @@ def test_eval_splits_hold_what_they_claim():
         assert {r["split"] for r in records} == {name}
         assert [r["seed"] for r in records] == [split.base_seed + i for i in range(len(records))]
         hands = [[Card.from_code(c) for c in r["task"]["hand"]] for r in records]
-        if name in ("gp-rule-ood", "gp-fake-rule"):
+        assert {len(hand) for hand in hands} == {3 if split.env_id == "gp3-l" else 4}
+        if split.env_config["sampling"] == "with_face":
             assert all(any(c.rank in FACE_RANKS for c in hand) for hand in hands)
+        scored_rule = split.env_config["face_rule"]
+        target = 12 if split.env_id == "gp3-l" else 24
+        assert all(is_solvable(hand_values(hand, scored_rule), target) for hand in hands)
         reds = {c.is_red for hand in hands for c in hand}
         assert reds == ({True} if name == "gp-visual-ood" else {False})
 

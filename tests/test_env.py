@@ -126,3 +126,22 @@ def test_the_reward_tables_in_the_env_docstrings_are_the_configs_defaults(env_id
         for name, value in re.findall(r"^ {8}([a-z_]+) +([+-][0-9.]+) ", type(env).__doc__, re.MULTILINE)
     }
     assert documented == dataclasses.asdict(type(env.config.rewards)())
+
+
+def test_gp3_deals_three_cards_and_asks_for_three_numbers():
+    """The easier variant: three cards and target 12, the same rules; its prompt counts
+    three cards in every wording and its example equation has three letters."""
+    for variant in range(4):
+        env = make("gp3-l", face_rule="ordinal", sampling="with_face", prompt_variant=variant)
+        obs, info = env.reset(seed=3)
+        assert len(info["task"]["hand"]) == 3
+        assert "3 cards" in obs.text or "three" in obs.text.lower()
+        assert "(a+b)*c=12" in obs.text
+        assert "c/d" not in obs.text
+        assert any(code[:-1] in ("J", "Q", "K") for code in info["task"]["hand"])
+        _, reward, terminated, _, _ = env.step(correct_answer(info))
+        assert (reward, terminated) == (5.0, True)
+    as_gp, _ = make("gp-l", num_cards=3, target=12).reset(seed=3)
+    assert as_gp.text == make("gp3-l").reset(seed=3)[0].text  # gp3-l is gp-l with these two settings
+    with pytest.raises(ConfigError, match="num_cards"):
+        make("gp-l", num_cards=5)

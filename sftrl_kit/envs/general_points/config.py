@@ -27,6 +27,7 @@ class GPRewards:
 @dataclass
 class GPConfig:
     target: int = 24
+    num_cards: int = 4  # cards in a hand (the paper: 4; "gp3-l" deals 3, an easier variant)
     face_rule: FaceRule = "ten"
     colours: Colours = "all"
     sampling: Sampling = "uniform"
@@ -49,6 +50,8 @@ class GPConfig:
         check_choice("modality", self.modality, ("text", "image"))
         if not isinstance(self.target, int) or isinstance(self.target, bool) or self.target <= 0:
             raise ValueError(f"target must be a positive integer, got {self.target!r}")
+        if not isinstance(self.num_cards, int) or isinstance(self.num_cards, bool) or not 2 <= self.num_cards <= 4:
+            raise ValueError(f"num_cards must be an integer in [2, 4], got {self.num_cards!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
         if not isinstance(self.image_size, int) or not 64 <= self.image_size <= 2048:

@@ -89,6 +89,7 @@ class GeneralPointsEnv:
                 face_rule=self.config.face_rule,
                 colours=self.config.colours,
                 sampling=self.config.sampling,
+                num_cards=self.config.num_cards,
             )
             image_seed = self._rng.getrandbits(32)
         self.task = {"hand": [card.code for card in self.hand], "image_seed": image_seed}

@@ -34,6 +34,14 @@ def build_prompt(hand: Sequence[Card], config: GPConfig) -> str:
     return _VARIANTS[config.prompt_variant](len(hand), cards, rule, config.target)
 
 
+_EXAMPLE_FORMULAS = {2: "a*b", 3: "(a+b)*c", 4: "(a+b)*c/d"}
+
+
+def _example(count: int, target: int) -> str:
+    """The example equation of the answer format: one letter per card."""
+    return f"{_EXAMPLE_FORMULAS[count]}={target}"
+
+
 def _canonical(count: int, cards: str, rule: str, target: int) -> str:
     return "\n".join(
         [
@@ -50,7 +58,7 @@ def _canonical(count: int, cards: str, rule: str, target: int) -> str:
             "Reply with one JSON object and nothing else:",
             '{"cards": [the card symbols you hold, e.g. "A", "7", "Q"], '
             f'"number": [the number of each card, where {rule}], '
-            f'"formula": "an equation using those numbers, e.g. (a+b)*c/d={target}"}}',
+            f'"formula": "an equation using those numbers, e.g. {_example(count, target)}"}}',
         ]
     )
 
@@ -71,7 +79,7 @@ def _reworded(count: int, cards: str, rule: str, target: int) -> str:
             "Answer with a single JSON object only, with the fields",
             '"cards" (your cards\' symbols, such as "A", "7", "Q"), '
             f'"number" (each card\'s number; {rule}) and '
-            f'"formula" (the equation, such as (a+b)*c/d={target}).',
+            f'"formula" (the equation, such as {_example(count, target)}).',
         ]
     )
 
@@ -91,7 +99,7 @@ def _input_first(count: int, cards: str, rule: str, target: int) -> str:
             "One JSON object, nothing else:",
             '{"cards": [symbols of your cards, e.g. "A", "7", "Q"], '
             f'"number": [each card\'s number, with {rule}], '
-            f'"formula": "the equation, e.g. (a+b)*c/d={target}"}}',
+            f'"formula": "the equation, e.g. {_example(count, target)}"}}',
         ]
     )
 
@@ -103,7 +111,7 @@ def _plain(count: int, cards: str, rule: str, target: int) -> str:
             f"Use the numbers of all {count} cards, each exactly once, with + - * / and parentheses, "
             f"to make {target}. An ace is 1 and a number card is its number; {rule}.",
             'Write only a JSON object: "cards" lists your card symbols (like "A", "7", "Q"), '
-            f'"number" lists their numbers ({rule}), and "formula" is your equation (like (a+b)*c/d={target}).',
+            f'"number" lists their numbers ({rule}), and "formula" is your equation (like {_example(count, target)}).',
         ]
     )
 
