@@ -259,3 +259,61 @@ def _paired_clusters(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str
         "paired z, cluster-robust (same tasks; answers grouped by episode)",
         z=z_score,
     )
+
+
+def pooled_paired_difference(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], z: float = Z_95) -> dict[str, Any]:
+    """One difference from several seeds' paired comparisons: the mean of the seeds'
+    differences pA_i - pB_i (each seed counts once), with a cluster-robust standard error
+    that treats each task (deal, route) as one cluster across every seed and both sides:
+    the seeds of a study evaluate the same frozen tasks, so their differences are not
+    independent, and a task's answers within an evaluation are not either.
+
+    pairs: (rate A, rate B) per seed, rates from `rate_by_task` (evaluate's metrics, with
+    per-task counts). Returns _result's fields (difference, low, high, p_value, test)
+    and `per_seed`, the seeds' own differences. With one seed it is the paired,
+    cluster-robust z-test of compare_rates."""
+    if not pairs:
+        raise ValueError("no seeds to pool")
+    seeds = len(pairs)
+    per_seed, residual_sums = [], {}
+    for a, b in pairs:
+        if "per_task" not in a or "per_task" not in b:
+            raise ValueError("pooling needs rates with per-task counts (rate_by_task)")
+        p_a, p_b = a["successes"] / a["trials"], b["successes"] / b["trials"]
+        per_seed.append(p_a - p_b)
+        for task in set(a["per_task"]) | set(b["per_task"]):
+            k_a, m_a = a["per_task"].get(task, (0, 0))
+            k_b, m_b = b["per_task"].get(task, (0, 0))
+            residual = (k_a - p_a * m_a) / a["trials"] - (k_b - p_b * m_b) / b["trials"]
+            if m_a or m_b:
+                residual_sums[task] = residual_sums.get(task, 0.0) + residual / seeds
+    clusters = len(residual_sums)
+    variance = clusters / (clusters - 1) * sum(r * r for r in residual_sums.values()) if clusters > 1 else 0.0
+    difference, se = sum(per_seed) / seeds, math.sqrt(variance)
+    z_score = 0.0 if se == 0 else difference / se
+    low, high = difference - z * se, difference + z * se
+    if se > 0:
+        p_value = _two_sided_normal(z_score)
+    else:  # no task varies: nothing moved (p = 1) or every task alike; the interval as compare_rates gives it
+        p_value = 1.0 if difference == 0 else 0.0
+        merged = compare_rates(*(rate_by_task(_summed_counts(side)) for side in zip(*pairs)), z)
+        low, high = merged["low"], merged["high"]
+    return _result(
+        difference,
+        low,
+        high,
+        p_value,
+        f"mean of {seeds} seeds' paired differences; z-test, cluster-robust (tasks as clusters across seeds)",
+        z=z_score,
+        per_seed=per_seed,
+    )
+
+
+def _summed_counts(rates: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Per task, the answers and hits of several evaluations added up."""
+    summed: dict[str, tuple[int, int]] = {}
+    for rate in rates:
+        for task, (hits, answers) in rate["per_task"].items():
+            before = summed.get(task, (0, 0))
+            summed[task] = (before[0] + hits, before[1] + answers)
+    return summed

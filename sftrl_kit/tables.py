@@ -14,6 +14,8 @@ settings (the layout: run_folder).
                        against each other run's; one formatted row each
     verdict_rows       the study's verdict: what_moved on the headline sets, the memorisation
                        signatures, the fake-rule control and recognition (image tasks)
+    pooled_verdict     verdict_rows over several seeds: each seed's difference and their
+                       pooled difference, interval and p-value
     write_table        rows -> run_dir/tables/<name>.csv (and .json, exact values)
 
 Every figure and table names runs the same way (`run_label`: "RL (PPO)", "SFT"), and
@@ -26,7 +28,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,7 +45,7 @@ from .evaluation import (
 )
 from .files import write_atomically
 from .run_folder import list_checkpoints, read_counters, read_evaluations
-from .stats import compare_rates, format_rate
+from .stats import compare_rates, format_rate, pooled_paired_difference
 
 METHOD_LABELS = {"ppo": "RL (PPO)", "sft": "SFT"}
 
@@ -181,6 +184,16 @@ def change_from_start(
 # --- the tables of what moved -----------------------------------------------------------
 
 
+class Compared(NamedTuple):
+    """One comparison of what_moved before its test: checkpoint rows a and b of one set."""
+
+    label: str  # "ppo: end - start", "ppo end - sft end"
+    eval_set: str
+    metric: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+
+
 def what_moved(
     runs: Sequence[Path],
     eval_sets: Sequence[str],
@@ -200,8 +213,19 @@ def what_moved(
     evaluations; without it, a run's evaluations on a set must share their settings (one
     per checkpoint). Rows whose evaluations differ in any setting raise a ValueError that
     names them."""
+    return _tested(compared(runs, eval_sets, metric, keys))
+
+
+def compared(
+    runs: Sequence[Path],
+    eval_sets: Sequence[str],
+    metric: str = "success_rate",
+    keys: dict[str, dict[str, Any]] | None = None,
+) -> list[Compared]:
+    """what_moved's comparisons, in its order, before any test: each run's end against
+    its start per set, then the first run's end against each other run's."""
     wanted = {name: (keys or {}).get(name) for name in eval_sets}
-    rows, ends = [], {}
+    pairs, ends = [], {}
     for index, run in enumerate(map(Path, runs)):
         evaluated = checkpoint_rows([run], keys=wanted)
         checkpoints = [c for c in list_checkpoints(run) if read_evaluations(c)]  # evaluated on any set
@@ -210,17 +234,23 @@ def what_moved(
             _require_both_ends(checkpoints, name, wanted[name], moved)
             if moved is not None:
                 ends[(index, name)] = moved.end
-                rows.append(
-                    _comparison(f"{run.name}: end - start", name, metric, moved.end, moved.start, moved.comparison)
-                )
+                pairs.append(Compared(f"{run.name}: end - start", name, metric, moved.end, moved.start))
     names = [Path(r).name for r in runs]
     for name in eval_sets:
         for index, other in enumerate(names[1:], start=1):
             if (0, name) in ends and (index, name) in ends:
-                a, b = ends[(0, name)], ends[(index, name)]
                 label = f"{names[0]} end - {other} end"
-                require_one_setting([a, b], f"{label} on {name}")
-                rows.append(_comparison(label, name, metric, a, b, compare_rates(_rate(a, metric), _rate(b, metric))))
+                pairs.append(Compared(label, name, metric, ends[(0, name)], ends[(index, name)]))
+    return pairs
+
+
+def _tested(pairs: Sequence[Compared]) -> list[dict[str, Any]]:
+    """One formatted row per comparison, with compare_rates' interval, p-value and test."""
+    rows = []
+    for pair in pairs:
+        require_one_setting([pair.a, pair.b], f"{pair.label} on {pair.eval_set}")
+        tested = compare_rates(_rate(pair.a, pair.metric), _rate(pair.b, pair.metric))
+        rows.append(_comparison(pair.label, pair.eval_set, pair.metric, pair.a, pair.b, tested))
     require_one_setting(rows, "what_moved")
     return rows
 
@@ -266,22 +296,78 @@ def _comparison(
 def verdict_rows(settings: Any, runs: Sequence[Path], keys: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
     """The study's verdict, what_moved's rows in this order: the task's headline metric on
     the headline sets (ID, rule OOD, and visual OOD for the image tasks); each memorisation
-    signature on the rule-OOD set; with fake_rule, the fake-rule set's FAKE_RULE_METRICS
+    signature on the rule-OOD set; the validity rate (evaluation.failure_modes' "valid":
+    well-formed answers under the rule in force) on the headline sets; with fake_rule, the fake-rule set's FAKE_RULE_METRICS
     (the first answer's rate, then other_rule_used); for the image tasks,
     recognition_accuracy on the headline sets.
 
     `settings`: a study.StudySettings (its task_info, headline_sets and fake_rule are
     read); `keys`: the evaluations to use (settings.eval_keys())."""
+    return _tested(verdict_comparisons(settings, runs, keys))
+
+
+def verdict_comparisons(settings: Any, runs: Sequence[Path], keys: dict[str, dict[str, Any]] | None) -> list[Compared]:
+    """verdict_rows' comparisons, in its order, before any test."""
     task = settings.task_info
-    moved = what_moved(runs, settings.headline_sets, metric=task.metric, keys=keys)
+    pairs = compared(runs, settings.headline_sets, metric=task.metric, keys=keys)
     for signature in task.signatures:  # answers that followed the trained rule
-        moved += what_moved(runs, [task.rule_ood_set], metric=signature, keys=keys)
+        pairs += compared(runs, [task.rule_ood_set], metric=signature, keys=keys)
+    pairs += compared(runs, settings.headline_sets, metric="valid", keys=keys)  # following the rule, right or not
     if settings.fake_rule:  # the prompt states the new rule, the verifier scores the trained one
         for metric in FAKE_RULE_METRICS:
-            moved += what_moved(runs, [task.fake_rule_set], metric=metric, keys=keys)
+            pairs += compared(runs, [task.fake_rule_set], metric=metric, keys=keys)
     if task.vision:  # did the model read the cards or signs better, or worse?
-        moved += what_moved(runs, settings.headline_sets, metric="recognition_accuracy", keys=keys)
-    return moved
+        pairs += compared(runs, settings.headline_sets, metric="recognition_accuracy", keys=keys)
+    return pairs
+
+
+def pooled_verdict(
+    settings: Any,
+    runs_by_seed: Mapping[int, Sequence[Path]],
+    keys_by_seed: Mapping[int, dict[str, dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """The verdict over several seeds: one row per comparison of verdict_rows, with each
+    seed's difference and their pooled difference, 95% interval and p-value
+    (stats.pooled_paired_difference: the mean of the seeds' paired differences, the
+    frozen tasks as clusters across seeds).
+
+    settings: the study's (a study.StudySettings; its seed is replaced by each seed's);
+    runs_by_seed: {seed: the runs verdict_rows compares, e.g. [ppo_run, sft_run]};
+    keys_by_seed: {seed: the evaluations to use}; default, each seed's eval_keys(). Every
+    seed must make the same comparisons at the same evaluation settings but the seed."""
+    if not runs_by_seed:
+        raise ValueError("no seeds to pool")
+    per_seed = []
+    for seed, runs in runs_by_seed.items():
+        seeded = replace(settings, seed=seed)
+        keys = keys_by_seed[seed] if keys_by_seed is not None else seeded.eval_keys()
+        per_seed.append(verdict_comparisons(seeded, runs, keys))
+    names = [[(c.label, c.eval_set, c.metric) for c in seed] for seed in per_seed]
+    if any(n != names[0] for n in names):
+        raise ValueError("the seeds' verdicts make different comparisons; pool runs of one study design")
+    rows = []
+    for comparisons in zip(*per_seed):
+        first = comparisons[0]
+        ends = [row for c in comparisons for row in (c.a, c.b)]
+        require_same_settings(
+            [{f: row.get(f) for f in KEY_FIELDS} for row in ends], f"pooling {first.label}", ignore=("eval_set", "seed")
+        )
+        pooled = pooled_paired_difference([(_rate(c.a, c.metric), _rate(c.b, c.metric)) for c in comparisons])
+        rows.append(
+            {
+                "comparison": first.label,
+                "eval_set": first.eval_set,
+                "metric": first.metric,
+                "seeds": len(comparisons),
+                "per seed (points)": ", ".join(f"{100 * d:+.1f}" for d in pooled["per_seed"]),
+                "pooled (points)": f"{100 * pooled['difference']:+.1f} "
+                f"[{100 * pooled['low']:+.1f}, {100 * pooled['high']:+.1f}]",
+                "p": pooled["p_value"],
+                "significant": pooled["significant"],
+                "test": pooled["test"],
+            }
+        )
+    return rows
 
 
 def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:

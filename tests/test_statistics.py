@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sftrl_kit.stats import Z_95, compare_rates, mcnemar_exact_p, rate_by_task, wilson_interval
+from sftrl_kit.stats import (
+    Z_95,
+    compare_rates,
+    mcnemar_exact_p,
+    pooled_paired_difference,
+    rate_by_task,
+    wilson_interval,
+)
 
 EPISODES = 50
 MEAN, ICC = 0.3, 0.75
@@ -201,3 +208,71 @@ def test_rates_are_written_one_way_in_tables_and_the_terminal():
     rate = {"successes": 3, "trials": 100, "value": 0.03, "low": 0.0103, "high": 0.0845}
     assert format_rate(rate) == "3/100 = 3.0% [1.0, 8.5]"
     assert format_rate(rate, counts=False) == "  3.0% [1.0, 8.5]"
+
+
+def test_pooling_identical_seeds_gives_one_seeds_paired_test():
+    """Three seeds that answered alike are one seed's evidence, not three times it: the
+    pooled difference, interval and p-value are compare_rates' paired, clustered ones."""
+    rng = np.random.default_rng(5)
+    ids = [f"t{i}" for i in range(40)]
+    a = as_rate(rng.integers(0, 3, 40), np.full(40, 2), ids)
+    b = as_rate(rng.integers(0, 2, 40), np.full(40, 2), ids)
+    single, pooled = compare_rates(a, b), pooled_paired_difference([(a, b)] * 3)
+    for field in ("difference", "low", "high", "p_value"):
+        assert pooled[field] == pytest.approx(single[field], rel=1e-12)
+    assert pooled["per_seed"] == [single["difference"]] * 3
+
+
+def test_the_pooled_standard_error_agrees_with_a_cluster_bootstrap():
+    """An independent computation: resample the frozen tasks with replacement (the same
+    draw for every seed and both checkpoints, since the seeds share the tasks), recompute
+    the mean of the seeds' differences, and take the spread of 4,000 draws."""
+    rng = np.random.default_rng(11)
+    tasks, seeds = 80, 3
+    ids = [f"t{i}" for i in range(tasks)]
+    easy = rng.random(tasks) < 0.5  # a task's difficulty is shared by every seed
+    hits_a = [np.where(easy, rng.binomial(2, 0.8, tasks), rng.binomial(2, 0.2, tasks)) for _ in range(seeds)]
+    hits_b = [np.where(easy, rng.binomial(2, 0.6, tasks), rng.binomial(2, 0.1, tasks)) for _ in range(seeds)]
+    twos = np.full(tasks, 2)
+    pairs = [(as_rate(a, twos, ids), as_rate(b, twos, ids)) for a, b in zip(hits_a, hits_b)]
+    pooled = pooled_paired_difference(pairs)
+    draws = []
+    for _ in range(4000):
+        pick = rng.integers(0, tasks, tasks)
+        draws.append(
+            np.mean([a[pick].sum() / (2 * tasks) - b[pick].sum() / (2 * tasks) for a, b in zip(hits_a, hits_b)])
+        )
+    bootstrap_se = np.std(draws, ddof=1)
+    analytic_se = (pooled["high"] - pooled["low"]) / (2 * Z_95)
+    assert pooled["difference"] == pytest.approx(np.mean([a.mean() / 2 - b.mean() / 2 for a, b in zip(hits_a, hits_b)]))
+    assert analytic_se == pytest.approx(bootstrap_se, rel=0.08)
+
+
+def test_the_pooled_interval_covers_the_true_difference():
+    """Three seeds on the same 60 tasks, two answers each, true success 0.5 and 0.4 with a
+    task difficulty shared across seeds and checkpoints: 95% coverage."""
+    rng = np.random.default_rng(17)
+    ids, covered, runs = [f"t{i}" for i in range(60)], 0, 600
+    twos = np.full(60, 2)
+    for _ in range(runs):
+        easy = rng.random(60) < 0.5
+        pairs = [
+            (
+                as_rate(np.where(easy, rng.binomial(2, 0.8, 60), rng.binomial(2, 0.2, 60)), twos, ids),
+                as_rate(np.where(easy, rng.binomial(2, 0.7, 60), rng.binomial(2, 0.1, 60)), twos, ids),
+            )
+            for _ in range(3)
+        ]
+        pooled = pooled_paired_difference(pairs)
+        covered += pooled["low"] <= 0.1 <= pooled["high"]
+    assert 0.92 <= covered / runs <= 0.98
+
+
+def test_pooling_seeds_where_nothing_varies_keeps_an_honest_interval():
+    nothing = rate_by_task({f"t{i}": (0, 2) for i in range(4)})
+    pooled = pooled_paired_difference([(nothing, nothing)] * 3)
+    assert (pooled["difference"], pooled["p_value"]) == (0.0, 1.0)
+    assert pooled["high"] > 0.2
+    assert pooled["low"] == -pooled["high"]
+    with pytest.raises(ValueError, match="per-task"):
+        pooled_paired_difference([({"successes": 1, "trials": 2}, nothing)])

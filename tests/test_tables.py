@@ -109,6 +109,7 @@ def rich_run(root, name, method, counts, sets):
                     "answers": 80,
                     "other_rule_used": {"rate": per_task(eval_set, [int(i < 2 * step) for i in tasks], 2)},
                     "other_rule_numbers": {"rate": per_task(eval_set, [int(i < 3 * step) for i in tasks], 2)},
+                    "valid": {"rate": per_task(eval_set, [int(i < 10 + step) for i in tasks], 2)},
                 },
             }
             write_evaluation(folder, metrics, episodes=[])
@@ -138,6 +139,7 @@ def test_verdict_rows_of_an_image_task_with_the_fake_rule_control(tmp_path):
         block(headline, "success_rate")
         + block([info.rule_ood_set], "other_rule_used")
         + block([info.rule_ood_set], "other_rule_numbers")
+        + block(headline, "valid")
         + block([info.fake_rule_set], tables.FIRST_ANSWER_METRIC)
         + block([info.fake_rule_set], "other_rule_used")
         + block(headline, "recognition_accuracy")
@@ -146,6 +148,7 @@ def test_verdict_rows_of_an_image_task_with_the_fake_rule_control(tmp_path):
     typed = tables.what_moved(runs, settings.headline_sets, metric=info.metric, keys=keys)
     for signature in info.signatures:
         typed += tables.what_moved(runs, [info.rule_ood_set], metric=signature, keys=keys)
+    typed += tables.what_moved(runs, settings.headline_sets, metric="valid", keys=keys)
     typed += tables.what_moved(runs, [info.fake_rule_set], metric=tables.FIRST_ANSWER_METRIC, keys=keys)
     typed += tables.what_moved(runs, [info.fake_rule_set], metric="other_rule_used", keys=keys)
     typed += tables.what_moved(runs, settings.headline_sets, metric="recognition_accuracy", keys=keys)
@@ -161,4 +164,38 @@ def test_verdict_rows_of_an_image_task_with_the_fake_rule_control(tmp_path):
         block(["gp-id", "gp-rule-ood"], "success_rate")
         + block(["gp-rule-ood"], "other_rule_used")
         + block(["gp-rule-ood"], "other_rule_numbers")
+        + block(["gp-id", "gp-rule-ood"], "valid")
     )
+
+
+def test_pooled_verdict_pools_each_comparison_over_the_seeds(tmp_path):
+    """One row per comparison of the verdict: each seed's difference as its own verdict
+    states it, and their mean with the pooled test."""
+    settings = study.StudySettings(task="gp-l")
+    sets = settings.headline_sets
+    seeds = {
+        0: [
+            rich_run(tmp_path / "s0", "ppo", "ppo", [6, 9, 14], sets),
+            rich_run(tmp_path / "s0", "sft", "sft", [6, 20, 30], sets),
+        ],
+        1: [
+            rich_run(tmp_path / "s1", "ppo", "ppo", [6, 8, 10], sets),
+            rich_run(tmp_path / "s1", "sft", "sft", [6, 25, 36], sets),
+        ],
+    }
+    keys = {seed: {name: {"max_attempts": 5} for name in sets} for seed in seeds}
+    rows = tables.pooled_verdict(settings, seeds, keys)
+    alone = {seed: tables.verdict_rows(settings, runs, keys[seed]) for seed, runs in seeds.items()}
+    assert [(r["comparison"], r["eval_set"], r["metric"]) for r in rows] == [
+        (r["comparison"], r["eval_set"], r["metric"]) for r in alone[0]
+    ]
+    for row, first, second in zip(rows, alone[0], alone[1]):
+        assert (
+            row["per seed (points)"] == f"{first['A - B (points)'].split()[0]}, {second['A - B (points)'].split()[0]}"
+        )
+        assert row["seeds"] == 2
+    sft_id = next(r for r in rows if r["comparison"] == "sft: end - start" and r["eval_set"] == "gp-id")
+    assert sft_id["pooled (points)"].startswith("+67.5 [")  # (24/40 + 30/40) / 2
+    assert sft_id["p"] < 1e-6
+    with pytest.raises(ValueError, match="different comparisons"):
+        tables.pooled_verdict(settings, {0: seeds[0], 1: seeds[1][:1]}, keys)
