@@ -99,6 +99,9 @@ def _first_answers_right(episode: Episode) -> tuple[int, int]:
 RAMBLING_CHARS = 600  # an unreadable answer this long is rambling, not a slip of format
 
 
+VALID_OUTCOMES = frozenset({"correct", "wrong_value", "wrong_action"})  # failure_modes' "valid" (GP, V-IRL)
+
+
 def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     """How answers failed, with the memorisation signature counted on its own:
 
@@ -109,6 +112,13 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     other_rule_numbers  GP: the "number" field lists the hand's values under the other
                         face-card rule, whatever the formula (the verdict's numbers_rule);
                         the signature in a model whose arithmetic does not work yet
+    valid               the answer is well-formed and plays by the scored rule: GP, a
+                        legal formula using each card's number under that rule exactly
+                        once, whatever its value (outcome correct or wrong_value); V-IRL,
+                        an action of the scored action space (correct or wrong_action).
+                        Instruction-following apart from competence: success counts the
+                        valid answers that are also right. The scored rule is the one the
+                        prompt states on every set but the fake-rule control
     unparseable         no answer object could be read
     rambling            unreadable and at least RAMBLING_CHARS long (typical of RL
                         without an SFT start)
@@ -119,6 +129,7 @@ def failure_modes(episodes: Sequence[Episode]) -> dict[str, Any]:
     checks = {
         "other_rule_used": lambda t: bool(t.verdict.get("other_rule_used")),
         "other_rule_numbers": lambda t: t.verdict.get("numbers_rule") == "other",
+        "valid": lambda t: t.outcome in VALID_OUTCOMES,
         "unparseable": lambda t: t.outcome == "unparseable",
         "rambling": lambda t: t.outcome == "unparseable" and len(t.response) >= RAMBLING_CHARS,
     }

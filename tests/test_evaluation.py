@@ -166,3 +166,33 @@ def test_failure_examples_pick_the_episodes_of_the_asked_modes():
     episodes = [clean, leaked, garbled]
     assert failure_examples(episodes) == [leaked, garbled]
     assert failure_examples(episodes, modes=["other_rule_used"]) == [leaked]
+
+
+def test_the_validity_rate_counts_well_formed_answers_under_the_scored_rule_apart_from_success():
+    """Five answers to one rule-OOD hand through the real verifier: right; each card's
+    number under J=11.. once but another value (valid, not right); the trained rule's 10
+    for the face card (the memorisation signature: invalid); an illegal formula; prose."""
+    from sftrl_kit.envs import make
+    from sftrl_kit.episodes import Episode, Turn
+    from sftrl_kit.evaluation import failure_modes
+
+    env = make("gp-l", face_rule="ordinal")
+    task = {"hand": ["QS", "2C", "AS", "10H"], "image_seed": 0}  # 12, 2, 1, 10 under J=11, Q=12, K=13
+    answers = {
+        '{"formula": "12*2*1+10-10"}': None,  # uses 10 twice: not each card once
+        '{"formula": "(12+10+2)*1"}': "correct",
+        '{"formula": "12+2+1+10"}': "wrong_value",
+        '{"formula": "(10+10+2)*1"}': "numbers_mismatch",
+        '{"formula": "12+2+(1+10"}': "illegal_formula",
+        "twenty-four": "unparseable",
+    }
+    turns = []
+    for text, expected in answers.items():
+        env.reset(options={"task": task})
+        _, reward, *_, info = env.step(text)
+        if expected is not None:
+            assert info["verdict"]["outcome"] == expected
+        turns.append(Turn(text, reward, info["verdict"]["outcome"], "f", info["verdict"]))
+    modes = failure_modes([Episode("gp-l", {}, {}, "p", turns)])
+    assert modes["valid"]["count"] == 2  # correct and wrong_value: success is 1 of them
+    assert modes["valid"]["rate"]["trials"] == len(answers)
