@@ -13,6 +13,8 @@ them): pick them with `tables.checkpoint_rows(..., keys=settings.eval_keys())`.
   plot_change      change of a metric from each run's first checkpoint to its last,
                    in points, with the difference's 95% interval (the paper's OOD bars;
                    the numbers: tables.change_from_start)
+  plot_drift       each checkpoint's forward KL from the start (drift.forward_kl) against
+                   its change on a set from the run's first checkpoint (RL's Razor)
   plot_recognition recognition accuracy against success per checkpoint, one panel per
                    set (the vision tasks: the paper's recognition figure)
   training_curves  a run's own log (metrics.jsonl): PPO's success, return, KL, clip
@@ -228,6 +230,55 @@ def plot_change(rows: Sequence[dict[str, Any]], eval_set: str, metric: str = "su
         ),
         fontsize=9,
     )
+    figure.tight_layout()
+    return figure
+
+
+# --- drift from the start against the rule-OOD change ----------------------------------
+
+
+def plot_drift(
+    rows: Sequence[dict[str, Any]], drift: dict[str, Sequence[dict[str, Any]]], eval_set: str, metric: str
+) -> Figure:
+    """Each checkpoint's forward KL from the start on the trained task (drift.forward_kl,
+    nats per response, with its standard error) against its change in `metric` on
+    `eval_set` from the run's first checkpoint (points), one line per run: RL's Razor's
+    question, whether the distance travelled on the trained task, more than the
+    algorithm, says how much the other rule was lost.
+
+    drift: {run: forward_kl's entries} (study.drift); rows: checkpoint_rows of the same runs."""
+    import matplotlib.pyplot as plt
+
+    require_one_setting([r for r in rows if r["eval_set"] == eval_set], f"the drift figure on {eval_set}")
+    figure, ax = plt.subplots(figsize=(6.0, 4.4))
+    handles = []
+    for index, (run, label) in enumerate(runs_in(rows).items()):
+        series = run_series(rows, run, eval_set, metric, x="step")
+        kl_of = {Path(entry["checkpoint"]).name: entry for entry in drift.get(run, [])}
+        points = [(kl_of[r["checkpoint"]], r) for r in series if r["checkpoint"] in kl_of]
+        if not series or not points:
+            continue
+        first = series[0][metric]
+        colour, marker, line = _STYLES[index % len(_STYLES)]
+        x = [entry["forward_kl"] for entry, _ in points]
+        y = [100 * (row[metric] - first) for _, row in points]
+        ax.errorbar(
+            x,
+            y,
+            xerr=[entry["se"] for entry, _ in points],
+            color=colour,
+            marker=marker,
+            linestyle=line,
+            capsize=3,
+            label=label,
+        )
+        handles.append(label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("forward KL from the start on the trained task (nats per response)")
+    ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")
+    ax.set_title(_wrap(f"{set_label(eval_set)}\neach checkpoint against its run's first", 62), fontsize=9)
+    if handles:
+        ax.legend(fontsize=9)
     figure.tight_layout()
     return figure
 

@@ -10,6 +10,7 @@ for any task (StudySettings.task: gp-l, virl-l, or the image versions gp-vl, vir
     ppo_settings       the PPO branch's PPOSettings from the study's sizes (notebook 04 launches them)
     ppo_branch         PPO from the start, with those settings (value head, or grpo / rloo)
     sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
+    drift              each checkpoint's forward KL from the start on the ID set (drift.py)
     evaluate_runs      every checkpoint of every run on the study's sets
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
                        once and its results copied to each branch's step 0)
@@ -513,6 +514,30 @@ def evaluate_runs(
             if first and read_counters(first[0])["step"] == 0:
                 _copy_evaluations(Path(start), first[0])
     return evaluate_checkpoints(runs, **_evaluation_settings(settings), progress=progress)
+
+
+DRIFT_TASKS = 64  # drift: the ID tasks whose start responses the forward KL is estimated on
+
+
+def drift(settings: StudySettings, runs: Sequence[Path], start: Path) -> dict[str, list[dict[str, Any]]]:
+    """{run: each checkpoint's forward KL from the start} on the first DRIFT_TASKS deals or
+    routes of the ID set, one response each sampled from the start (drift.forward_kl;
+    stored in each checkpoint's folder and read back when there)."""
+    from .drift import forward_kl
+
+    task = settings.task_info
+    return {
+        Path(run).name: forward_kl(
+            start,
+            list_checkpoints(run),
+            task.id_set,
+            task.env_id,
+            limit=DRIFT_TASKS,
+            max_new_tokens=settings.new_tokens,
+            seed=settings.seed,
+        )
+        for run in runs
+    }
 
 
 def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = True) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from conftest import synthetic_run  # noqa: E402
 from sftrl_kit.plots import (  # noqa: E402
     plot_change,
     plot_curves,
+    plot_drift,
     plot_recognition,
     set_label,
     smooth,
@@ -242,3 +243,21 @@ def test_the_recognition_figure_puts_each_checkpoint_at_its_recognition_and_succ
             )
             assert list(path.get_xdata()) == pytest.approx([100 * r["per_step_accuracy"] for r in series])
             assert list(path.get_ydata()) == pytest.approx([100 * r["success_rate"] for r in series])
+
+
+def test_the_drift_figure_puts_each_checkpoint_at_its_kl_and_its_change(tmp_path):
+    rl = synthetic_run(tmp_path, "rl", "ppo", [(10, 6), (20, 8), (30, 9)])
+    sft = synthetic_run(tmp_path, "sft", "sft", [(10, 6), (30, 4), (40, 2)])
+    rows = checkpoint_rows([rl, sft])
+    names = {
+        run: [r["checkpoint"] for r in rows if r["run"] == run and r["eval_set"] == "ood"] for run in ("rl", "sft")
+    }
+    drift = {
+        run: [{"checkpoint": f"/x/{name}", "forward_kl": kl, "se": 0.1} for name, kl in zip(names[run], kls)]
+        for run, kls in (("rl", [0.0, 0.5, 0.9]), ("sft", [0.0, 2.0, 4.0]))
+    }
+    figure = plot_drift(rows, drift, "ood", "success_rate")
+    lines = [container.lines[0] for container in figure.axes[0].containers]  # each run's errorbar data line
+    assert [list(line.get_xdata()) for line in lines] == [[0.0, 0.5, 0.9], [0.0, 2.0, 4.0]]
+    assert list(lines[1].get_ydata()) == pytest.approx([0.0, -4.0, -8.0])  # 6 -> 4 -> 2 of 50, in points
+    figure.savefig(tmp_path / "drift.png")
