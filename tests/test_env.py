@@ -145,3 +145,15 @@ def test_gp3_deals_three_cards_and_asks_for_three_numbers():
     assert as_gp.text == make("gp3-l").reset(seed=3)[0].text  # gp3-l is gp-l with these two settings
     with pytest.raises(ConfigError, match="num_cards"):
         make("gp-l", num_cards=5)
+
+
+def test_the_compact_prompt_states_the_rule_cards_and_format_in_a_third_of_the_words():
+    full, _ = make("gp-l", face_rule="ordinal").reset(seed=4)
+    env = make("gp-l", face_rule="ordinal", compact_prompt=True)
+    compact, info = env.reset(seed=4)
+    assert "J counts as 11, Q as 12 and K as 13" in compact.text
+    assert "Cards: " + ", ".join(code[:-1] for code in info["task"]["hand"]) in compact.text
+    assert '"formula": "(a+b)*c/d=24"' in compact.text
+    assert len(compact.text.split()) < 0.5 * len(full.text.split())
+    _, reward, terminated, _, _ = env.step(correct_answer(info))
+    assert (reward, terminated) == (5.0, True)

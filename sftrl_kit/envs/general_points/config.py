@@ -39,6 +39,7 @@ class GPConfig:
         None  # the rule the prompt states; None: face_rule (the fake-rule control sets it apart)
     )
     prompt_variant: int = 0  # the prompt's wording and layout (envs.base.PROMPT_VARIANTS; 0: canonical)
+    compact_prompt: bool = False  # the task in two lines, a third of the tokens ("gp3-l"'s default)
 
     def __post_init__(self) -> None:
         check_choice("face_rule", self.face_rule, FACE_RULES)

@@ -25,12 +25,15 @@ def rule_text(face_rule: str) -> str:
 
 def build_prompt(hand: Sequence[Card], config: GPConfig) -> str:
     """The prompt in config.prompt_variant's wording and layout (0: the paper's three
-    sections), stating config.stated_face_rule."""
+    sections), stating config.stated_face_rule; with config.compact_prompt, the compact
+    form of every variant (about a third of the tokens)."""
     rule = rule_text(config.stated_face_rule)
     if config.modality == "image":
         cards = "The image shows the cards you hold."
     else:
         cards = "Cards: " + ", ".join(card.rank for card in hand)
+    if config.compact_prompt:
+        return _compact(len(hand), cards, rule, config.target)
     return _VARIANTS[config.prompt_variant](len(hand), cards, rule, config.target)
 
 
@@ -112,6 +115,17 @@ def _plain(count: int, cards: str, rule: str, target: int) -> str:
             f"to make {target}. An ace is 1 and a number card is its number; {rule}.",
             'Write only a JSON object: "cards" lists your card symbols (like "A", "7", "Q"), '
             f'"number" lists their numbers ({rule}), and "formula" is your equation (like {_example(count, target)}).',
+        ]
+    )
+
+
+def _compact(count: int, cards: str, rule: str, target: int) -> str:
+    """The task in two lines: what a CPU run trains on when every prompt token costs time."""
+    return "\n".join(
+        [
+            f"{cards}. Make {target} using each card's number once, with + - * / and parentheses. "
+            f"An ace is 1, a number card its number, and {rule}.",
+            f'Reply with JSON only: {{"cards": [...], "number": [...], "formula": "{_example(count, target)}"}}',
         ]
     )
 
