@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         train.set_defaults(run=_train, method=name)
 
     _add_plan_parser(commands)
+    pool = commands.add_parser(
+        "pool",
+        help="the quickstart's verdict pooled over run folders of several seeds (one p-value per claim)",
+        description="Pool the verdict of quickstart studies that differ only in their seed: each row gives every "
+        "seed's difference and their mean with a 95% interval and p-value (tasks as clusters across seeds). "
+        "Give the same -p parameters the runs had, but the seed.",
+    )
+    pool.add_argument("run_folders", nargs="+", help="run folders of `sftrl run quickstart -p seed S`")
+    pool.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="as `sftrl run`"
+    )
+    pool.add_argument("--out", default=None, help="also write the table to OUT/tables/quickstart-pooled.csv")
+    pool.set_defaults(run=_pool)
 
     run = commands.add_parser(
         "run",
@@ -392,6 +405,30 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  fix it, then: sftrl run --resume {failure.output.parent}", file=sys.stderr)
         return 1
     print(f"sftrl run: done\n{run_summary(folder)}")
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .presets import choose
+    from .stats import format_p_value
+    from .study import pool_seeds
+    from .tables import write_table
+
+    parameters = {key: _yaml_number(yaml.safe_load(value)) for key, value in args.parameter}
+    if "seed" in parameters:
+        raise ValueError("the seeds come from the run folders; leave -p seed out")
+    overrides = parameters.pop("overrides", None) or {}
+    settings = choose("quickstart", {**overrides, **parameters}).study
+    rows = pool_seeds(settings, args.run_folders)
+    for row in rows:
+        print(
+            f"{row['comparison']:<22} {row['eval_set']:<16} {row['metric']:<22} seeds {row['per seed (points)']:<24} "
+            f"pooled {row['pooled (points)']}, {format_p_value(row['p'])}"
+        )
+    if args.out:
+        print(f"written: {write_table(rows, args.out, 'quickstart-pooled')}")
     return 0
 
 

@@ -15,6 +15,7 @@ for any task (StudySettings.task: gp-l, virl-l, or the image versions gp-vl, vir
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
                        once and its results copied to each branch's step 0)
     run_study          all of the above in one call (what 06 runs, or finds 00 ran)
+    pool_seeds         the verdict over quickstart studies of several seeds (`sftrl pool`)
 
 What moved (each run's end against its start, the branches' ends against each other, with
 intervals and a test) and the verdict are tables.what_moved and tables.verdict_rows, read
@@ -40,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from . import run_folder
+from . import run_folder, tables
 from .compute import sft_tokens_for
 from .data import (
     eval_set_path,
@@ -114,6 +115,8 @@ class StudySettings:
     """episodes per PPO update (per process)"""
     ppo_epochs: int = 1
     """passes over each update's episodes"""
+    ppo_minibatch_size: int | None = None
+    """turns per PPO optimizer step; None: episodes_per_update (about one step per pass)"""
     ppo_learning_rate: float = 1e-5
     """PPO's learning rate (at 2e-6 four updates left the policy where it was: approx_kl < 1e-3)"""
     advantage: str = "gae"
@@ -372,7 +375,7 @@ def ppo_settings(
         updates=settings.ppo_updates,
         learning_rate=settings.ppo_learning_rate,
         ppo_epochs=settings.ppo_epochs,
-        minibatch_size=settings.episodes_per_update,
+        minibatch_size=settings.ppo_minibatch_size or settings.episodes_per_update,
         max_new_tokens=settings.new_tokens,
         temperature=settings.temperature,
         save_every=_every(settings.ppo_updates, settings.checkpoints),
@@ -481,6 +484,27 @@ class StudyRuns:
 def quickstart_dir(run_dir: str | Path, settings: StudySettings) -> Path:
     """Where a quickstart study of settings.task keeps its training runs (run_folder.quickstart_dir)."""
     return run_folder.quickstart_dir(run_dir, settings.task)
+
+
+def pool_seeds(settings: StudySettings, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The verdict pooled over quickstart studies that differ only in their seed
+    (tables.pooled_verdict): each run folder is one `sftrl run quickstart -p seed S` (with
+    the settings' other parameters); its seed is read from its PPO run's ppo.yaml. Two
+    folders of one seed, or a folder without the study's runs, raise a ValueError."""
+    runs_by_seed: dict[int, list[Path]] = {}
+    for run_dir in map(Path, run_dirs):
+        folder = quickstart_dir(run_dir, settings)
+        ppo_run, sft_run = folder / "ppo", folder / "sft"
+        config = run_folder.settings_file(ppo_run, "ppo")
+        if not config.is_file() or not list_checkpoints(sft_run):
+            raise ValueError(
+                f"{run_dir} holds no finished {settings.task} quickstart study (ppo/ and sft/ in {folder})"
+            )
+        seed = yaml.safe_load(config.read_text())["seed"]
+        if seed in runs_by_seed:
+            raise ValueError(f"two run folders of seed {seed}: pool studies of different seeds")
+        runs_by_seed[seed] = [ppo_run, sft_run]
+    return tables.pooled_verdict(settings, runs_by_seed)
 
 
 def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> StudyRuns:

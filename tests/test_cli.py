@@ -318,3 +318,10 @@ def test_several_processes_need_one_named_run_folder(monkeypatch, tmp_path, caps
     assert main(["ppo", "model=tiny"]) == 2
     assert "give it one folder with --out" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sftrl_pool_names_a_folder_without_a_finished_study_and_refuses_a_seed_parameter(tmp_path, capsys):
+    assert main(["pool", str(tmp_path)]) == 2
+    assert f"{tmp_path} holds no finished gp-l quickstart study" in capsys.readouterr().err
+    assert main(["pool", str(tmp_path), "-p", "seed", "1"]) == 2
+    assert "leave -p seed out" in capsys.readouterr().err

@@ -30,6 +30,7 @@ def test_quickstart_sizes_are_the_measured_ones():
         "ppo_updates": 6,
         "episodes_per_update": 8,
         "ppo_epochs": 1,
+        "ppo_minibatch_size": None,
         "ppo_learning_rate": 1e-5,
         "advantage": "gae",
         "group_size": 1,
