@@ -16,6 +16,7 @@ settings (the layout: run_folder).
                        signatures, the fake-rule control and recognition (image tasks)
     pooled_verdict     verdict_rows over several seeds: each seed's difference and their
                        pooled difference, interval and p-value
+    drift_rows         study.drift's forward KL per checkpoint as table rows
     write_table        rows -> run_dir/tables/<name>.csv (and .json, exact values)
 
 Every figure and table names runs the same way (`run_label`: "RL (PPO)", "SFT"), and
@@ -368,6 +369,17 @@ def pooled_verdict(
             }
         )
     return rows
+
+
+def drift_rows(drift: Mapping[str, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """study.drift's {run: entries} as table rows: run, checkpoint, step, GFLOPs, the
+    forward KL (nats per response) with its standard error, per token, and samples."""
+    fields = ("step", "gflops", "forward_kl", "se", "per_token", "samples")
+    return [
+        {"run": run, "checkpoint": Path(entry["checkpoint"]).name, **{f: entry[f] for f in fields}}
+        for run, entries in drift.items()
+        for entry in entries
+    ]
 
 
 def write_table(rows: Sequence[dict[str, Any]], run_dir: str | Path, name: str, vary: Sequence[str] = ()) -> Path:

@@ -55,3 +55,14 @@ def test_forward_kl_is_zero_at_the_start_and_matches_an_independent_forward_pass
     assert again == results[1:]  # read back, not re-measured
     other = drift.forward_kl(start_dir, [moved_dir], "gp-id", "gp-l", limit=4, max_new_tokens=8)
     assert other[0]["samples"] == 4  # another setting is another measurement
+
+
+def test_drift_rows_name_each_checkpoint_of_each_run():
+    from sftrl_kit.tables import drift_rows
+
+    entry = {"checkpoint": "/r/ppo/checkpoints/update-0002", "step": 2, "gflops": 5.0, "forward_kl": 0.3}
+    entry |= {"se": 0.1, "per_token": 0.01, "samples": 64, "key": {"start": "/r/start"}}
+    assert drift_rows({"ppo": [entry]}) == [
+        {"run": "ppo", "checkpoint": "update-0002", "step": 2, "gflops": 5.0, "forward_kl": 0.3}
+        | {"se": 0.1, "per_token": 0.01, "samples": 64}
+    ]
