@@ -246,7 +246,9 @@ def plot_drift(
     question, whether the distance travelled on the trained task, more than the
     algorithm, says how much the other rule was lost.
 
-    drift: {run: forward_kl's entries} (study.drift); rows: checkpoint_rows of the same runs."""
+    drift: {run folder name: forward_kl's entries} (study.drift); rows: checkpoint_rows of
+    the same runs, named by their folders (no `labels`). A ValueError when no checkpoint of
+    the rows has an entry in drift."""
     import matplotlib.pyplot as plt
 
     require_one_setting([r for r in rows if r["eval_set"] == eval_set], f"the drift figure on {eval_set}")
@@ -273,6 +275,12 @@ def plot_drift(
             label=label,
         )
         handles.append(label)
+    if not handles:
+        plt.close(figure)
+        raise ValueError(
+            f"no checkpoint of the rows' runs {sorted(runs_in(rows))} has a forward KL in drift "
+            f"(its runs: {sorted(drift)}); build the rows without labels, so that runs are named by their folders"
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("forward KL from the start on the trained task (nats per response)")
     ax.set_ylabel(f"change in {metric.replace('_', ' ')} (points)")

@@ -261,3 +261,6 @@ def test_the_drift_figure_puts_each_checkpoint_at_its_kl_and_its_change(tmp_path
     assert [list(line.get_xdata()) for line in lines] == [[0.0, 0.5, 0.9], [0.0, 2.0, 4.0]]
     assert list(lines[1].get_ydata()) == pytest.approx([0.0, -4.0, -8.0])  # 6 -> 4 -> 2 of 50, in points
     figure.savefig(tmp_path / "drift.png")
+    labelled = checkpoint_rows([rl, sft], labels=["RL (PPO)", "SFT"])  # runs named by label: nothing to match
+    with pytest.raises(ValueError, match="build the rows without labels"):
+        plot_drift(labelled, drift, "ood", "success_rate")
