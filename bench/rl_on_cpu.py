@@ -150,7 +150,7 @@ def compare(args: argparse.Namespace) -> None:
     out = Path(args.out)
     baseline = _metrics(out / "eval")
     rows = []
-    for folder in sorted(p for p in out.glob("*/eval") if p.parent.name != "start" and p != out / "eval"):
+    for folder in sorted(p for p in out.glob("*/eval") if p.parent not in (out / "start", out / "eval")):
         run = folder.parent.name
         end = _metrics(folder)
         counters = read_counters(last_checkpoint(folder.parent))
