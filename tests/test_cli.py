@@ -67,6 +67,11 @@ def test_sftrl_data_gp_writes_eval_sets_datasets_and_samples(tmp_path, capsys):
         "gp-val-id": 6,
         "gp-val-rule-ood": 6,
         "gp-visual-ood": 6,
+        "gp3-id": 6,  # GP3-L's sets (three cards, target 12)
+        "gp3-rule-ood": 6,
+        "gp3-fake-rule": 6,
+        "gp3-val-id": 6,
+        "gp3-val-rule-ood": 6,
     }
     assert summary["sft"]["gp-l-expert"]["records"] == 4
     assert summary["sft"]["gp-vl-suboptimal"]["records"] == 1
