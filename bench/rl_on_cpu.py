@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sftrl_kit.data import EvalSplit, expert_records, make_eval_set, write_sft_dataset
@@ -51,7 +52,13 @@ METRICS = ("success_rate", "valid", "other_rule_numbers")
 
 
 def variant(out: Path) -> dict:
+    """The GP settings `start` wrote: colours, num_cards, target, compact_prompt."""
     return json.loads((out / "variant.json").read_text())
+
+
+def dealing(config: dict) -> dict:
+    """The variant's settings the SFT data are dealt with (the training colours are the kit's)."""
+    return {k: v for k, v in config.items() if k != "colours"}
 
 
 def evaluate(checkpoint: Path, out: Path, folder: Path) -> None:
@@ -59,83 +66,68 @@ def evaluate(checkpoint: Path, out: Path, folder: Path) -> None:
     evaluate_model(checkpoint, folder, sets, "gp-l", SAMPLING, limit=DEALS, progress=False, max_attempts=2)
 
 
+def train_then_evaluate(out: Path, label: str, train: Callable[[], Path], eval_dir: Callable[[Path], Path]) -> None:
+    """Run `train` (returns its run folder), evaluate the run's last checkpoint into
+    eval_dir(run folder), and print the time of each."""
+    began = time.time()
+    folder = train()
+    trained = time.time()
+    evaluate(last_checkpoint(folder), out, eval_dir(folder))
+    print(f"{label}: training {trained - began:.0f} s, evaluation {time.time() - trained:.0f} s")
+
+
+def sft_settings(model: str, dataset: Path, run_dir: Path, steps: int, **fields) -> SFTSettings:
+    """The quickstart's SFT recipe (lr 1e-4, batch 8, one checkpoint at the end)."""
+    return SFTSettings(
+        model=model,
+        dataset=str(dataset),
+        run_dir=str(run_dir),
+        learning_rate=1e-4,
+        max_steps=steps,
+        save_steps=steps,
+        batch_size=8,
+        **fields,
+    )
+
+
 def start(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"colours": "black", "num_cards": args.cards, "target": args.target, "compact_prompt": args.compact}
     (out / "variant.json").write_text(json.dumps(config) + "\n")
-    extra = {k: v for k, v in config.items() if k != "colours"}
-    write_sft_dataset(out / "start.jsonl", expert_records("gp-l", 2000, rules="both", **extra))
+    write_sft_dataset(out / "start.jsonl", expert_records("gp-l", 2000, rules="both", **dealing(config)))
     for name, (settings, seed) in SETS.items():
         write_jsonl(out / f"{name}.jsonl", make_eval_set(EvalSplit(name, {**config, **settings}, seed, ""), DEALS))
-    began = time.time()
-    folder = train_sft(
-        SFTSettings(
-            model="default",
-            dataset=str(out / "start.jsonl"),
-            run_dir=str(out / "start"),
-            learning_rate=1e-4,
-            max_steps=24,
-            save_steps=24,
-            batch_size=8,
-            logging_steps=4,
-            seed=0,
-        )
-    )
-    trained = time.time()
-    evaluate(last_checkpoint(folder), out, out / "eval")
-    print(f"start: SFT {trained - began:.0f} s, evaluation {time.time() - trained:.0f} s")
+    settings = sft_settings("default", out / "start.jsonl", out / "start", 24, logging_steps=4, seed=0)
+    train_then_evaluate(out, "start", lambda: train_sft(settings), lambda _: out / "eval")
 
 
 def ppo(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    config = variant(out)
-    fields = {"max_attempts": 2, **json.loads(args.settings)}
-    began = time.time()
-    run = train_ppo(
-        PPOSettings(
-            model=str(last_checkpoint(out / "start")),
-            run_dir=str(out / args.name),
-            env_id="gp-l",
-            env_config={"face_rule": "ten", "sampling": "uniform", **config},
-            max_new_tokens=64,
-            seed=0,
-            **fields,
-        )
+    settings = PPOSettings(
+        model=str(last_checkpoint(out / "start")),
+        run_dir=str(out / args.name),
+        env_id="gp-l",
+        env_config={"face_rule": "ten", "sampling": "uniform", **variant(out)},
+        max_new_tokens=64,
+        seed=0,
+        **{"max_attempts": 2, **json.loads(args.settings)},
     )
-    trained = time.time()
-    evaluate(last_checkpoint(run), out, run / "eval")
-    print(f"{args.name}: PPO {trained - began:.0f} s, evaluation {time.time() - trained:.0f} s")
+    train_then_evaluate(out, args.name, lambda: train_ppo(settings), lambda run: run / "eval")
 
 
 def sft(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    extra = {k: v for k, v in variant(out).items() if k != "colours"}
     first = last_checkpoint(out / "start")
     steps = sft_steps_for(read_counters(last_checkpoint(out / args.name))["gflops"], first)
     data = out / "branch.jsonl"
     if not data.exists():
-        write_sft_dataset(data, expert_records("gp-l", 2000, **extra))
-    began = time.time()
-    folder = train_sft(
-        SFTSettings(
-            model=str(first),
-            dataset=str(data),
-            run_dir=str(out / f"sft-matching-{args.name}"),
-            learning_rate=1e-4,
-            max_steps=steps,
-            save_steps=steps,
-            batch_size=8,
-            logging_steps=10,
-            seed=1,
-            init_tokens=read_counters(first)["tokens"],
-        )
+        write_sft_dataset(data, expert_records("gp-l", 2000, **dealing(variant(out))))
+    name = f"sft-matching-{args.name}"
+    settings = sft_settings(
+        str(first), data, out / name, steps, logging_steps=10, seed=1, init_tokens=read_counters(first)["tokens"]
     )
-    trained = time.time()
-    evaluate(last_checkpoint(folder), out, folder / "eval")
-    print(
-        f"sft-matching-{args.name}: {steps} steps, SFT {trained - began:.0f} s, evaluation {time.time() - trained:.0f} s"
-    )
+    train_then_evaluate(out, f"{name} ({steps} steps)", lambda: train_sft(settings), lambda run: run / "eval")
 
 
 def _metrics(folder: Path) -> dict[str, dict]:

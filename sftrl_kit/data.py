@@ -72,33 +72,22 @@ GP_EVAL_SPLITS = {
         ),
     )
 }
+
+
+def _variant_split(split: EvalSplit, env_id: str, name: str, base_seed: int, what: str) -> EvalSplit:
+    """A reported split's kind of tasks in a variant of its environment (`what` says how it
+    differs), dealt from the variant's own base seed."""
+    return replace(split, name=name, env_id=env_id, base_seed=base_seed, description=f"{what}, {split.description}")
+
+
 # GP3-L, the easier variant (three cards, target 12, the same rules; tasks.STUDY_TASKS["gp3-l"]):
-# the same kinds of sets, dealt from their own seeds.
+# GP-L's kinds of sets, dealt from their own seeds.
 GP_EVAL_SPLITS |= {
-    split.name: split
-    for split in (
-        EvalSplit(
-            "gp3-id",
-            {"face_rule": "ten", "colours": "black", "sampling": "uniform"},
-            110_000,
-            "three cards, target 12, trained rule (J, Q, K = 10), black suits",
-            "gp3-l",
-        ),
-        EvalSplit(
-            "gp3-rule-ood",
-            {"face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
-            120_000,
-            "three cards, target 12, new rule (J, Q, K = 11, 12, 13), at least one face card, black suits",
-            "gp3-l",
-        ),
-        EvalSplit(
-            "gp3-fake-rule",
-            {"face_rule": "ten", "prompt_face_rule": "ordinal", "colours": "black", "sampling": "with_face"},
-            150_000,
-            "three cards, target 12, fake rule: the prompt states J, Q, K = 11, 12, 13, the verifier scores the trained "
-            "rule (10); at least one face card, black suits",
-            "gp3-l",
-        ),
+    s.name: s
+    for s in (
+        _variant_split(GP_EVAL_SPLITS["gp-id"], "gp3-l", "gp3-id", 110_000, "three cards, target 12"),
+        _variant_split(GP_EVAL_SPLITS["gp-rule-ood"], "gp3-l", "gp3-rule-ood", 120_000, "three cards, target 12"),
+        _variant_split(GP_EVAL_SPLITS["gp-fake-rule"], "gp3-l", "gp3-fake-rule", 150_000, "three cards, target 12"),
     )
 }
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}

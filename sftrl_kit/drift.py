@@ -6,7 +6,7 @@ divergence
 RL's Razor (Shenfeld, Pari and Agrawal, 2025) finds that this KL, measured on the trained
 task's distribution, predicts how much a fine-tuned model forgets better than which
 algorithm trained it; the study draws it against the rule-OOD change
-(plots.plot_drift_against_change).
+(plots.plot_drift).
 
 Monte-Carlo estimate: for each of the first `limit` tasks of a frozen set, one response
 sampled from the start at temperature 1 (its own distribution, first turn only), then
@@ -16,13 +16,12 @@ nats per response, with its standard error across tasks; `per_token` divides by 
 mean response length. The samples are drawn once per setting and kept in the start's
 folder, so every checkpoint is scored on the same responses.
 
-    forward_kl    the estimate for each checkpoint, stored in <checkpoint>/drift/<key>.json
-                  and read back when its key is already there
+    forward_kl    the estimate for each checkpoint, stored in <checkpoint>/drift/ (the
+                  layout: run_folder.keyed_file) and read back when its key is there
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,12 +30,8 @@ from typing import Any
 from .data import eval_set_path, load_eval_set
 from .envs import make
 from .episodes import chat_messages
-from .files import write_atomically
 from .models import Conversation, SamplingConfig, is_vision_model
-from .run_folder import key_digest, read_counters
-
-DRIFT = "drift"  # <checkpoint>/drift/<key digest>.json: forward_kl's result at one setting
-SAMPLES = "drift-samples"  # <start>/drift-samples/<key digest>.json: the start's responses
+from .run_folder import DRIFT, DRIFT_SAMPLES, keyed_file, read_counters, read_keyed, write_keyed
 
 
 def forward_kl(
@@ -64,18 +59,13 @@ def forward_kl(
         "max_new_tokens": max_new_tokens,
         "seed": seed,
     }
-    results, todo = [], []
-    for checkpoint in map(Path, checkpoints):
-        stored = _read(checkpoint / DRIFT / f"{key_digest(key)}.json", key)
-        results.append(stored)
-        if stored is None:
-            todo.append(checkpoint)
-    if todo:
-        samples = _start_samples(Path(start), key, batch_size)
-        for checkpoint in todo:
-            entry = _score(checkpoint, samples, key, batch_size)
-            write_atomically(checkpoint / DRIFT / f"{key_digest(key)}.json", json.dumps(entry, indent=2) + "\n")
-            results[[Path(c) for c in checkpoints].index(checkpoint)] = entry
+    results = [read_keyed(keyed_file(checkpoint, DRIFT, key), key) for checkpoint in checkpoints]
+    samples = None
+    for index, checkpoint in enumerate(map(Path, checkpoints)):
+        if results[index] is None:
+            samples = samples or _start_samples(Path(start), key, batch_size)
+            results[index] = _score(checkpoint, samples, key, batch_size)
+            write_keyed(keyed_file(checkpoint, DRIFT, key), results[index], indent=2)
     return results
 
 
@@ -96,8 +86,8 @@ def _start_samples(start: Path, key: dict[str, Any], batch_size: int) -> dict[st
     the start (Policy.score), drawn once per key and kept in the start's folder."""
     from .models import load_policy
 
-    path = start / SAMPLES / f"{key_digest(key)}.json"
-    stored = _read(path, key)
+    path = keyed_file(start, DRIFT_SAMPLES, key)
+    stored = read_keyed(path, key)
     if stored is not None:
         return stored
     records = load_eval_set(eval_set_path(key["eval_set"]))[: key["limit"]]
@@ -114,7 +104,7 @@ def _start_samples(start: Path, key: dict[str, Any], batch_size: int) -> dict[st
             responses.append(generation.response_token_ids)
     samples = {"key": key, "prompts": prompts, "responses": responses}
     samples["start_logprobs"] = _summed_logprobs(policy, samples, batch_size)
-    write_atomically(path, json.dumps(samples) + "\n")
+    write_keyed(path, samples)
     return samples
 
 
@@ -145,13 +135,3 @@ def _summed_logprobs(policy, samples: dict[str, Any], batch_size: int) -> list[f
         responses = samples["responses"][first : first + batch_size]
         out += [float(lp.sum()) for lp in policy.score(prompts, responses, {})]
     return out
-
-
-def _read(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """A stored result with exactly this key, or None (a file holding another key is an error)."""
-    if not path.is_file():
-        return None
-    stored = json.loads(path.read_text())
-    if stored.get("key") != key:
-        raise ValueError(f"{path} does not hold the key its name says; delete it and measure again")
-    return stored

@@ -33,6 +33,8 @@
                                               model folder can hold these, `sftrl eval`'s too)
               episodes.jsonl                  the episodes played
               metrics.json                    the rates and their key; written last
+            drift/<key digest>.json           drift.forward_kl: the KL from a start, per setting
+            drift-samples/<key digest>.json   (in a start's folder) the responses it is estimated on
 
 A training folder holds one run: training into it again with settings that shape the
 result differently is refused before anything runs (claim_run_folder); continuing it
@@ -68,6 +70,8 @@ METRICS = "metrics.jsonl"
 EVAL = "eval"
 EVAL_METRICS = "metrics.json"
 EVAL_EPISODES = "episodes.jsonl"
+DRIFT = "drift"  # <checkpoint>/drift/<key digest>.json: drift.forward_kl's result at one setting
+DRIFT_SAMPLES = "drift-samples"  # <start>/drift-samples/<key digest>.json: the start's sampled responses
 SETTINGS_HISTORY = "settings-history.jsonl"
 SETTINGS_FILES = {"sft": "sft.yaml", "ppo": "ppo.yaml"}
 EPISODES = "episodes"  # PPO: update-NNNN.jsonl per update
@@ -510,6 +514,30 @@ def _refuse_old_layout(model_dir: Path, eval_set: str | None = None) -> None:
             f"settings: its budget and sampling cannot be told apart from others'. Delete "
             f"{path.parent} and evaluate again"
         )
+
+
+# --- results keyed by their settings, one JSON file each -------------------------------
+
+
+def keyed_file(model_dir: str | Path, kind: str, key: Mapping[str, Any]) -> Path:
+    """model_dir/<kind>/<key digest>.json (kind: DRIFT, DRIFT_SAMPLES)."""
+    return Path(model_dir) / kind / f"{key_digest(key)}.json"
+
+
+def read_keyed(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result stored at `path` (keyed_file) with exactly this key, or None when there
+    is none; a file holding another key is an error."""
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored.get("key") != dict(key):
+        raise ValueError(f"{path} does not hold the key its name says; delete it and measure again")
+    return stored
+
+
+def write_keyed(path: Path, result: Mapping[str, Any], indent: int | None = None) -> None:
+    """A result holding its `key` to `path` (keyed_file), written whole."""
+    _write_json(path, dict(result), indent=indent)
 
 
 # --- files written whole --------------------------------------------------------------

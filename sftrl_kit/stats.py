@@ -16,7 +16,7 @@ rates.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Z_95 = 1.959963984540054
@@ -236,17 +236,9 @@ def _paired_clusters(a: dict[str, Any], b: dict[str, Any], z: float) -> dict[str
     """Ratio estimators on the same tasks: the variance of pA - pB from each task's
     linearised contribution (kA - pA nA) / NA - (kB - pB nB) / NB, which keeps both the
     within-episode clustering and the pairing by task."""
-    n_a, n_b = a["trials"], b["trials"]
-    p_a, p_b = a["successes"] / n_a, b["successes"] / n_b
-    residuals = []
-    for task, (k_a, m_a) in a["per_task"].items():
-        k_b, m_b = b["per_task"][task]
-        if m_a or m_b:
-            residuals.append((k_a - p_a * m_a) / n_a - (k_b - p_b * m_b) / n_b)
-    m = len(residuals)
-    variance = m / (m - 1) * sum(r * r for r in residuals) if m > 1 else 0.0
+    p_a, p_b = a["successes"] / a["trials"], b["successes"] / b["trials"]
     difference = p_a - p_b
-    se = math.sqrt(variance)
+    se = math.sqrt(_cluster_sum_variance(_task_residuals(a, b).values()))
     low, high = difference - z * se, difference + z * se
     if se == 0:  # no task varies (e.g. 0/n against 0/n): each rate's own interval, combined as if independent
         low, high = _square_and_add(difference, p_a, _limits(a, z), p_b, _limits(b, z))
@@ -279,17 +271,11 @@ def pooled_paired_difference(pairs: Sequence[tuple[dict[str, Any], dict[str, Any
     for a, b in pairs:
         if "per_task" not in a or "per_task" not in b:
             raise ValueError("pooling needs rates with per-task counts (rate_by_task)")
-        p_a, p_b = a["successes"] / a["trials"], b["successes"] / b["trials"]
-        per_seed.append(p_a - p_b)
-        for task in set(a["per_task"]) | set(b["per_task"]):
-            k_a, m_a = a["per_task"].get(task, (0, 0))
-            k_b, m_b = b["per_task"].get(task, (0, 0))
-            residual = (k_a - p_a * m_a) / a["trials"] - (k_b - p_b * m_b) / b["trials"]
-            if m_a or m_b:
-                residual_sums[task] = residual_sums.get(task, 0.0) + residual / seeds
-    clusters = len(residual_sums)
-    variance = clusters / (clusters - 1) * sum(r * r for r in residual_sums.values()) if clusters > 1 else 0.0
-    difference, se = sum(per_seed) / seeds, math.sqrt(variance)
+        per_seed.append(a["successes"] / a["trials"] - b["successes"] / b["trials"])
+        for task, residual in _task_residuals(a, b).items():
+            residual_sums[task] = residual_sums.get(task, 0.0) + residual / seeds
+    difference = sum(per_seed) / seeds
+    se = math.sqrt(_cluster_sum_variance(residual_sums.values()))
     z_score = 0.0 if se == 0 else difference / se
     low, high = difference - z * se, difference + z * se
     if se > 0:
@@ -317,3 +303,23 @@ def _summed_counts(rates: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int]
             before = summed.get(task, (0, 0))
             summed[task] = (before[0] + hits, before[1] + answers)
     return summed
+
+
+def _task_residuals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Each task's linearised contribution to pA - pB, (kA - pA mA) / NA - (kB - pB mB) / NB,
+    for the tasks with answers on either side (a task one side lacks counts 0 of 0 there)."""
+    p_a, p_b = a["successes"] / a["trials"], b["successes"] / b["trials"]
+    residuals = {}
+    for task in {**a["per_task"], **b["per_task"]}:
+        k_a, m_a = a["per_task"].get(task, (0, 0))
+        k_b, m_b = b["per_task"].get(task, (0, 0))
+        if m_a or m_b:
+            residuals[task] = (k_a - p_a * m_a) / a["trials"] - (k_b - p_b * m_b) / b["trials"]
+    return residuals
+
+
+def _cluster_sum_variance(residuals: Iterable[float]) -> float:
+    """The variance of a sum of per-cluster terms, with the small-sample factor m / (m - 1)."""
+    terms = list(residuals)
+    m = len(terms)
+    return m / (m - 1) * sum(r * r for r in terms) if m > 1 else 0.0

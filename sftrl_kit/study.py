@@ -550,18 +550,20 @@ def drift(settings: StudySettings, runs: Sequence[Path], start: Path) -> dict[st
     from .drift import forward_kl
 
     task = settings.task_info
-    return {
-        Path(run).name: forward_kl(
+    checkpoints = {Path(run).name: list_checkpoints(run) for run in runs}
+    every = [checkpoint for of_run in checkpoints.values() for checkpoint in of_run]
+    entries = iter(
+        forward_kl(
             start,
-            list_checkpoints(run),
+            every,
             task.id_set,
             task.env_id,
             limit=DRIFT_TASKS,
             max_new_tokens=settings.new_tokens,
             seed=settings.seed,
         )
-        for run in runs
-    }
+    )  # one call: the start's samples are drawn or read once for every run
+    return {name: [next(entries) for _ in of_run] for name, of_run in checkpoints.items()}
 
 
 def evaluate_checkpoint(settings: StudySettings, folder: Path, progress: bool = True) -> dict[str, dict[str, Any]]:

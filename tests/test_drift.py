@@ -8,7 +8,7 @@ import torch
 
 from sftrl_kit import drift
 from sftrl_kit.models import load_policy
-from sftrl_kit.run_folder import write_counters
+from sftrl_kit.run_folder import DRIFT_SAMPLES, write_counters
 
 
 def test_the_log_ratio_estimate_is_the_sample_mean_with_its_standard_error():
@@ -42,7 +42,7 @@ def test_forward_kl_is_zero_at_the_start_and_matches_an_independent_forward_pass
     assert results[0]["forward_kl"] == pytest.approx(0.0, abs=1e-6)
     assert results[0]["samples"] == 6
 
-    samples = json.loads(next((start_dir / drift.SAMPLES).glob("*.json")).read_text())
+    samples = json.loads(next((start_dir / DRIFT_SAMPLES).glob("*.json")).read_text())
     start_model, moved_model = load_policy(start_dir).model, load_policy(moved_dir).model
     ratios = [
         _independent_logprob(start_model, p, r) - _independent_logprob(moved_model, p, r)
