@@ -91,6 +91,11 @@ GP_EVAL_SPLITS |= {
     )
 }
 GP_TRAIN_CONFIG = {"face_rule": "ten", "colours": "black", "sampling": "uniform"}
+SFT_MAPPINGS = ("ten", "1-2-3", "2-4-6", "3-3-3", "5-5-5", "6-7-8", "9-9-9", "12-12-12")
+"""The face-card rules of diverse-mapping SFT records (expert_records(rules="mappings"),
+GeneralPoints; after arXiv 2510.00237): the trained rule and seven other J-Q-K values,
+each stated in its prompt. The rule-OOD rule (J, Q, K = 11, 12, 13) is held out."""
+MAPPING_SEED_STRIDE = 100_000  # the k-th mapping's records are dealt from base + k * this
 EVAL_SET_SIZE = 300
 
 VIRL_EVAL_SPLITS = {
@@ -271,6 +276,13 @@ _TRAINING = {
 OTHER_RULE_SEED_OFFSET = 500_000  # the other rule's records of a "both rules" set are dealt from base + this
 
 
+def sft_seed(env_id: str) -> int:
+    """The seed of an environment's first SFT deal or route (its i-th: this + i)."""
+    if env_id not in _TRAINING:
+        raise ValueError(f"no SFT data for {env_id!r}; known: {sorted(_TRAINING)}")
+    return _TRAINING[env_id][2]
+
+
 def training_config(env_id: str) -> dict[str, Any]:
     """The settings an environment trains under (its rule at the trained value)."""
     if env_id not in _TRAINING:
@@ -291,15 +303,19 @@ def expert_records(
     """Single-turn SFT records, the prompt and a correct answer: one per deal (GP), one
     per decision point of each of `size` routes (V-IRL).
 
-    rules: "trained" (every record under the training rule) or "both" (deals/routes
+    rules: "trained" (every record under the training rule), "both" (deals/routes
     alternate between the training rule and the other one, dealt OTHER_RULE_SEED_OFFSET
     further on; each prompt states its own rule, so the model learns to follow the
-    prompt). prompt_variants: each deal's prompt in a wording and layout drawn from its
+    prompt) or "mappings" (GeneralPoints: deals take SFT_MAPPINGS' face-card rules in
+    turn, the k-th dealt MAPPING_SEED_STRIDE * k further on, with a face card in every
+    hand but the trained rule's; the rule-OOD values are in none). prompt_variants: each deal's prompt in a wording and layout drawn from its
     seed (envs.base.PROMPT_VARIANTS; evaluation always uses variant 0). reasoning: each
     answer starts with a short "thought" applying the stated rule."""
-    if rules not in ("trained", "both"):
-        raise ValueError(f"rules must be 'trained' or 'both', got {rules!r}")
+    if rules not in ("trained", "both", "mappings"):
+        raise ValueError(f"rules must be 'trained', 'both' or 'mappings', got {rules!r}")
     options = {"prompt_variants": prompt_variants, "reasoning": reasoning}
+    if rules == "mappings":
+        return _mapping_records(env_id, size, seed, env_config, options)
     trained = _sft_records("expert", env_id, size - size // 2 if rules == "both" else size, seed, env_config, **options)
     if rules == "trained":
         return trained
@@ -308,7 +324,28 @@ def expert_records(
         raise ValueError(f"no other rule is known for {env_id!r}")
     first = (_TRAINING[env_id][2] if seed is None else seed) + OTHER_RULE_SEED_OFFSET
     other = _sft_records("expert", env_id, size // 2, first, {**env_config, **task.other_rule}, **options)
-    return _alternate(_by_task(trained), _by_task(other))
+    return _interleave(_by_task(trained), _by_task(other))
+
+
+def _mapping_records(
+    env_id: str, size: int, seed: int | None, env_config: dict[str, Any], options: dict[str, bool]
+) -> Iterator[dict[str, Any]]:
+    """expert_records(rules="mappings"): size records spread over SFT_MAPPINGS in turn."""
+    if not env_id.startswith("gp"):
+        raise ValueError(f"rules='mappings' varies GeneralPoints' face-card values; {env_id!r} has none")
+    count = len(SFT_MAPPINGS)
+    if size > count * MAPPING_SEED_STRIDE:
+        raise ValueError(f"at most {count * MAPPING_SEED_STRIDE:,} mapping records, got {size:,}")
+    first = sft_seed(env_id) if seed is None else seed
+    streams = []
+    for k, face_rule in enumerate(SFT_MAPPINGS):
+        mapping = {"face_rule": face_rule} | ({} if face_rule == "ten" else {"sampling": "with_face"})
+        share = size // count + (k < size % count)
+        config = {**env_config, **mapping}
+        streams.append(
+            _by_task(_sft_records("expert", env_id, share, first + k * MAPPING_SEED_STRIDE, config, **options))
+        )
+    return _interleave(*streams)
 
 
 def suboptimal_records(env_id: str, size: int, seed: int | None = None, **env_config: Any) -> Iterator[dict[str, Any]]:
@@ -336,10 +373,10 @@ def _sft_records(
     extra = {"reasoning": True} if reasoning else {}
     if not prompt_variants:
         env = make(env_id, **config)
-        return (_record(kind, **d) for d in demonstrations(env, size, seed, **extra))
+        return (sft_record(kind, **d) for d in demonstrations(env, size, seed, **extra))
     envs = [make(env_id, **config, prompt_variant=v) for v in range(PROMPT_VARIANTS)]
     return (
-        _record(kind, **d)
+        sft_record(kind, **d)
         for index in range(size)
         for d in demonstrations(envs[_prompt_variant(seed + index)], 1, seed + index, **extra)
     )
@@ -356,16 +393,18 @@ def _by_task(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]
     return (list(group) for _, group in itertools.groupby(records, key=lambda r: r["seed"]))
 
 
-def _alternate(a: Iterator[list[dict]], b: Iterator[list[dict]]) -> Iterator[dict[str, Any]]:
-    """Groups of a and b in turn (then the rest of the longer), flattened."""
-    for pair in itertools.zip_longest(a, b, fillvalue=[]):
-        for group in pair:
+def _interleave(*streams: Iterator[list[dict]]) -> Iterator[dict[str, Any]]:
+    """A group of each stream in turn (then the rest of the longer ones), flattened."""
+    for turn in itertools.zip_longest(*streams, fillvalue=[]):
+        for group in turn:
             yield from group
 
 
-def _record(
+def sft_record(
     kind: str, prompt: Observation, exchanges: list[tuple[str, str]], answer: str, seed: int, task: dict[str, Any]
 ) -> dict[str, Any]:
+    """One SFT record: the conversation (prompt, the exchanges, the trained answer), the
+    deal's or route's seed and task, and `kind` (expert, suboptimal, self)."""
     record = {
         "messages": chat_messages(prompt, exchanges, final_response=answer),
         "seed": seed,

@@ -9,7 +9,10 @@ for any task (StudySettings.task: gp-l, virl-l, or the image versions gp-vl, vir
                        one the branches start from (choose_start's stated rule)
     ppo_settings       the PPO branch's PPOSettings from the study's sizes (notebook 04 launches them)
     ppo_branch         PPO from the start, with those settings (value head, or grpo / rloo)
-    sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's)
+    branch_data        the SFT branch's records: expert ones (the trained rule, or several
+                       face-card mappings) or the start's own correct answers (self_sft_data)
+    sft_branch         more SFT from the start, sized to a FLOPs target (the PPO branch's), or
+                       matched_sft_branch: to PPO's rollouts or correct rollouts (sft_match)
     drift              each checkpoint's forward KL from the start on the ID set (drift.py)
     evaluate_runs      every checkpoint of every run on the study's sets
                        (evaluation.evaluate_checkpoints; the shared start is evaluated
@@ -47,6 +50,8 @@ from .data import (
     eval_set_path,
     expert_records,
     load_eval_set,
+    sft_record,
+    sft_seed,
     suboptimal_records,
     training_config,
     write_sft_dataset,
@@ -68,6 +73,8 @@ from .run_folder import (
 from .tasks import STUDY_TASKS, StudyTask, study_task
 from .train.ppo import PPOSettings, check_advantage, train_ppo
 
+SFT_DATA = ("expert", "mappings", "self")  # StudySettings.sft_data
+SFT_MATCHES = ("flops", "rollouts", "correct")  # StudySettings.sft_match
 REASONING_TOKENS = 64  # a "thought" before the answer is at most ~50 tokens (data.expert_records(reasoning=True))
 
 
@@ -107,6 +114,15 @@ class StudySettings:
     """SFT records in varied wordings and layouts (evaluation keeps the canonical prompt)"""
     reasoning: bool = False
     """expert answers start with a short "thought" applying the stated rule"""
+    sft_data: str = "expert"
+    """what the SFT branch trains on: "expert" answers under the trained rule (the paper's);
+    "mappings": expert answers under several face-card mappings, each stated in its prompt,
+    the rule-OOD one held out (GeneralPoints; data.SFT_MAPPINGS); "self": rejection
+    sampling, the start's own answers to sft_records training deals (one each, temperature
+    1) that the verifier scores correct (GeneralPoints; self_sft_data)"""
+    sft_match: str = "flops"
+    """what the SFT branch matches in the PPO branch: its training "flops" (the paper's
+    x-axis), the "rollouts" it played or its "correct" ones (one SFT sequence per rollout)"""
 
     # The PPO branch
     ppo_updates: int = 6
@@ -153,6 +169,19 @@ class StudySettings:
         check_advantage(self.advantage, self.group_size)
         if self.start_checkpoints < 1 or self.start_checkpoints > self.start_steps:
             raise ValueError(f"start_checkpoints must be in [1, start_steps], got {self.start_checkpoints}")
+        if self.sft_data not in SFT_DATA:
+            raise ValueError(f"sft_data must be one of {SFT_DATA}, got {self.sft_data!r}")
+        if self.sft_data != "expert" and self.task_info.rule_field != "face_rule":
+            raise ValueError(f"sft_data={self.sft_data!r} is a GeneralPoints arm; task {self.task} has no face cards")
+        if self.sft_match not in SFT_MATCHES:
+            raise ValueError(f"sft_match must be one of {SFT_MATCHES}, got {self.sft_match!r}")
+
+    @property
+    def sft_branch_name(self) -> str:
+        """The SFT branch's folder: "sft" for the paper's branch (expert data, matched
+        FLOPs), else named by what differs ("sft-mappings", "sft-self-per-correct")."""
+        parts = [self.sft_data] * (self.sft_data != "expert") + [f"per-{self.sft_match}"] * (self.sft_match != "flops")
+        return "-".join(["sft", *parts])
 
     @property
     def task_info(self) -> StudyTask:
@@ -235,12 +264,14 @@ def prepare_sft_data(
     records: int | None = None,
 ) -> Path:
     """The task's SFT records (deterministic in the seed) in run_dir/data/: `kind` expert
-    or suboptimal, under the trained rule or `rules="both"` (the general start), with the
+    or suboptimal, under the trained rule, `rules="both"` (the general start) or "mappings"
+    (data.expert_records), with the
     settings' prompt_variants and reasoning; `records` deals or routes (default
     settings.sft_records). An existing file is reused."""
     records = settings.sft_records if records is None else records
     options = [
         rules == "both" and "both-rules",
+        rules == "mappings" and "mappings",
         settings.prompt_variants and "varied",
         settings.reasoning and "reasoning",
     ]
@@ -261,6 +292,60 @@ def prepare_sft_data(
     else:
         raise ValueError("suboptimal records come under the trained rule, without prompt variants or reasoning")
     write_sft_dataset(path, made)
+    return path
+
+
+def branch_data(settings: StudySettings, run_dir: Path, start: Path) -> Path:
+    """The SFT branch's records, by settings.sft_data: expert ones under the trained rule
+    or under several mappings (prepare_sft_data), or the start's own correct answers
+    (self_sft_data)."""
+    if settings.sft_data == "self":
+        return self_sft_data(settings, run_dir, start)
+    return prepare_sft_data(settings, run_dir, rules="mappings" if settings.sft_data == "mappings" else "trained")
+
+
+SELF_TEMPERATURE = 1.0  # self_sft_data samples the start as PPO does
+
+
+def self_sft_data(settings: StudySettings, run_dir: Path, start: Path, responder: Any = None) -> Path:
+    """Rejection sampling (self-SFT): the start answers settings.sft_records training deals
+    (the expert records' deals, one attempt, temperature SELF_TEMPERATURE), and each answer
+    the verifier scores correct becomes an SFT record of kind "self". Written to
+    run_dir/data/, named after the start it came from, with a summary (deals, kept) beside
+    it as .json; an existing file is reused. A start that answers none correctly leaves
+    nothing to train on: a ValueError says so. `responder` answers in the start's place
+    (a scripted player in tests); None: the start on settings.generation_engine."""
+    from .engines import open_engine
+    from .envs import Observation, make
+    from .models import load_policy
+    from .rollout import rollout
+
+    start = Path(start)
+    path = (
+        run_folder.data_dir(run_dir)
+        / f"{settings.task}-self-{start.parent.name}-{start.name}-{settings.sft_records}.jsonl"
+    )
+    if path.is_file():
+        return path
+    env_id, deals = settings.task_info.env_id, settings.sft_records
+    seeds = [sft_seed(env_id) + index for index in range(deals)]
+    envs = [make(env_id, **training_config(env_id), max_attempts=1) for _ in seeds]
+    policy = responder or open_engine(load_policy(start), settings.generation_engine)
+    sampling = SamplingConfig(temperature=SELF_TEMPERATURE, max_new_tokens=settings.new_tokens, seed=settings.seed)
+    episodes = rollout(policy, envs, sampling, seeds=seeds, batch_size=64, with_logprobs=False)
+    kept = [
+        sft_record("self", Observation(e.prompt, e.images), [], e.turns[0].response, e.seed, e.task)
+        for e in episodes
+        if e.success
+    ]
+    if not kept:
+        raise ValueError(
+            f"the start {start} answered none of {deals} training deals correctly: rejection sampling has nothing "
+            "to train on (sample more deals with sft_records, or study an easier task such as gp3-l)"
+        )
+    write_sft_dataset(path, iter(kept))
+    summary = {"start": str(start), "deals": deals, "kept": len(kept), "temperature": SELF_TEMPERATURE}
+    write_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2))
     return path
 
 
@@ -423,15 +508,34 @@ def sft_branch(
 
 
 def matched_sft_branch(
-    settings: StudySettings, run_dir: Path, start: Path, ppo_run: Path, dataset: Path, name: str = "sft"
+    settings: StudySettings, run_dir: Path, start: Path, ppo_run: Path, dataset: Path, name: str | None = None
 ) -> Path:
-    """The SFT branch at the PPO branch's training GFLOPs (the paper's x-axis): from the
-    same start checkpoint, sft_steps_for the PPO run's last checkpoint; returns its run
-    folder (compute_match says how close the two ended)."""
+    """The SFT branch matched to the PPO branch (matched_sft_steps: at its training
+    GFLOPs, the paper's x-axis, unless settings.sft_match says otherwise), from the same
+    start checkpoint, into run_dir/name (settings.sft_branch_name); returns its run folder
+    (compute_match says how close the two ended in GFLOPs)."""
     if not run_folder.is_checkpoint(start):
         raise ValueError(f"the SFT branch continues a start checkpoint; {start} is none (PPO began without SFT)")
-    steps = sft_steps_for(read_counters(last_checkpoint(ppo_run))["gflops"], Path(start))
-    return sft_branch(settings, run_dir, Path(start), dataset, steps, name)
+    steps = matched_sft_steps(settings, Path(start), ppo_run)
+    return sft_branch(settings, run_dir, Path(start), dataset, steps, name or settings.sft_branch_name)
+
+
+def matched_sft_steps(settings: StudySettings, start: Path, ppo_run: Path) -> int:
+    """The SFT branch's steps, by settings.sft_match: as many as reach the PPO run's
+    training GFLOPs ("flops", sft_steps_for), or one sequence per episode PPO played
+    ("rollouts") or per episode it won ("correct"), sft_batch_size sequences a step."""
+    if settings.sft_match == "flops":
+        return sft_steps_for(read_counters(last_checkpoint(ppo_run))["gflops"], start)
+    from .episodes import read_episodes
+
+    episodes = [e for path in run_folder.episode_files(ppo_run).values() for e in read_episodes(path)]
+    count = len(episodes) if settings.sft_match == "rollouts" else sum(e.success for e in episodes)
+    if count == 0:
+        raise ValueError(
+            f"{ppo_run} holds no {'episodes' if settings.sft_match == 'rollouts' else 'correct episodes'} "
+            f"to match (sft_match={settings.sft_match!r}); match on 'flops' or 'rollouts'"
+        )
+    return math.ceil(count / settings.sft_batch_size)
 
 
 MATCH_TOLERANCE = 0.1  # compute_match: runs within 10% of each other's GFLOPs count as matched
@@ -494,11 +598,12 @@ def pool_seeds(settings: StudySettings, run_dirs: Sequence[str | Path]) -> list[
     runs_by_seed: dict[int, list[Path]] = {}
     for run_dir in map(Path, run_dirs):
         folder = quickstart_dir(run_dir, settings)
-        ppo_run, sft_run = folder / "ppo", folder / "sft"
+        ppo_run, sft_run = folder / "ppo", folder / settings.sft_branch_name
         config = run_folder.settings_file(ppo_run, "ppo")
         if not config.is_file() or not list_checkpoints(sft_run):
             raise ValueError(
-                f"{run_dir} holds no finished {settings.task} quickstart study (ppo/ and sft/ in {folder})"
+                f"{run_dir} holds no finished {settings.task} quickstart study "
+                f"(ppo/ and {settings.sft_branch_name}/ in {folder})"
             )
         seed = yaml.safe_load(config.read_text())["seed"]
         if seed in runs_by_seed:
@@ -509,15 +614,15 @@ def pool_seeds(settings: StudySettings, run_dirs: Sequence[str | Path]) -> list[
 
 def run_study(settings: StudySettings, folder: Path, progress: bool = True) -> StudyRuns:
     """The whole comparison in `folder`, the steps 00 runs one by one: data, the shared
-    start and its pick, the PPO branch, the SFT branch at the PPO branch's GFLOPs, every
+    start and its pick, the PPO branch, the SFT branch matched to it (settings.sft_data
+    and sft_match: expert data at the PPO branch's GFLOPs unless an arm is chosen), every
     checkpoint evaluated. Each step reuses what it finds done (the data file, a complete
     run, an evaluation at these settings), so on a folder 00 filled it trains and
     evaluates nothing."""
     start_data = prepare_sft_data(settings, folder, rules=settings.start_rules)
-    branch_data = prepare_sft_data(settings, folder)
     start, _ = pick_start(settings, sft_start(settings, folder, start_data).parents[1], progress)
     ppo_run = ppo_branch(settings, folder, start)
-    sft_run = matched_sft_branch(settings, folder, start, ppo_run, branch_data)
+    sft_run = matched_sft_branch(settings, folder, start, ppo_run, branch_data(settings, folder, start))
     return StudyRuns(start, ppo_run, sft_run, evaluate_runs(settings, [ppo_run, sft_run], start, progress))
 
 

@@ -27,6 +27,8 @@ def test_quickstart_sizes_are_the_measured_ones():
         "sft_batch_size": 8,
         "prompt_variants": False,
         "reasoning": False,
+        "sft_data": "expert",
+        "sft_match": "flops",
         "ppo_updates": 6,
         "episodes_per_update": 8,
         "ppo_epochs": 1,

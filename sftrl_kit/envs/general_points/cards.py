@@ -19,20 +19,39 @@ SUITS: tuple[str, ...] = ("S", "C", "H", "D")  # spades, clubs (black); hearts, 
 SUIT_NAMES = {"S": "spades", "C": "clubs", "H": "hearts", "D": "diamonds"}
 RED_SUITS: frozenset[str] = frozenset({"H", "D"})
 
-FaceRule = Literal["ten", "ordinal"]
-"""'ten': J, Q and K each count 10 (the trained rule). 'ordinal': J=11, Q=12, K=13."""
+FaceRule = str
+"""'ten': J, Q and K each count 10 (the trained rule). 'ordinal': J=11, Q=12, K=13. Any
+other mapping is written as J's, Q's and K's values joined by dashes: "5-5-5", "2-4-6"
+(each 1 to 13; "10-10-10" and "11-12-13" are 'ten' and 'ordinal' under their names)."""
 
 Colours = Literal["all", "black", "red"]
 Sampling = Literal["uniform", "with_face"]
 """'uniform': 4 cards without replacement. 'with_face': the same, keeping only hands
 with at least one J, Q or K (so that the ordinal rule's 11-13 must be used)."""
 
-FACE_RULES: tuple[str, ...] = ("ten", "ordinal")
+FACE_RULES: tuple[str, ...] = ("ten", "ordinal")  # the named rules; face_values reads the others
+_NAMED_VALUES = {"ten": (10, 10, 10), "ordinal": (11, 12, 13)}
+
+
+def face_values(face_rule: str) -> tuple[int, int, int]:
+    """J's, Q's and K's values under a face-card rule: a named one (FACE_RULES) or a
+    mapping "j-q-k" of three values from 1 to 13; anything else raises a ValueError."""
+    if face_rule in _NAMED_VALUES:
+        return _NAMED_VALUES[face_rule]
+    parts = face_rule.split("-") if isinstance(face_rule, str) else []
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= 13 for p in parts):
+        raise ValueError(
+            f"face_rule must be one of {FACE_RULES} or J's, Q's and K's values as 'j-q-k' "
+            f"(each 1 to 13, e.g. '5-5-5'), got {face_rule!r}"
+        )
+    j, q, k = (int(p) for p in parts)
+    return j, q, k
 
 
 def other_face_rule(face_rule: str) -> FaceRule:
-    """The face-card rule that is not `face_rule` (the trained one's counterpart)."""
-    check_choice("face_rule", face_rule, FACE_RULES)
+    """The rule whose values the memorisation signatures look for under `face_rule`: the
+    ordinal rule under the trained 'ten', and the trained 'ten' under any other rule."""
+    face_values(face_rule)  # a clear error for a rule that is none
     return "ordinal" if face_rule == "ten" else "ten"
 
 
@@ -71,11 +90,10 @@ class Card:
 
 def card_value(rank: str, face_rule: FaceRule) -> int:
     """Numeric value of a rank under the face-card rule (A counts 1)."""
-    check_choice("face_rule", face_rule, FACE_RULES)
-    index = RANKS.index(rank) + 1
-    if rank in FACE_RANKS and face_rule == "ten":
-        return 10
-    return index
+    if rank in FACE_RANKS:
+        return face_values(face_rule)[("J", "Q", "K").index(rank)]
+    face_values(face_rule)  # a clear error for a rule that is none
+    return RANKS.index(rank) + 1
 
 
 def hand_values(hand: list[Card], face_rule: FaceRule) -> list[int]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..base import check_prompt_variant
-from .cards import COLOURS, FACE_RULES, SAMPLINGS, Colours, FaceRule, Sampling, check_choice
+from .cards import COLOURS, SAMPLINGS, Colours, FaceRule, Sampling, check_choice, face_values
 
 Modality = Literal["text", "image"]
 IMAGE_SIZES = {"small": 224, "large": 560}
@@ -28,7 +28,7 @@ class GPRewards:
 class GPConfig:
     target: int = 24
     num_cards: int = 4  # cards in a hand (the paper: 4; "gp3-l" deals 3, an easier variant)
-    face_rule: FaceRule = "ten"
+    face_rule: FaceRule = "ten"  # "ten", "ordinal", or a mapping "j-q-k" such as "5-5-5" (cards.face_values)
     colours: Colours = "all"
     sampling: Sampling = "uniform"
     max_attempts: int = 5  # the verification budget of one episode
@@ -42,9 +42,9 @@ class GPConfig:
     compact_prompt: bool = False  # the task in two lines, a third of the tokens ("gp3-l"'s default)
 
     def __post_init__(self) -> None:
-        check_choice("face_rule", self.face_rule, FACE_RULES)
+        face_values(self.face_rule)
         if self.prompt_face_rule is not None:
-            check_choice("prompt_face_rule", self.prompt_face_rule, FACE_RULES)
+            face_values(self.prompt_face_rule)
         check_prompt_variant(self.prompt_variant)
         check_choice("colours", self.colours, COLOURS)
         check_choice("sampling", self.sampling, SAMPLINGS)

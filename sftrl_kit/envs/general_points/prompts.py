@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from .cards import Card
+from .cards import Card, face_values
 from .config import GPConfig
 
 ANSWER_FIELDS = ("cards", "number", "formula")
 
 
 def rule_text(face_rule: str) -> str:
-    if face_rule == "ten":
-        return "J, Q and K each count as 10"
-    return "J counts as 11, Q as 12 and K as 13"
+    """The face-card rule in words: "J, Q and K each count as 10" where the three values
+    are equal, else "J counts as 11, Q as 12 and K as 13" (cards.face_values)."""
+    j, q, k = face_values(face_rule)
+    if j == q == k:
+        return f"J, Q and K each count as {j}"
+    return f"J counts as {j}, Q as {q} and K as {k}"
 
 
 def build_prompt(hand: Sequence[Card], config: GPConfig) -> str:
