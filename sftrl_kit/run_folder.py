@@ -199,13 +199,14 @@ def record_run_settings(
 
 def _study_relative(settings: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Absolute paths inside the study folder (run_dir's parent: the start checkpoint,
-    the data file) written relative to it, so that a study folder moved or copied whole
+    the data file) written relative to it, so that a study folder moved or copied whole,
+    or reached through a symbolic link (an arm's run folder linking an earlier study's),
     still holds the same runs."""
     study = Path(run_dir).resolve().parent
     portable = {}
     for name, value in settings.items():
-        if isinstance(value, str) and os.path.isabs(value) and Path(value).is_relative_to(study):
-            value = f"<study folder>/{Path(value).relative_to(study)}"
+        if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(study):
+            value = f"<study folder>/{Path(value).resolve().relative_to(study)}"
         portable[name] = value
     return portable
 

@@ -223,3 +223,8 @@ def test_a_study_folder_moved_whole_still_holds_its_runs(tmp_path):
     elsewhere = {**moved, "dataset": str(tmp_path / "other" / "d.jsonl")}
     with pytest.raises(run_folder.RunSettingsError, match="dataset: "):
         run_folder.claim_run_folder(new / "sft", "sft", elsewhere, **claim)
+    linked = tmp_path / "arm" / "study"  # an arm's run folder reusing the study through a link
+    linked.parent.mkdir()
+    linked.symlink_to(new)
+    through = {"run_dir": str(linked / "sft"), "dataset": str(linked / "data" / "d.jsonl"), "max_steps": 4}
+    assert run_folder.claim_run_folder(linked / "sft", "sft", through, **claim) == {}
