@@ -321,10 +321,8 @@ def self_sft_data(settings: StudySettings, run_dir: Path, start: Path, responder
     from .rollout import rollout
 
     start = Path(start)
-    path = (
-        run_folder.data_dir(run_dir)
-        / f"{settings.task}-self-{start.parent.name}-{start.name}-{settings.sft_records}.jsonl"
-    )
+    made_by = f"{start.parents[1].name}-{start.name}"  # the start's run and checkpoint: sft-start-step-000024
+    path = run_folder.data_dir(run_dir) / f"{settings.task}-self-{made_by}-{settings.sft_records}.jsonl"
     if path.is_file():
         return path
     env_id, deals = settings.task_info.env_id, settings.sft_records
@@ -344,7 +342,7 @@ def self_sft_data(settings: StudySettings, run_dir: Path, start: Path, responder
             "to train on (sample more deals with sft_records, or study an easier task such as gp3-l)"
         )
     write_sft_dataset(path, iter(kept))
-    summary = {"start": str(start), "deals": deals, "kept": len(kept), "temperature": SELF_TEMPERATURE}
+    summary = {"start": str(start.resolve()), "deals": deals, "kept": len(kept), "temperature": SELF_TEMPERATURE}
     write_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2))
     return path
 

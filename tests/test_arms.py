@@ -133,7 +133,7 @@ class _Refuses:
 
 def test_self_sft_keeps_exactly_the_answers_the_verifier_scores_correct(tmp_path):
     settings = study.StudySettings(sft_data="self", sft_records=12, max_new_tokens=64)
-    start = tmp_path / "sft-start" / "checkpoint-sft-000024"
+    start = checkpoint_dir(tmp_path / "sft-start", "sft", 24)  # the trainers' layout
     player = ScriptedResponder(lambda episode, attempt: episode % 3 == 0)  # right on 4 of 12 deals
     path = study.self_sft_data(settings, tmp_path, start, responder=player)
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -149,6 +149,7 @@ def test_self_sft_keeps_exactly_the_answers_the_verifier_scores_correct(tmp_path
         answer = record["messages"][-1]["content"]
         assert verify(answer, hand, GPConfig()).outcome == "correct"
         assert json.loads(answer)["number"] == [card_value(c.rank, "ten") for c in hand]
+    assert path.name == "gp-l-self-sft-start-step-000024-12.jsonl"  # named after its start
     assert json.loads(path.with_suffix(".json").read_text())["kept"] == 4
     assert len(load_sft_dataset(path)) == 4  # what the SFT trainer reads
     assert study.self_sft_data(settings, tmp_path, start, responder=_Refuses()) == path
@@ -156,7 +157,7 @@ def test_self_sft_keeps_exactly_the_answers_the_verifier_scores_correct(tmp_path
 
 def test_self_sft_from_a_start_that_never_wins_is_an_error_and_writes_nothing(tmp_path):
     settings = study.StudySettings(sft_data="self", sft_records=6, max_new_tokens=64)
-    start = tmp_path / "sft-start" / "checkpoint-sft-000024"
+    start = checkpoint_dir(tmp_path / "sft-start", "sft", 24)  # the trainers' layout
     with pytest.raises(ValueError, match="answered none of 6 training deals correctly"):
         study.self_sft_data(settings, tmp_path, start, responder=ScriptedResponder(lambda e, a: False))
     assert not list((tmp_path / "data").glob("*self*"))
