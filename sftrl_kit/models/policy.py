@@ -130,6 +130,34 @@ class Policy:
         """One batched generate over the conversations; responses cut at the first stop token."""
         texts = [self.prompt_text(c.messages) for c in conversations]
         inputs = self.encode(texts, [c.images for c in conversations])
+        responses = self._sample(inputs, sampling)
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        logprobs: list[list[float] | None] = [None] * len(responses)
+        if with_logprobs:
+            top_p = 1.0 if sampling.greedy else sampling.top_p
+            logprobs = [
+                lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale, top_p)
+            ]
+        return [
+            Generation(self.tokenizer.decode(response, skip_special_tokens=True), prompt, response, lp)
+            for prompt, response, lp in zip(prompts, responses, logprobs)
+        ]
+
+    @torch.no_grad()
+    def continue_token_ids(self, prompt_ids: Sequence[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        """Responses (token ids, cut at the first stop token) to prompts given as token
+        ids, for callers that keep each conversation as tokens (integrations.trl: a
+        multi-turn episode scored as one sequence). Text models only."""
+        if self.is_vision:
+            raise ValueError("continue_token_ids takes text prompts; a vision model's prompts need their images")
+        if not prompt_ids:
+            return []
+        batch = self.pack(prompt_ids, [[] for _ in prompt_ids])
+        return self._sample({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, sampling)
+
+    def _sample(self, inputs: dict, sampling: SamplingConfig) -> list[list[int]]:
+        """One generate call over left-padded inputs: each row's new tokens up to and
+        including its first stop token."""
         stop_ids = self.stop_token_ids()
         config = generation_config(sampling, stop_ids, self.tokenizer.pad_token_id)
         was_training, saved_config = self.model.training, self.model.generation_config
@@ -144,18 +172,7 @@ class Policy:
             self.model.generation_config = saved_config
             self.model.train(was_training)
         prompt_width = inputs["input_ids"].shape[1]
-        responses = [_cut_at_stop(row.tolist(), stop_ids) for row in sequences[:, prompt_width:]]
-        prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-        logprobs: list[list[float] | None] = [None] * len(responses)
-        if with_logprobs:
-            top_p = 1.0 if sampling.greedy else sampling.top_p
-            logprobs = [
-                lp.tolist() for lp in self.token_logprobs(inputs, prompts, responses, sampling.logit_scale, top_p)
-            ]
-        return [
-            Generation(self.tokenizer.decode(response, skip_special_tokens=True), prompt, response, lp)
-            for prompt, response, lp in zip(prompts, responses, logprobs)
-        ]
+        return [_cut_at_stop(row.tolist(), stop_ids) for row in sequences[:, prompt_width:]]
 
     def pack(self, prompts: Sequence[list[int]], responses: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Rows prompt + response, left-padded, on this policy's device: the one packing of
