@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ class VirlEnv:
 
     def _info(self, verdict: Verdict | None = None, new_prompt: bool = False) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "task": self.task,
+            "task": copy.deepcopy(self.task),  # each info its own: a caller may keep or change it
             "route_id": self.route.route_id,
             "point": self.position,
             "points": len(self.decisions),
