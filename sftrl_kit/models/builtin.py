@@ -78,7 +78,18 @@ def _smollm2_tokenizer(gguf: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    eos = _gguf_eos_token_id(gguf)
+    if tokenizer.eos_token_id != eos:  # transformers before 5.11 read it as <|im_start|>
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     return tokenizer
+
+
+def _gguf_eos_token_id(gguf: Path) -> int:
+    """The end-of-sequence id the GGUF file declares (SmolLM2's: 2, <|im_end|>)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields["tokenizer.ggml.eos_token_id"]
+    return int(field.parts[field.data[0]][0])
 
 
 def _smollm2_gguf() -> Path:
