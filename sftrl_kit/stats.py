@@ -295,6 +295,38 @@ def pooled_paired_difference(pairs: Sequence[tuple[dict[str, Any], dict[str, Any
     )
 
 
+def paired_mean_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean of a_i - b_i over paired measurements that are not rates (returns of the same
+    deals under two trainers, say), with Student's t interval at `level` and the
+    two-sided p-value of the paired t-test. Returns difference, low, high, p_value, test
+    and pairs."""
+    from scipy.stats import t as student_t
+
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
+    pairs = len(a)
+    if pairs < 2:
+        raise ValueError("a paired t-test needs at least two pairs")
+    differences = [x - y for x, y in zip(a, b)]
+    mean = sum(differences) / pairs
+    se = math.sqrt(sum((d - mean) ** 2 for d in differences) / (pairs - 1) / pairs)
+    if se == 0:
+        low = high = mean
+        p_value = 1.0 if mean == 0 else 0.0
+    else:
+        half = student_t.ppf(0.5 + level / 2, pairs - 1) * se
+        low, high = mean - half, mean + half
+        p_value = float(2 * student_t.sf(abs(mean / se), pairs - 1))
+    return {
+        "difference": mean,
+        "low": low,
+        "high": high,
+        "p_value": p_value,
+        "test": f"paired t-test over {pairs} pairs",
+        "pairs": pairs,
+    }
+
+
 def _summed_counts(rates: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """Per task, the answers and hits of several evaluations added up."""
     summed: dict[str, tuple[int, int]] = {}

@@ -6,6 +6,8 @@ correlation of 0.75, the level at which answers-as-independent tests reject a tr
 about 14% of the time at 2 answers per episode and 33% at 5.
 """
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
@@ -14,6 +16,7 @@ from sftrl_kit.stats import (
     Z_95,
     compare_rates,
     mcnemar_exact_p,
+    paired_mean_difference,
     pooled_paired_difference,
     rate_by_task,
     wilson_interval,
@@ -276,3 +279,19 @@ def test_pooling_seeds_where_nothing_varies_keeps_an_honest_interval():
     assert pooled["low"] == -pooled["high"]
     with pytest.raises(ValueError, match="per-task"):
         pooled_paired_difference([({"successes": 1, "trials": 2}, nothing)])
+
+
+def test_the_paired_mean_difference_is_students_paired_t_test():
+    # d = 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), se = sd / 2, t = 3.873 on 3 degrees of
+    # freedom, whose CDF has a closed form: 1/2 + (x / (1 + x^2) + atan x) / pi, x = t / sqrt 3.
+    result = paired_mean_difference([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0])
+    t_value = 2.5 / (math.sqrt(5 / 3) / 2)
+    x = t_value / math.sqrt(3)
+    cdf = 0.5 + (x / (1 + x * x) + math.atan(x)) / math.pi
+    assert result["difference"] == pytest.approx(2.5)
+    assert result["p_value"] == pytest.approx(2 * (1 - cdf), rel=1e-9)
+    # the interval's half-width is t_{0.975, 3} = 3.18245 standard errors
+    assert result["high"] - 2.5 == pytest.approx(3.182446305 * math.sqrt(5 / 3) / 2, rel=1e-6)
+    assert paired_mean_difference([1.0, 1.0], [1.0, 1.0])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="length"):
+        paired_mean_difference([1.0, 2.0], [1.0])
