@@ -2,8 +2,8 @@
 agent loop (`integrations.verl_agent_loop`, agent name "sftrl").
 
     from sftrl_kit.integrations.verl_data import write_training_set, write_eval_set
-    write_training_set("data/verl/gp-l-train.parquet", "gp-l", size=4096)
-    write_eval_set("data/verl/gp-rule-ood.parquet", "gp-rule-ood")
+    write_training_set("data/generated/verl/gp-l-train.parquet", "gp-l", size=4096)
+    write_eval_set("data/generated/verl/gp-rule-ood.parquet", "gp-rule-ood")
 
 A row has verl's RLHFDataset columns: `data_source` ("sftrl/<env id>"), `prompt` (the
 task's first prompt as chat messages: RLHFDataset tokenises it to filter lengths and
