@@ -155,7 +155,9 @@ def test_every_kit_name_mentioned_exists(page):
     for span in code_spans(page.read_text()):
         for dotted in re.findall(r"\b((?:[a-z_][a-z0-9_]*\.)+[A-Za-z_][A-Za-z0-9_]*)", span):
             head = dotted.split(".")[0]
-            if head in KIT_MODULES and not re.fullmatch(r"[\w/.-]+\.(py|md|yaml|json|jsonl|ipynb|png|svg|csv|parquet)", dotted):
+            if head in KIT_MODULES and not re.fullmatch(
+                r"[\w/.-]+\.(py|md|yaml|json|jsonl|ipynb|png|svg|csv|parquet)", dotted
+            ):
                 if not _resolves(dotted):
                     problems.append(dotted)
         for call in re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\(", span):
