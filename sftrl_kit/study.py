@@ -474,11 +474,12 @@ def ppo_branch(settings: StudySettings, run_dir: Path, start: Path, name: str = 
     return train_ppo(ppo_settings(settings, run_dir, start, name, **overrides))
 
 
-def sft_steps_for(target_gflops: float, start: Path) -> int:
-    """SFT steps from the start whose X_SFT reaches target_gflops, at the tokens per step
-    the start's own run measured."""
+def sft_steps_for(target_gflops: float, start: Path, tokens_per_step: float | None = None) -> int:
+    """SFT steps from the start whose X_SFT reaches target_gflops, at `tokens_per_step`
+    (None: the tokens per step the start's own run measured)."""
     start_counters = read_counters(start)
-    tokens_per_step = start_counters["tokens"] / max(1, start_counters["step"])
+    if tokens_per_step is None:
+        tokens_per_step = start_counters["tokens"] / max(1, start_counters["step"])
     needed_tokens = sft_tokens_for(target_gflops * 1e9, start_counters["num_parameters"], start_counters["tokens"])
     return max(1, math.ceil(needed_tokens / tokens_per_step))
 
@@ -514,16 +515,23 @@ def matched_sft_branch(
     (compute_match says how close the two ended in GFLOPs)."""
     if not run_folder.is_checkpoint(start):
         raise ValueError(f"the SFT branch continues a start checkpoint; {start} is none (PPO began without SFT)")
-    steps = matched_sft_steps(settings, Path(start), ppo_run)
+    steps = matched_sft_steps(settings, Path(start), ppo_run, dataset)
     return sft_branch(settings, run_dir, Path(start), dataset, steps, name or settings.sft_branch_name)
 
 
-def matched_sft_steps(settings: StudySettings, start: Path, ppo_run: Path) -> int:
+def matched_sft_steps(settings: StudySettings, start: Path, ppo_run: Path, dataset: Path | None = None) -> int:
     """The SFT branch's steps, by settings.sft_match: as many as reach the PPO run's
     training GFLOPs ("flops", sft_steps_for), or one sequence per episode PPO played
-    ("rollouts") or per episode it won ("correct"), sft_batch_size sequences a step."""
+    ("rollouts") or per episode it won ("correct"), sft_batch_size sequences a step.
+
+    At "flops", the paper's expert records train at the rate the start measured on the
+    same kind of records; an arm's records (`dataset`, sft_data other than "expert":
+    self-SFT's answers are shorter) train at their own length (dataset_tokens_per_step)."""
     if settings.sft_match == "flops":
-        return sft_steps_for(read_counters(last_checkpoint(ppo_run))["gflops"], start)
+        rate = None
+        if settings.sft_data != "expert" and dataset is not None:
+            rate = dataset_tokens_per_step(dataset, start, settings.sft_batch_size)
+        return sft_steps_for(read_counters(last_checkpoint(ppo_run))["gflops"], start, rate)
     from .episodes import read_episodes
 
     episodes = [e for path in run_folder.episode_files(ppo_run).values() for e in read_episodes(path)]
@@ -534,6 +542,24 @@ def matched_sft_steps(settings: StudySettings, start: Path, ppo_run: Path) -> in
             f"to match (sft_match={settings.sft_match!r}); match on 'flops' or 'rollouts'"
         )
     return math.ceil(count / settings.sft_batch_size)
+
+
+def dataset_tokens_per_step(dataset: Path, model: Path, batch_size: int) -> float:
+    """The tokens an SFT step on `dataset` trains on: batch_size times its records' mean
+    length as `model`'s chat template renders them, cut at SFTSettings.max_length, which
+    is what the SFT trainer counts (TRL's non-padding num_input_tokens_seen)."""
+    from transformers import AutoTokenizer
+
+    from .episodes import read_jsonl
+    from .train.sft import SFTSettings
+
+    records = read_jsonl(dataset)
+    if not records:
+        raise ValueError(f"{dataset} holds no SFT records")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    cap = SFTSettings.max_length
+    lengths = [min(cap, len(tokenizer.apply_chat_template(r["messages"], tokenize=True)["input_ids"])) for r in records]
+    return batch_size * sum(lengths) / len(lengths)
 
 
 MATCH_TOLERANCE = 0.1  # compute_match: runs within 10% of each other's GFLOPs count as matched

@@ -3,6 +3,7 @@ the prompt, rejection-sampled self-SFT, and SFT matched on PPO's rollouts or cor
 
 import json
 import re
+import shutil
 
 import pytest
 from scripted import ScriptedResponder
@@ -180,3 +181,41 @@ def test_an_arm_runs_beside_the_papers_branch_and_reuses_its_start_and_ppo(tmp_p
     rollouts = base.ppo_updates * base.episodes_per_update
     assert read_counters(study.last_checkpoint(second.sft))["step"] == -(-rollouts // base.sft_batch_size)
     assert (tmp_path / "data" / f"gp-l-expert-mappings-{base.sft_records}.jsonl").is_file()
+
+
+def test_an_arms_flops_match_counts_its_own_records_as_the_sft_trainer_does(tmp_path):
+    """Self-SFT's records are shorter than the start's, so its steps come from its own
+    records: the estimate is checked against what TRL's SFT trainer counts when it trains
+    on them (every record the same, so a step's tokens are exact)."""
+    from sftrl_kit.data import write_sft_dataset
+    from sftrl_kit.models.loading import resolve_model
+    from sftrl_kit.train.sft import SFTSettings, train_sft
+
+    tiny = resolve_model("tiny")
+    dataset = tmp_path / "self.jsonl"
+    write_sft_dataset(dataset, [next(iter(expert_records("gp-l", 1)))] * 8)
+    estimate = study.dataset_tokens_per_step(dataset, tiny, batch_size=4)
+    run = train_sft(
+        SFTSettings(
+            model=str(tiny),
+            dataset=str(dataset),
+            run_dir=str(tmp_path / "sft"),
+            max_steps=2,
+            batch_size=4,
+            save_steps=2,
+            logging_steps=1,
+        )
+    )
+    counted = read_counters(study.last_checkpoint(run))
+    assert counted["tokens"] / counted["step"] == pytest.approx(estimate)
+
+    # The start measured 1,000 tokens a step; the arm's records give `estimate`.
+    start = tmp_path / "start"
+    shutil.copytree(tiny, start)  # a checkpoint with the tiny model's tokenizer
+    write_counters(start, {"step": 10, "tokens": 10_000, "num_parameters": 1_000_000, "method": "sft"})
+    ppo_run = _ppo_run_with_episodes(tmp_path / "ppo", [(8, 1)])
+    target = read_counters(study.last_checkpoint(ppo_run))["gflops"]
+    arm = study.StudySettings(sft_data="self", sft_batch_size=4)
+    assert study.matched_sft_steps(arm, start, ppo_run, dataset) == study.sft_steps_for(target, start, estimate)
+    paper = study.StudySettings(sft_batch_size=4)
+    assert study.matched_sft_steps(paper, start, ppo_run, dataset) == study.sft_steps_for(target, start)
