@@ -208,3 +208,24 @@ def test_answering_token_ids_is_answering_the_conversation(tiny_policy):
     continued = tiny_policy.continue_token_ids([g.prompt_token_ids for g in answered], greedy)
     assert continued == [g.response_token_ids for g in answered]
     assert tiny_policy.continue_token_ids([], greedy) == []
+
+
+def test_a_virl_episode_plays_to_its_budget_as_one_sequence(smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
+    dataset = grpo_dataset("virl-l", 1)
+    task = task_of(dataset[0]["prompt"])
+    envs = [make("virl-l", **training_config("virl-l"), max_attempts=2)]
+    answer = tokenizer(WRONG, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    out = play_episodes(envs, [task], tokenizer, lambda contexts: [(answer, None) for _ in contexts])
+    replay = make("virl-l", **training_config("virl-l"), max_attempts=2)
+    replay.reset(options={"task": task})
+    rewards = []
+    while True:
+        _, reward, terminated, truncated, _ = replay.step(WRONG)
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    assert out["turns"] == [len(rewards)]
+    assert out["episode_return"] == [pytest.approx(sum(rewards))]
+    assert sum(out["env_mask"][0]) == len(answer) * len(rewards)
+    assert tokenizer.decode(out["prompt_ids"][0]).count("<|im_start|>user") == 1
