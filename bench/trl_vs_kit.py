@@ -1,6 +1,10 @@
 """An independent check of the kit's GRPO: the same run trained by the kit and by TRL.
 
-    .venv/bin/python bench/trl_vs_kit.py OUT [--updates 8 --deals 4 --group-size 4 ...]
+    .venv/bin/python bench/trl_vs_kit.py OUT --model <start checkpoint> [--updates 8 --deals 4 --group-size 4 ...]
+
+The start should be one whose episodes' returns vary (the quickstart's SFT start,
+<run>/quickstart-gp-l/sft-start/checkpoints/step-000024): from the base model every
+answer is unreadable, every return is -7, and both trainers take zero steps.
 
 Both trainers start from the same model and meet the same deals in the same order (the
 kit's training deals of run seed 0, `grpo_dataset`), with the same group size, learning
@@ -56,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--budget", type=int, default=2)
-    parser.add_argument("--turn-tokens", type=int, default=128)
+    parser.add_argument("--turn-tokens", type=int, default=64, help="longest answer (the quickstart's 64)")
     parser.add_argument("--eval-limit", type=int, default=100)
     parser.add_argument("--eval-tokens", type=int, default=None, help="answer length of the evaluation (None: 256)")
     parser.add_argument("--eval-engine", default="auto", help="the kit's evaluation engine for both end models")
@@ -200,6 +204,12 @@ def main() -> None:
             "kit_minus_trl": compare_rates(kit_eval, trl_eval),
         },
         "wall_seconds": {"kit": kit_seconds, "trl": trl_seconds},
+        # a start whose episodes all return the same (the base model's -7: every answer
+        # unreadable) gives both trainers zero advantages: their agreement then says nothing
+        "returns_varied": {
+            "kit": any(len(set(update)) > 1 for update in kit_returns),
+            "trl": any(len(set(update)) > 1 for update in trl_returns),
+        },
     }
     write_report(out / "trl_vs_kit.json", report)
     write_report(RESULTS / "trl_vs_kit.json", report)
