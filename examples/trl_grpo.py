@@ -1,7 +1,8 @@
-"""GRPO with TRL's GRPOTrainer on the kit's GeneralPoints, evaluated by the kit.
+"""GRPO with TRL's GRPOTrainer on the kit's GeneralPoints or V-IRL, evaluated by the kit.
 
     .venv/bin/python examples/trl_grpo.py --smoke          # the tiny model, about a minute on a CPU
-    .venv/bin/python examples/trl_grpo.py --model papermill_runs/<run>/sft/checkpoints/step-000024
+    .venv/bin/python examples/trl_grpo.py --model <run>/quickstart-gp-l/sft-start/checkpoints/step-000024
+    .venv/bin/python examples/trl_grpo.py --env virl-l --model <a V-IRL-L start>
 
 What it does:
   1. the kit's training deals as a dataset (`grpo_dataset`, in the order the kit's own
@@ -12,7 +13,7 @@ What it does:
   3. the trained model is evaluated on the kit's frozen sets (`evaluate_model`), and
      `summary.json` holds the reward of every update and the evaluation.
 
-On many GPUs, launch the same script with accelerate (docs/trl.md): every process plays
+On many GPUs, launch the same script with accelerate (docs/integrations.md): every process plays
 its share of the episodes, and `--vllm-mode server` or `colocate` hands generation to
 TRL's vLLM.
 """
@@ -38,7 +39,11 @@ from sftrl_kit.integrations.trl import EpisodeRollout, episode_return, grpo_data
 from sftrl_kit.models.loading import resolve_model
 from sftrl_kit.run_folder import start_tokens
 
-EVAL_SETS = {"gp-l": ("gp-id", "gp-rule-ood"), "gp3-l": ("gp3-id", "gp3-rule-ood")}
+EVAL_SETS = {
+    "gp-l": ("gp-id", "gp-rule-ood"),
+    "gp3-l": ("gp3-id", "gp3-rule-ood"),
+    "virl-l": ("virl-id", "virl-rule-ood"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
