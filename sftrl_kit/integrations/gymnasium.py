@@ -79,7 +79,7 @@ class KitEnv(gymnasium.Env):
     def __init__(self, env_id: str, render_mode: str | None = None, **config: Any) -> None:
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.env = make(env_id, **{**_trained_rule(env_id), **config})
+        self.env = make(env_id, **{**training_config(env_id), **config})
         self.render_mode = render_mode
         self.vision = getattr(self.env.config, "modality", "text") == "image"
         text = spaces.Text(max_length=MAX_TEXT, min_length=0, charset=CHARSET)
@@ -115,13 +115,6 @@ class KitEnv(gymnasium.Env):
             if array.shape != (*IMAGE_SIZE, 3):
                 raise ValueError(f"{self.env.env_id} drew a {array.shape} image; the space holds {IMAGE_SIZE}")
         return {"text": observation.text, "images": images}
-
-
-def _trained_rule(env_id: str) -> dict[str, Any]:
-    try:
-        return training_config(env_id)
-    except ValueError:  # an environment without training settings plays its config's defaults
-        return {}
 
 
 def register_all() -> None:

@@ -94,7 +94,7 @@ def user_turn_ids(tokenizer, text: str, after_stop_token: bool) -> list[int]:
     """The tokens between an answer and the next one: the chat template's close of the
     assistant turn, `text` as a user turn, and the next assistant turn's opening.
 
-    The template is rendered around a placeholder answer and cut after it, so whatever a
+    The template is rendered around a sentinel answer and cut after it, so whatever a
     template writes (Llama 3's headers, ChatML's <|im_start|>) comes from the template
     itself. When the answer ended with its stop token (`after_stop_token`), that token is
     the close's first token and is not repeated; an answer cut off by the token cap gets
